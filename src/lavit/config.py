@@ -1,0 +1,103 @@
+"""Typed configs: dataclasses whose fields carry help text, filled from a YAML recipe plus
+`key=value` overrides (values parsed as YAML scalars, then checked against the field's type)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def field(default: Any, help: str, **kwargs) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A dataclass field with help text (shown by `lavit <stage> --help-config`)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{name} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, value, arg)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError(f"{name}: {value!r} fits none of {annotation}: {errors}")
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(name, v, args[0]) for v in value] if args else value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def build_config(cls: type[T], values: dict[str, Any]) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known keys: {sorted(names)}")
+    return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    values = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not key=value")
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return values
+
+
+def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """`cls` from an optional YAML recipe, with `key=value` overrides applied on top."""
+    values: dict[str, Any] = {}
+    if recipe:
+        loaded = yaml.safe_load(Path(recipe).read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError(f"recipe {recipe} must be a YAML mapping of config keys")
+        values.update(loaded)
+    values.update(parse_overrides(overrides or []))
+    return build_config(cls, values)
+
+
+def describe_config(cls: type) -> str:
+    """One line per field: name, default, help."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,93 @@
+"""Training-side reader of the LaViT-SFT set (Parquet rows, DESIGN §3) feeding the student trainer.
+
+Columns used: `id`, `image` (path relative to the image root), `question`, the answer column
+(default `answer`), and the teacher signals `v_sem` (list, D_teacher), `a_traj` (list, raw
+aggregated map) with `a_traj_grid` ([t, h, w] merged-token grid of that map).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from lavit.data.examples import TrainingSample, build_example
+
+BASE_COLUMNS = ("id", "image", "question")
+SIGNAL_COLUMNS = ("v_sem", "a_traj", "a_traj_grid")
+
+
+def parquet_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.parquet"))
+            if not found:
+                raise FileNotFoundError(f"no .parquet files in {p}")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"training data {p} does not exist")
+    if not files:
+        raise ValueError("no training data given (set data=PATH)")
+    return files
+
+
+def read_sft_table(paths: list[str], answer_field: str, need_signals: bool, max_samples: int = 0) -> pa.Table:
+    table = pa.concat_tables([pq.read_table(f) for f in parquet_files(paths)], promote_options="default")
+    required = [*BASE_COLUMNS, answer_field, *(SIGNAL_COLUMNS if need_signals else ())]
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ValueError(f"training data lacks columns {missing} (has {table.column_names})")
+    ids = table.column("id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise ValueError("training data has duplicate ids")
+    if table.num_rows == 0:
+        raise ValueError("training data is empty")
+    return table.slice(0, max_samples) if max_samples else table
+
+
+class LavitSftDataset(torch.utils.data.Dataset):
+    """Rows → tokenised examples, built lazily (images are read when an item is asked for)."""
+
+    def __init__(self, table: pa.Table, image_root: str, processor, latent_tokens: list[str], *,
+                 system_prompt: str | None, answer_field: str = "answer", top_k: int = 8, with_signals: bool = True):
+        self.rows = table.to_pylist()
+        self.image_root = Path(image_root)
+        self.processor = processor
+        self.latent_tokens = latent_tokens
+        self.system_prompt = system_prompt or None
+        self.answer_field = answer_field
+        self.top_k = top_k
+        self.with_signals = with_signals
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def teacher_dim(self) -> int:
+        return len(self.rows[0]["v_sem"])
+
+    def sample(self, index: int) -> TrainingSample:
+        row = self.rows[index]
+        path = self.image_root / row["image"]
+        if not path.is_file():
+            raise FileNotFoundError(f"sample {row['id']}: image {path} not found")
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+        sample = TrainingSample(id=str(row["id"]), image=image, question=row["question"],
+                                answer=row[self.answer_field])
+        if self.with_signals:
+            sample.v_sem = np.asarray(row["v_sem"], dtype=np.float32)
+            sample.a_traj = np.asarray(row["a_traj"], dtype=np.float32)
+            sample.a_traj_grid = tuple(int(x) for x in row["a_traj_grid"])
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        return build_example(self.processor, self.sample(index), self.latent_tokens,
+                             system_prompt=self.system_prompt, top_k=self.top_k)

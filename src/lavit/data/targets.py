@@ -1,0 +1,47 @@
+"""Training targets from stored teacher signals (DESIGN §2: min-max and Top-K happen here, not in the data)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class TrajectoryGridError(ValueError):
+    """A stored attention map does not fit the grid it claims, or cannot be mapped to the student's."""
+
+
+def resample_map(a_traj: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]) -> torch.Tensor:
+    """Bilinearly resample a flattened (t, h, w) map onto another (t, h', w') grid (paper C.2)."""
+    src_t, src_h, src_w = (int(x) for x in src_grid)
+    dst_t, dst_h, dst_w = (int(x) for x in dst_grid)
+    if a_traj.numel() != src_t * src_h * src_w:
+        raise TrajectoryGridError(
+            f"attention map has {a_traj.numel()} values but its grid {tuple(src_grid)} holds {src_t * src_h * src_w}")
+    if src_t != dst_t:
+        raise TrajectoryGridError(f"temporal grids differ: teacher {src_t}, student {dst_t}")
+    grid = a_traj.float().view(1, src_t, src_h, src_w)  # [1, t, h, w]
+    if (src_h, src_w) != (dst_h, dst_w):
+        grid = F.interpolate(grid, size=(dst_h, dst_w), mode="bilinear", align_corners=False)  # [1, t, h', w']
+    return grid.reshape(-1)  # [t*h'*w']
+
+
+def build_traj_target(a_traj: np.ndarray | torch.Tensor, teacher_grid: Sequence[int], student_grid: Sequence[int],
+                      top_k: int = 8) -> torch.Tensor:
+    """Teacher map → student-grid distribution: resample, min-max (eq. 3), Top-K, renormalise to sum 1."""
+    raw = torch.as_tensor(np.asarray(a_traj, dtype=np.float32))
+    if not torch.isfinite(raw).all():
+        raise TrajectoryGridError("attention map contains NaN or inf")
+    mapped = resample_map(raw, teacher_grid, student_grid)  # [N]
+    span = mapped.max() - mapped.min()
+    if span <= 0:
+        raise TrajectoryGridError("attention map is constant: it carries no 'where to look' signal")
+    scaled = (mapped - mapped.min()) / span  # eq. 3
+    if 0 < top_k < scaled.numel():
+        keep = scaled.topk(top_k).indices
+        sparse = torch.zeros_like(scaled)
+        sparse[keep] = scaled[keep]
+        scaled = sparse
+    return scaled / scaled.sum()

@@ -1,0 +1,129 @@
+"""`lavit_sdpa`: transformers' SDPA attention plus two LaViT extras, registered with
+`AttentionInterface` so the real Qwen2.5-VL decoder calls it.
+
+* `lavit_probe=LatentAttentionProbe(...)`: records, per layer, the softmax rows of the *latent
+  queries only* ([B, H, K, S], summed over heads) — the student map of eq. 7 — without ever forming
+  the [B, H, S, S] attention matrix. Gradients flow through the recorded rows.
+* `hidden_keys(mask)` context ([B, S] bool): keys no other query may attend to (inference mode
+  `masked`, the "w/o latent tokens" row of Table 3); the hidden tokens themselves attend normally.
+  A context rather than a kwarg because `generate` rejects model kwargs it does not know.
+
+Without these kwargs the function *is* `sdpa_attention_forward`, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+LAVIT_ATTENTION = "lavit_sdpa"
+_HIDDEN_KEYS: ContextVar[torch.Tensor | None] = ContextVar("lavit_hidden_keys", default=None)
+
+
+@contextmanager
+def hidden_keys(mask: torch.Tensor) -> Iterator[None]:
+    """Within this block, `lavit_sdpa` hides the keys marked in `mask` [B, S_prompt] from other queries."""
+    token = _HIDDEN_KEYS.set(mask)
+    try:
+        yield
+    finally:
+        _HIDDEN_KEYS.reset(token)
+
+
+class LatentAttentionProbe:
+    """Collects the latent tokens' attention rows, one [B, K, S] head-sum per decoder layer.
+
+    Keyed by layer index so a gradient-checkpointing recompute overwrites rather than duplicates.
+    """
+
+    def __init__(self, latent_positions: torch.Tensor):
+        self.latent_positions = latent_positions  # [B, K]
+        self.head_sums: dict[int, torch.Tensor] = {}
+        self.num_heads: int | None = None
+
+    def record(self, layer_idx: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+               scaling: float, kv_groups: int) -> None:
+        bsz, heads, q_len, head_dim = query.shape
+        if q_len != key.shape[2]:
+            raise ValueError("the latent probe needs a full (uncached) forward pass")
+        k = self.latent_positions.shape[1]
+        index = self.latent_positions[:, None, :, None].expand(bsz, heads, k, head_dim)
+        q_latent = query.gather(2, index).float()  # [B, H, K, d]
+        keys = repeat_kv(key, kv_groups).float()  # [B, H, S, d]
+        scores = torch.matmul(q_latent, keys.transpose(-1, -2)) * scaling  # [B, H, K, S]
+        scores = scores + _rows_of_mask(attention_mask, self.latent_positions, key.shape[2])  # [B, 1|H, K, S]
+        probs = scores.softmax(dim=-1)  # [B, H, K, S]
+        self.head_sums[layer_idx] = probs.sum(dim=1)  # [B, K, S]
+        self.num_heads = heads
+
+    def mean_map(self, num_layers: int) -> torch.Tensor:
+        """Attention of each latent query over all keys, averaged over layers and heads: [B, K, S]."""
+        if len(self.head_sums) != num_layers:
+            raise RuntimeError(
+                f"latent attention probe saw {len(self.head_sums)} of {num_layers} decoder layers; the text model "
+                f"must run with attn_implementation='{LAVIT_ATTENTION}'"
+            )
+        total = torch.stack([self.head_sums[i] for i in sorted(self.head_sums)]).sum(dim=0)  # [B, K, S]
+        return total / (num_layers * self.num_heads)
+
+
+def _rows_of_mask(attention_mask: torch.Tensor | None, rows: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """Additive fp32 mask rows [B, 1, K, S] for the given query positions."""
+    bsz = rows.shape[0]
+    if attention_mask is None:  # SDPA's is_causal shortcut: rebuild causality for these rows
+        keys = torch.arange(kv_len, device=rows.device)
+        allowed = keys[None, None, :] <= rows[:, :, None]  # [B, K, S]
+        return torch.where(allowed, 0.0, float("-inf"))[:, None]
+    mask = attention_mask.expand(bsz, -1, -1, -1)  # [B, 1|H, S, S]
+    index = rows[:, None, :, None].expand(bsz, mask.shape[1], rows.shape[1], kv_len)
+    picked = mask.gather(2, index)  # [B, 1|H, K, S]
+    if picked.dtype == torch.bool:
+        return torch.where(picked, 0.0, float("-inf"))
+    return picked.float()
+
+
+def _hide_keys(attention_mask: torch.Tensor | None, hidden_keys: torch.Tensor, q_len: int, kv_len: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Combine the model's mask with 'no query except the hidden tokens themselves sees these keys'."""
+    device = hidden_keys.device
+    if hidden_keys.shape[1] < kv_len:  # tokens generated after the prompt are never hidden
+        pad = hidden_keys.new_zeros(hidden_keys.shape[0], kv_len - hidden_keys.shape[1])
+        hidden_keys = torch.cat([hidden_keys, pad], dim=1)
+    hidden_keys = hidden_keys[:, :kv_len]  # [B, KV]
+    query_is_hidden = hidden_keys[:, kv_len - q_len:]  # [B, Q] (queries are the last q_len positions)
+    block = hidden_keys[:, None, None, :] & ~query_is_hidden[:, None, :, None]  # [B, 1, Q, KV]
+    if attention_mask is None:
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
+        allowed = q_pos[:, None] >= torch.arange(kv_len, device=device)[None, :]  # [Q, KV]
+        attention_mask = allowed[None, None]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & ~block
+    return attention_mask.masked_fill(block, torch.finfo(dtype).min)
+
+
+def lavit_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, *, lavit_probe: LatentAttentionProbe | None = None,
+                         **kwargs):
+    hidden = _HIDDEN_KEYS.get()
+    if hidden is not None:
+        attention_mask = _hide_keys(attention_mask, hidden, query.shape[2], key.shape[2], query.dtype)
+    if lavit_probe is not None:
+        scaling = kwargs.get("scaling") or module.scaling
+        lavit_probe.record(module.layer_idx, query, key, attention_mask, scaling,
+                           getattr(module, "num_key_value_groups", 1))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(LAVIT_ATTENTION, lavit_sdpa_attention)
+AttentionMaskInterface.register(LAVIT_ATTENTION, sdpa_mask)
+
+
+def use_lavit_attention(model: torch.nn.Module) -> None:
+    """Route the text decoder through `lavit_sdpa`; the vision tower stays on plain SDPA."""
+    model.set_attn_implementation({"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})

@@ -1,0 +1,64 @@
+"""Loading students and exporting trained ones as plain Hugging Face checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.lavit_student import LavitStudent, base_model
+from lavit.models.tiny import STUDENT_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+
+LAVIT_META = "lavit.json"
+TINY = "tiny"
+
+
+def default_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min_pixels: int | None = None,
+                             max_pixels: int | None = None, seed: int = 0):
+    """A `Qwen2_5_VLForConditionalGeneration` with its processor, text decoder on `lavit_sdpa`.
+
+    `name` is a local directory or hub id, or 'tiny' for the built-in tiny student.
+    """
+    if name == TINY:
+        processor = build_tiny_processor(build_tiny_tokenizer())
+        model = build_tiny_model(processor.tokenizer, STUDENT_SPEC, seed=seed,
+                                 attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
+        return model.to(dtype or torch.float32), processor
+    pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+    processor = AutoProcessor.from_pretrained(name, **pixel_kwargs)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        name, dtype=dtype or default_dtype(),
+        attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
+    return model, processor
+
+
+def read_latent_tokens(directory: str | Path) -> list[str]:
+    """Latent token names recorded beside an exported student (empty for a plain model)."""
+    meta = Path(directory) / LAVIT_META
+    return json.loads(meta.read_text())["latent_tokens"] if meta.is_file() else []
+
+
+def export_student(student: LavitStudent, processor, directory: str | Path, meta: dict) -> Path:
+    """Save the student as a plain HF checkpoint + processor, the projection head and `lavit.json` beside it.
+
+    LoRA adapters are merged first, so any Qwen2.5-VL tooling can load the result.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = student.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model = base_model(model)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    if student.projection_head is not None:
+        student.projection_head.save(directory)
+    (directory / LAVIT_META).write_text(json.dumps(meta, indent=2))
+    return directory

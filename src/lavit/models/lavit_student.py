@@ -1,0 +1,93 @@
+"""The LaViT student (paper Fig. 1, §4.2): a Qwen2.5-VL that reads `[I, X_q, V, X_ans]` under
+curriculum sensory gating and exposes what the three losses need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lavit.models.attention import LatentAttentionProbe
+from lavit.models.gating import build_gated_attention_mask
+from lavit.models.projection_head import ProjectionHead
+
+
+@dataclass
+class StudentOutput:
+    hidden_states: torch.Tensor  # [B, S, D] after the final norm
+    ntp_logits: torch.Tensor | None  # [N, V] logits at the positions that predict labelled tokens
+    ntp_targets: torch.Tensor | None  # [N]
+    concept_pred: torch.Tensor | None  # [B, D_teacher] = φ_mlp(h_z), h_z = last latent token's state
+    student_traj: torch.Tensor | None  # [B, K, N_img] latent→image attention, a distribution over image tokens
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The `Qwen2_5_VLForConditionalGeneration` inside an optional peft wrapper."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class LavitStudent(nn.Module):
+    """Wraps a `Qwen2_5_VLForConditionalGeneration` (text decoder on `lavit_sdpa`).
+
+    `gamma` is the current gate value γ(t); the training callback sets it from the global step.
+    With γ = 1 the decoder runs with the plain 2-D mask: exactly the unmodified model.
+    """
+
+    def __init__(self, model: nn.Module, latent_token_ids: list[int], projection_head: ProjectionHead | None = None,
+                 trajectory_loss: bool = True):
+        super().__init__()
+        self.model = model
+        self.projection_head = projection_head
+        self.latent_token_ids = list(latent_token_ids)
+        self.trajectory_loss = trajectory_loss and bool(latent_token_ids)
+        self.gamma = 1.0
+
+    @property
+    def hf_model(self) -> nn.Module:
+        return base_model(self.model)
+
+    def forward(self, batch: dict) -> StudentOutput:
+        hf = self.hf_model
+        backbone = hf.model  # Qwen2_5_VLModel
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        num_latents = batch["latent_positions"].shape[1]
+        mask, position_ids = attention_mask, None
+        if self.gamma < 1.0 and bool(batch["gate_query_mask"].any()):
+            # mRoPE positions come from the 2-D padding mask, before it is replaced by the 4-D gated mask.
+            position_ids, _ = backbone.get_rope_index(input_ids, batch["mm_token_type_ids"], batch["image_grid_thw"],
+                                                      attention_mask=attention_mask)
+            gated = build_gated_attention_mask(attention_mask, batch["image_mask"], batch["gate_query_mask"],
+                                               self.gamma, dtype=hf.dtype)  # [B, 1, S, S]
+            mask = {"full_attention": gated}
+        probe = LatentAttentionProbe(batch["latent_positions"]) if self.trajectory_loss else None
+        extra = {"lavit_probe": probe} if probe is not None else {}
+        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                          pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                          mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
+                          **extra).last_hidden_state  # [B, S, D]
+
+        ntp_logits = ntp_targets = None
+        if "labels" in batch:
+            predicts = batch["labels"][:, 1:] != -100  # [B, S-1]: position t predicts label t+1
+            ntp_logits = hf.lm_head(hidden[:, :-1][predicts])  # [N, V]
+            ntp_targets = batch["labels"][:, 1:][predicts]  # [N]
+
+        concept_pred = None
+        if self.projection_head is not None and num_latents > 0:
+            last = batch["latent_positions"][:, -1]  # [B]
+            latent_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
+            concept_pred = self.projection_head(latent_hidden)  # [B, D_teacher]
+
+        student_traj = None
+        if probe is not None:
+            full = probe.mean_map(len(backbone.language_model.layers))  # [B, K, S]
+            student_traj = latent_image_distribution(full, batch["image_index"], batch["image_valid"])
+        return StudentOutput(hidden, ntp_logits, ntp_targets, concept_pred, student_traj)
+
+
+def latent_image_distribution(attn: torch.Tensor, image_index: torch.Tensor, image_valid: torch.Tensor) -> torch.Tensor:
+    """Restrict latent attention [B, K, S] to each example's image tokens and renormalise: [B, K, N]."""
+    index = image_index[:, None, :].expand(-1, attn.shape[1], -1)  # [B, K, N]
+    on_image = attn.gather(2, index) * image_valid[:, None, :]  # [B, K, N]
+    return on_image / on_image.sum(dim=-1, keepdim=True)

@@ -1,0 +1,40 @@
+"""φ_mlp (paper eq. 6): maps the last latent token's state into the teacher's semantic space."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+HEAD_WEIGHTS = "projection_head.safetensors"
+HEAD_CONFIG = "projection_head.json"
+
+
+class ProjectionHead(nn.Module):
+    """D_student → D_student → D_teacher with GELU; kept in fp32 whatever the model's dtype."""
+
+    def __init__(self, student_dim: int, teacher_dim: int):
+        super().__init__()
+        self.student_dim = student_dim
+        self.teacher_dim = teacher_dim
+        self.net = nn.Sequential(nn.Linear(student_dim, student_dim), nn.GELU(), nn.Linear(student_dim, teacher_dim))
+
+    def forward(self, latent_hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(latent_hidden.float())  # [B, D_teacher]
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / HEAD_WEIGHTS)
+        (directory / HEAD_CONFIG).write_text(json.dumps({"student_dim": self.student_dim,
+                                                          "teacher_dim": self.teacher_dim}))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ProjectionHead":
+        directory = Path(directory)
+        dims = json.loads((directory / HEAD_CONFIG).read_text())
+        head = cls(dims["student_dim"], dims["teacher_dim"])
+        head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
+        return head

@@ -1,0 +1,99 @@
+"""Single-shape scenes with a ground-truth box, and a LaViT-SFT set built from them.
+
+This is the seed of the synthetic world: every image holds one coloured shape on a grey ground;
+the question asks for its colour. `write_sft_set` stores the scenes in the LaViT-SFT Parquet
+layout. Its teacher signals are *synthetic*: `a_traj` is the shape's box rasterised onto the
+merged-token grid, `v_sem` a fixed random code per colour (plus noise) — enough to exercise
+training end to end; real signals come from `lavit extract`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = ((112, 112), (140, 112), (112, 84), (168, 140))
+
+
+@dataclass
+class Scene:
+    image: Image.Image
+    shape: str
+    color: str
+    bbox: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels
+
+
+def make_scene(rng: np.random.Generator) -> Scene:
+    width, height = SIZES[rng.integers(len(SIZES))]
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    color = list(COLORS)[rng.integers(len(COLORS))]
+    side = int(rng.integers(24, 44))
+    x1, y1 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    box = (x1, y1, x1 + side, y1 + side)
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLORS[color])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLORS[color])
+    else:
+        draw.polygon([(x1, y1 + side), (x1 + side, y1 + side), (x1 + side // 2, y1)], fill=COLORS[color])
+    return Scene(image, shape, color, box)
+
+
+def box_map(bbox: tuple[int, int, int, int], image_size: tuple[int, int], grid_hw: tuple[int, int]) -> np.ndarray:
+    """1 on merged-token cells whose centre lies in the box, a small floor elsewhere: [h*w]."""
+    width, height = image_size
+    grid_h, grid_w = grid_hw
+    ys = (np.arange(grid_h) + 0.5) * height / grid_h
+    xs = (np.arange(grid_w) + 0.5) * width / grid_w
+    inside = ((ys[:, None] >= bbox[1]) & (ys[:, None] <= bbox[3]) & (xs[None, :] >= bbox[0]) & (xs[None, :] <= bbox[2]))
+    # A box smaller than a cell may cover no cell centre: mark the cell holding the box centre.
+    centre_row = min(int((bbox[1] + bbox[3]) / 2 * grid_h / height), grid_h - 1)
+    centre_col = min(int((bbox[0] + bbox[2]) / 2 * grid_w / width), grid_w - 1)
+    inside[centre_row, centre_col] = True
+    return np.where(inside, 1.0, 0.05).astype(np.float32).reshape(-1)
+
+
+def merged_grid(image_size: tuple[int, int], patch_size: int = 14, merge_size: int = 2,
+                min_pixels: int = 4 * 28 * 28, max_pixels: int = 64 * 28 * 28) -> tuple[int, int, int]:
+    """The (t, h, w) merged-token grid Qwen2.5-VL's processor gives an image of this size."""
+    width, height = image_size
+    factor = patch_size * merge_size
+    h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return 1, h // factor, w // factor
+
+
+def write_sft_set(directory: str | Path, num_samples: int, *, teacher_dim: int = 192, seed: int = 0) -> Path:
+    """Write `num_samples` scenes as PNGs plus `sft.parquet` in the LaViT-SFT layout; returns the Parquet path."""
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    codes = {c: np.random.default_rng(1000 + i).standard_normal(teacher_dim) for i, c in enumerate(COLORS)}
+    rows = []
+    for i in range(num_samples):
+        scene = make_scene(rng)
+        name = f"images/{i:05d}.png"
+        scene.image.save(directory / name)
+        grid = merged_grid(scene.image.size)
+        rows.append({
+            "id": f"shape-{i:05d}",
+            "image": name,
+            "question": f"what color is the {scene.shape} ?",
+            "answer": scene.color,
+            "bbox": list(scene.bbox),
+            "a_traj": box_map(scene.bbox, scene.image.size, grid[1:]).tolist(),
+            "a_traj_grid": list(grid),
+            "v_sem": (codes[scene.color] + 0.1 * rng.standard_normal(teacher_dim)).astype(np.float16).tolist(),
+        })
+    path = directory / "sft.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, compression="zstd")
+    return path

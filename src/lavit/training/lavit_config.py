@@ -1,0 +1,92 @@
+"""Settings of `lavit train`. Defaults are the paper's Table A1 recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lavit.config import field
+from lavit.data.examples import LAVIT_SYSTEM_PROMPT
+from lavit.models.latent_tokens import DEFAULT_LATENT_TEMPLATE
+
+TINY_STUDENT = "tiny"
+
+
+@dataclass
+class LavitTrainConfig:
+    # what to train
+    model: str = field(TINY_STUDENT, "Student to start from: a Hugging Face path or id (e.g. "
+                       "Qwen/Qwen2.5-VL-3B-Instruct), or 'tiny' for the built-in tiny student (tests, CPU).")
+    method: Literal["lavit", "naive_sft"] = field("lavit", "'lavit': latent tokens, gating and both distillation "
+                                                  "losses; 'naive_sft': same data and recipe, text loss only, no latents.")
+    data: list[str] = field([], "LaViT-SFT Parquet files or directories of shards.")
+    image_root: str = field("", "Directory the samples' relative image paths start from.")
+    output_dir: str = field("runs/lavit", "Where checkpoints, the exported student and JSON results go.")
+    answer_field: str = field("answer", "Column holding the answer to train on ('answer' = ground truth, or "
+                              "'teacher_answer').")
+    max_samples: int = field(0, "Use only the first N samples (0 = all).")
+    # the method (paper §4.2)
+    num_latent_tokens: int = field(4, "K, the number of latent tokens <lvr_1>..<lvr_K> (paper: 4).")
+    latent_token_template: str = field(DEFAULT_LATENT_TEMPLATE, "Name pattern of the latent tokens; {i} counts from 1.")
+    trajectory_loss: bool = field(True, "Use L_traj (eq. 7); false = the 'w/o trajectory alignment' ablation.")
+    concept_loss: bool = field(True, "Use L_concept (eq. 6); false = the 'w/o semantic reconstruction' ablation.")
+    lam: float = field(0.3, "λ in L_total = L_ntp + λ (L_concept + L_traj) (eq. 9).")
+    traj_top_k: int = field(8, "Keep the k strongest teacher attention entries in the L_traj target (0 = all).")
+    gate: Literal["cosine", "hard", "none"] = field("cosine", "Sensory gate: cosine (eq. 5), hard (γ=0 then 1, "
+                                                    "'w/o curriculum gate'), none (γ≡1, 'single stage').")
+    gate_epsilon: float = field(1e-6, "ε, the gate's starting γ.")
+    gate_warmup_steps: int = field(400, "T_w, steps until the gate is fully open.")
+    gate_question_tokens: bool = field(True, "Also gate the question tokens between image and latents (closes a "
+                                       "leak: otherwise answers can read the image through question states).")
+    system_prompt: str = field(LAVIT_SYSTEM_PROMPT, "System prompt (paper C.3); empty = the template's default.")
+    # optimisation (Table A1)
+    learning_rate: float = field(5e-6, "Peak learning rate (AdamW).")
+    lr_scheduler_type: str = field("linear", "Learning-rate schedule after warmup.")
+    warmup_ratio: float = field(0.03, "Fraction of steps spent warming the learning rate up.")
+    weight_decay: float = field(0.0, "AdamW weight decay.")
+    adam_beta1: float = field(0.9, "AdamW β1.")
+    adam_beta2: float = field(0.999, "AdamW β2.")
+    max_grad_norm: float = field(1.0, "Gradient clipping norm.")
+    max_steps: int = field(1000, "Optimizer steps to train.")
+    batch_size: int = field(16, "Per-device batch size.")
+    gradient_accumulation_steps: int = field(1, "Micro-batches per optimizer step.")
+    freeze_vision: bool = field(True, "Keep the ViT encoder (and merger) frozen.")
+    gradient_checkpointing: bool = field(True, "Recompute activations in backward to save memory.")
+    precision: Literal["auto", "bf16", "fp32"] = field("auto", "auto = bf16 on GPU, fp32 on CPU.")
+    lora_r: int = field(0, "LoRA rank for the language model's linear layers (0 = full fine-tuning).")
+    lora_alpha: int = field(16, "LoRA α.")
+    min_pixels: int = field(256 * 28 * 28, "Image processor min pixels (Table A1).")
+    max_pixels: int = field(1280 * 28 * 28, "Image processor max pixels (Table A1).")
+    # bookkeeping
+    seed: int = field(42, "Seed for initialisation, data order and everything else random.")
+    logging_steps: int = field(10, "Log the loss terms every N steps.")
+    save_steps: int = field(200, "Checkpoint every N steps (resumable with resume=...).")
+    save_total_limit: int = field(0, "Keep at most N checkpoints (0 = all).")
+    resume: str = field("", "Resume from this checkpoint directory, or 'latest' for the newest in output_dir.")
+    dataloader_num_workers: int = field(0, "Data loading worker processes.")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_latent_tokens >= 1, "num_latent_tokens must be >= 1"),
+            ("{i}" in self.latent_token_template, "latent_token_template must contain {i}"),
+            (self.lam >= 0, "lam must be >= 0"),
+            (self.traj_top_k >= 0, "traj_top_k must be >= 0"),
+            (0 < self.gate_epsilon < 1, "gate_epsilon must be in (0, 1)"),
+            (self.gate_warmup_steps >= 0, "gate_warmup_steps must be >= 0"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.max_steps > 0, "max_steps must be > 0"),
+            (self.batch_size > 0, "batch_size must be > 0"),
+            (self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be > 0"),
+            (self.lora_r >= 0, "lora_r must be >= 0"),
+            (0 < self.min_pixels <= self.max_pixels, "need 0 < min_pixels <= max_pixels"),
+            (self.logging_steps > 0 and self.save_steps > 0, "logging_steps and save_steps must be > 0"),
+            (self.max_samples >= 0, "max_samples must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def uses_latents(self) -> bool:
+        return self.method == "lavit"
