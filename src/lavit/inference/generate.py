@@ -3,8 +3,8 @@
 * `forced` (default): the K latent tokens are appended after the generation prompt, then the
   answer is generated — exactly K latents, as in training.
 * `natural`: the prompt alone; the model emits its latent tokens (or not) itself.
-* `masked`: as `forced`, but no later token may attend to the latent tokens (their positions are
-  kept): the "w/o latent tokens" ablation of Table 3.
+* `masked`: as `forced`, but no token may attend to another latent token (positions are kept;
+  each latent sees only the prompt and itself): the "w/o latent tokens" ablation of Table 3.
 * `none`: no latent tokens at all (plain models, Naive-SFT).
 
 Returned texts never contain the latent tokens. No gating bias is used at inference.

@@ -5,7 +5,7 @@
   queries only* ([B, H, K, S], summed over heads) — the student map of eq. 7 — without ever forming
   the [B, H, S, S] attention matrix. Gradients flow through the recorded rows.
 * `hidden_keys(mask)` context ([B, S] bool): keys no other query may attend to (inference mode
-  `masked`, the "w/o latent tokens" row of Table 3); the hidden tokens themselves attend normally.
+  `masked`, the "w/o latent tokens" row of Table 3).
   A context rather than a kwarg because `generate` rejects model kwargs it does not know.
 
 Without these kwargs the function *is* `sdpa_attention_forward`, bit for bit.
@@ -90,18 +90,21 @@ def _rows_of_mask(attention_mask: torch.Tensor | None, rows: torch.Tensor, kv_le
 
 def _hide_keys(attention_mask: torch.Tensor | None, hidden_keys: torch.Tensor, q_len: int, kv_len: int,
                dtype: torch.dtype) -> torch.Tensor:
-    """Combine the model's mask with 'no query except the hidden tokens themselves sees these keys'."""
+    """Combine the model's mask with 'no query sees a hidden key, except the hidden token itself'.
+
+    So each latent token reads only the prompt and itself, and nothing after it reads any latent:
+    the answer's first token is read off the last latent's state, which then carries no other latent.
+    """
     device = hidden_keys.device
     if hidden_keys.shape[1] < kv_len:  # tokens generated after the prompt are never hidden
         pad = hidden_keys.new_zeros(hidden_keys.shape[0], kv_len - hidden_keys.shape[1])
         hidden_keys = torch.cat([hidden_keys, pad], dim=1)
     hidden_keys = hidden_keys[:, :kv_len]  # [B, KV]
-    query_is_hidden = hidden_keys[:, kv_len - q_len:]  # [B, Q] (queries are the last q_len positions)
-    block = hidden_keys[:, None, None, :] & ~query_is_hidden[:, None, :, None]  # [B, 1, Q, KV]
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)  # queries are the last q_len positions
+    kv_pos = torch.arange(kv_len, device=device)
+    block = hidden_keys[:, None, None, :] & (q_pos[:, None] != kv_pos[None, :])[None, None]  # [B, 1, Q, KV]
     if attention_mask is None:
-        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
-        allowed = q_pos[:, None] >= torch.arange(kv_len, device=device)[None, :]  # [Q, KV]
-        attention_mask = allowed[None, None]
+        attention_mask = (q_pos[:, None] >= kv_pos[None, :])[None, None]  # causal [1, 1, Q, KV]
     if attention_mask.dtype == torch.bool:
         return attention_mask & ~block
     return attention_mask.masked_fill(block, torch.finfo(dtype).min)

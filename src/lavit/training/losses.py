@@ -28,7 +28,7 @@ def traj_loss(student: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -
     per sample, shared by the K latent tokens) or [B, K, N]. Zero target entries (Top-K
     sparsification, padding) contribute nothing (0 · log 0 = 0).
     """
-    if target.dim() == 2:
+    if target.dim() == 2 and target.shape == (student.shape[0], student.shape[2]):
         target = target[:, None, :].expand_as(student)
     if target.shape != student.shape:
         raise ValueError(f"trajectory target {tuple(target.shape)} does not match the student map {tuple(student.shape)}")

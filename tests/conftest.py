@@ -1,0 +1,56 @@
+"""Shared builders: a tiny student with latent tokens, its processor, and samples of two image sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lavit.data.collator import LavitCollator
+from lavit.data.examples import LAVIT_SYSTEM_PROMPT, TrainingSample, build_example
+from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
+from lavit.models.tiny import STUDENT_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from lavit.toyworld.shapes import box_map, merged_grid
+
+TEACHER_DIM = 192
+
+
+class Tiny:
+    """A fresh tiny student (text decoder on lavit_sdpa) with K latent tokens, and helpers."""
+
+    def __init__(self, k: int = 4, seed: int = 0, spec=STUDENT_SPEC):
+        self.processor = build_tiny_processor(build_tiny_tokenizer())
+        self.tokenizer = self.processor.tokenizer
+        self.model = build_tiny_model(self.tokenizer, spec, seed=seed,
+                                      attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
+        self.names = latent_token_names(k) if k else []
+        torch.manual_seed(seed)
+        self.latent_ids = add_latent_tokens(self.tokenizer, self.model, self.names) if k else []
+
+    def sample(self, i: int, size=(112, 84), question="what color is the circle ?", answer="red") -> TrainingSample:
+        rng = np.random.default_rng(i)
+        pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        grid = merged_grid(size)
+        return TrainingSample(f"s{i}", Image.fromarray(pixels), question, answer,
+                              rng.standard_normal(TEACHER_DIM).astype(np.float32),
+                              box_map((10, 10, 50, 50), size, grid[1:]), grid)
+
+    def examples(self, sizes=((112, 84), (140, 140)), answers=("red", "a big green circle")) -> list[dict]:
+        return [build_example(self.processor, self.sample(i, s, answer=a), self.names,
+                              system_prompt=LAVIT_SYSTEM_PROMPT) for i, (s, a) in enumerate(zip(sizes, answers))]
+
+    def batch(self, gate_question_tokens: bool = True, **kwargs) -> dict:
+        return LavitCollator(self.tokenizer.pad_token_id, gate_question_tokens)(self.examples(**kwargs))
+
+
+@pytest.fixture
+def tiny() -> Tiny:
+    return Tiny()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)

@@ -1,0 +1,99 @@
+"""Latent modes: forced/natural/masked/none, batched, latent tokens never in the returned text."""
+
+import pytest
+import torch
+from PIL import Image
+
+import lavit.models.attention as attention
+from lavit.inference.generate import build_generation_inputs, generate_answers
+
+QUESTIONS = ["what color is the circle ?", "what shape is it ?"]
+
+
+def images():
+    return [Image.new("RGB", (112, 84), (200, 30, 30)), Image.new("RGB", (140, 140), (30, 200, 30))]
+
+
+def next_token_logits(tiny, mode, hide):
+    inputs = build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode=mode,
+                                     system_prompt=None)
+    context = attention.hidden_keys(torch.isin(inputs["input_ids"], torch.tensor(tiny.latent_ids))) if hide else None
+    with torch.no_grad():
+        if context is None:
+            return tiny.model(**inputs).logits[:, -1]
+        with context:
+            return tiny.model(**inputs).logits[:, -1]
+
+
+@pytest.mark.parametrize("mode", ["forced", "natural", "masked", "none"])
+def test_every_mode_returns_text_without_latent_tokens(tiny, mode):
+    latents = [] if mode == "none" else tiny.names
+    answers = generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=latents, mode=mode,
+                               max_new_tokens=6, min_new_tokens=6)
+    assert len(answers) == 2 and all("lvr" not in a for a in answers)
+
+
+def test_forced_appends_exactly_k_latents_after_the_prompt(tiny):
+    inputs = build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="forced",
+                                     system_prompt=None)
+    assert inputs["input_ids"][:, -4:].tolist() == [tiny.latent_ids] * 2  # left padding keeps them at the end
+    natural = build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="natural",
+                                      system_prompt=None)
+    assert not torch.isin(natural["input_ids"], torch.tensor(tiny.latent_ids)).any()
+
+
+def test_masked_hides_latents_from_later_tokens(tiny):
+    """Changing <lvr_1..K-1> changes forced answers but not masked ones (the first answer token is read
+    off <lvr_K>'s own state, which in masked mode sees only the prompt and itself)."""
+    forced, masked = next_token_logits(tiny, "forced", False), next_token_logits(tiny, "masked", True)
+    with torch.no_grad():
+        tiny.model.get_input_embeddings().weight[tiny.latent_ids[:-1]] += 5.0
+    forced2, masked2 = next_token_logits(tiny, "forced", False), next_token_logits(tiny, "masked", True)
+    text = torch.ones(forced.shape[1], dtype=torch.bool)
+    text[tiny.latent_ids] = False  # the tied lm_head rows of the latent tokens move with their embeddings
+    assert not torch.allclose(forced[:, text], forced2[:, text])
+    assert torch.equal(masked[:, text], masked2[:, text])
+
+
+def test_masked_mask_reaching_the_model_blocks_latent_keys(tiny, monkeypatch):
+    seen = []
+    original = attention.sdpa_attention_forward
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append(attention_mask)
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", spy)
+    generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="masked",
+                     max_new_tokens=2, min_new_tokens=2)
+    inputs = build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="masked",
+                                     system_prompt=None)
+    latent_cols = torch.isin(inputs["input_ids"], torch.tensor(tiny.latent_ids))  # [B, S]
+    prefill, decode = seen[0], seen[-1]
+    prompt_len = latent_cols.shape[1]
+    assert prefill.shape[-2:] == (prompt_len, prompt_len)
+    for b in range(2):
+        cols = latent_cols[b].nonzero().flatten()
+        others = (~latent_cols[b]).nonzero().flatten()
+        allowed = prefill[b, 0] if prefill.dtype == torch.bool else prefill[b, 0] > torch.finfo(prefill.dtype).min
+        assert not allowed[others][:, cols].any()  # no non-latent query sees a latent key
+        first_real = inputs["attention_mask"][b].nonzero()[0, 0]
+        assert allowed[cols[-1], cols[-1]] and allowed[cols[-1], first_real]  # a latent sees itself and the prompt
+        decode_allowed = decode[b, 0, -1] if decode.dtype == torch.bool else decode[b, 0, -1] > torch.finfo(decode.dtype).min
+        assert not decode_allowed[cols].any()  # nor does a generated token
+
+
+def test_batched_equals_unbatched(tiny):
+    both = generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names,
+                            max_new_tokens=5, min_new_tokens=5)
+    alone = [generate_answers(tiny.model, tiny.processor, [im], [q], latent_tokens=tiny.names,
+                              max_new_tokens=5, min_new_tokens=5)[0] for im, q in zip(images(), QUESTIONS)]
+    assert both == alone
+
+
+def test_bad_modes(tiny):
+    with pytest.raises(ValueError, match="latent mode"):
+        build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="hidden",
+                                system_prompt=None)
+    with pytest.raises(ValueError, match="needs the model's latent tokens"):
+        build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=[], mode="forced", system_prompt=None)

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from lavit.models.gating import GateSchedule, build_gated_attention_mask, gated_query_mask
+
+
+def test_cosine_schedule_follows_eq5():
+    s = GateSchedule("cosine", epsilon=1e-6, warmup_steps=400)
+    assert s.gamma(0) == pytest.approx(1e-6)
+    assert s.gamma(200) == pytest.approx(1e-6 + (1 - 1e-6) / 2)
+    assert s.gamma(100) == pytest.approx(1e-6 + (1 - 1e-6) / 2 * (1 - math.cos(math.pi / 4)))
+    assert s.gamma(400) == 1.0 and s.gamma(999) == 1.0
+    assert all(s.gamma(t) < s.gamma(t + 1) for t in range(399))
+
+
+def test_hard_and_none_variants():
+    hard = GateSchedule("hard", warmup_steps=10)
+    assert [hard.gamma(t) for t in (0, 9, 10)] == [0.0, 0.0, 1.0]
+    assert GateSchedule("none").gamma(0) == 1.0
+
+
+@pytest.mark.parametrize("kwargs", [{"variant": "soft"}, {"epsilon": 0.0}, {"epsilon": 1.0}, {"warmup_steps": -1}])
+def test_bad_schedules_rejected(kwargs):
+    with pytest.raises(ValueError):
+        GateSchedule(**kwargs)
+
+
+def _layout():
+    # sequence: [sys, img, img, q, q, lat, lat, ans, ans, pad]
+    image = torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    latent = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    attn = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1, 0]])
+    return image, latent, attn
+
+
+def test_gated_queries_are_question_and_answer_by_default():
+    image, latent, attn = _layout()
+    assert gated_query_mask(image, latent, attn).int().tolist() == [[0, 0, 0, 1, 1, 0, 0, 1, 1, 0]]
+    assert gated_query_mask(image, latent, attn, gate_question_tokens=False).int().tolist() == [[0, 0, 0, 0, 0, 0, 0, 1, 1, 0]]
+
+
+def test_gated_mask_values():
+    image, latent, attn = _layout()
+    gate = gated_query_mask(image, latent, attn)
+    mask = build_gated_attention_mask(attn, image, gate, 1e-6, torch.float32)[0, 0]  # [S, S]
+    blocked = torch.finfo(torch.float32).min
+    assert mask.shape == (10, 10)
+    assert mask[0, 1] == blocked  # causal
+    assert mask[8, 9] == blocked and mask[9, 9] == blocked  # padding key
+    assert mask[7, 1] == pytest.approx(math.log(1e-6)) and mask[3, 2] == pytest.approx(math.log(1e-6))  # gated
+    assert mask[5, 1] == 0 and mask[6, 2] == 0  # latents see the image
+    assert mask[7, 5] == 0 and mask[7, 0] == 0  # answer sees latents and the prefix
+    hard = build_gated_attention_mask(attn, image, gate, 0.0, torch.float32)[0, 0]
+    assert hard[7, 1] == blocked

@@ -1,0 +1,158 @@
+"""The student's forward: γ = 1 is the plain model, the gate is causal and effective, the latent
+probe equals eager attention, and every loss reaches the parameters it should."""
+
+import pytest
+import torch
+
+from lavit.data.collator import LavitCollator
+from lavit.models.lavit_student import LavitStudent
+from lavit.models.projection_head import ProjectionHead
+from lavit.training.losses import concept_loss, ntp_loss, traj_loss
+from tests.conftest import TEACHER_DIM
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def student_of(tiny, head=True):
+    return LavitStudent(tiny.model, tiny.latent_ids, ProjectionHead(128, TEACHER_DIM) if head else None)
+
+
+def eager_attentions(tiny, batch, gamma):
+    """Per-layer attention probabilities [B, H, S, S] from transformers' eager path, same mask."""
+    student = student_of(tiny)
+    student.gamma = gamma
+    captured = {}
+    tiny.model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
+    try:
+        backbone = tiny.model.model
+        original = backbone.forward
+
+        def capture(**kwargs):
+            kwargs.pop("lavit_probe", None)
+            out = original(**kwargs, output_attentions=True)
+            captured["attn"] = out.attentions
+            return out
+
+        backbone.forward = capture
+        student.trajectory_loss = False
+        student(batch)
+    finally:
+        backbone.forward = original
+        tiny.model.set_attn_implementation({"text_config": "lavit_sdpa", "vision_config": "sdpa"})
+    return captured["attn"]
+
+
+def test_gamma_one_is_the_plain_model_bit_for_bit(tiny):
+    batch = tiny.batch()
+    student = student_of(tiny)
+    student.gamma = 1.0
+    with torch.no_grad():
+        out = student(batch)
+        tiny.model.set_attn_implementation("sdpa")
+        plain = tiny.model(**{k: batch[k] for k in MODEL_INPUTS})
+    assert torch.equal(tiny.model.lm_head(out.hidden_states), plain.logits)
+
+
+def test_gate_is_causal(tiny):
+    """Changing a later token never changes an earlier logit, with the gate closed."""
+    batch = tiny.batch()
+    student = student_of(tiny)
+    student.gamma = 1e-6
+    with torch.no_grad():
+        before = student(batch).hidden_states
+        changed = dict(batch, input_ids=batch["input_ids"].clone())
+        last_real = batch["attention_mask"].sum(1) - 1
+        for b, t in enumerate(last_real.tolist()):
+            changed["input_ids"][b, t - 1] = tiny.tokenizer.convert_tokens_to_ids("blue")
+        after = student(changed).hidden_states
+    for b, t in enumerate(last_real.tolist()):
+        assert torch.equal(before[b, : t - 1], after[b, : t - 1])
+        assert not torch.equal(before[b, t - 1:t + 1], after[b, t - 1:t + 1])
+
+
+@pytest.mark.parametrize("gate_question_tokens", [True, False])
+def test_closed_gate_starves_answers_of_the_image_but_not_latents(tiny, gate_question_tokens):
+    batch = tiny.batch(gate_question_tokens=gate_question_tokens)
+    open_attn = eager_attentions(tiny, batch, 1.0)
+    closed_attn = eager_attentions(tiny, batch, 1e-6)
+    image = batch["image_mask"][:, None, None, :].float()  # [B, 1, 1, S]
+    gated = batch["gate_query_mask"]
+    latent = batch["latent_mask"]
+    for layer, (opened, closed) in enumerate(zip(open_attn, closed_attn)):
+        mass_open = (opened * image).sum(-1).mean(1)  # [B, S] attention mass on image keys
+        mass_closed = (closed * image).sum(-1).mean(1)
+        assert mass_open[gated].min() > 1e-3
+        assert mass_closed[gated].max() < 1e-4
+        if layer == 0 or not gate_question_tokens:
+            # latents only read ungated states here, so their rows are exactly those of the open model
+            rows = latent[:, None, :, None].expand_as(opened)
+            assert torch.allclose(opened[rows], closed[rows], atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 1e-6])
+def test_probe_equals_eager_reference(tiny, gamma):
+    batch = tiny.batch()
+    assert not batch["attention_mask"].all()  # padded: the two samples differ in length
+    student = student_of(tiny)
+    student.gamma = gamma
+    with torch.no_grad():
+        probed = student(batch).student_traj  # [B, K, N]
+    attn = torch.stack(eager_attentions(tiny, batch, gamma)).mean(dim=(0, 2))  # [B, S, S] mean over layers, heads
+    for b in range(2):
+        rows = attn[b][batch["latent_positions"][b]]  # [K, S]
+        n = int(batch["image_valid"][b].sum())
+        on_image = rows[:, batch["image_index"][b, :n]]
+        expected = on_image / on_image.sum(-1, keepdim=True)
+        assert torch.allclose(probed[b, :, :n], expected, atol=1e-5)
+        assert probed[b, :, n:].abs().sum() == 0
+    # batched equals unbatched
+    single = LavitCollator(tiny.tokenizer.pad_token_id)(tiny.examples()[1:])
+    with torch.no_grad():
+        alone = student(single).student_traj[0]
+    n = int(batch["image_valid"][1].sum())
+    assert torch.allclose(alone, probed[1, :, :n], atol=1e-5)
+
+
+def test_losses_reach_the_right_parameters(tiny):
+    batch = tiny.batch()
+    student = student_of(tiny)
+    student.gamma = 1e-6
+    layers = tiny.model.model.language_model.layers
+    head = student.projection_head
+
+    def grads(loss_of):
+        student.zero_grad(set_to_none=True)
+        loss_of(student(batch)).backward()
+        return {
+            "q_proj": layers[0].self_attn.q_proj.weight.grad,
+            "k_proj": layers[-1].self_attn.k_proj.weight.grad,
+            "head": head.net[0].weight.grad,
+            "embed": tiny.model.get_input_embeddings().weight.grad,
+        }
+
+    traj = grads(lambda o: traj_loss(o.student_traj, batch["traj_target"]))
+    assert traj["q_proj"].abs().sum() > 0 and traj["k_proj"].abs().sum() > 0
+    assert traj["head"] is None  # the trajectory loss does not touch φ_mlp
+    concept = grads(lambda o: concept_loss(o.concept_pred, batch["v_sem"]))
+    assert concept["head"].abs().sum() > 0 and concept["q_proj"].abs().sum() > 0
+    latent_rows = concept["embed"][tiny.latent_ids]
+    assert latent_rows.abs().sum() > 0  # latent token embeddings learn
+    ntp = grads(lambda o: ntp_loss(o.ntp_logits, o.ntp_targets))
+    assert ntp["q_proj"].abs().sum() > 0 and ntp["head"] is None
+
+
+def test_probe_without_lavit_attention_is_an_error(tiny):
+    batch = tiny.batch()
+    tiny.model.set_attn_implementation("sdpa")
+    with pytest.raises(RuntimeError, match="lavit_sdpa"):
+        student_of(tiny)(batch)
+
+
+def test_ntp_labels_cover_latents_and_answer(tiny):
+    batch = tiny.batch()
+    student = student_of(tiny)
+    with torch.no_grad():
+        out = student(batch)
+    labelled = batch["labels"][batch["labels"] != -100]
+    assert torch.equal(out.ntp_targets, labelled)
+    assert out.ntp_logits.shape == (labelled.numel(), tiny.model.config.text_config.vocab_size)

@@ -1,0 +1,128 @@
+"""End-to-end training on CPU: losses fall, resume is exact, NaN stops, the export is a plain HF model."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lavit.config import load_config
+from lavit.models.projection_head import HEAD_WEIGHTS
+from lavit.toyworld.shapes import write_sft_set
+from lavit.training.lavit_config import LavitTrainConfig
+from lavit.training.lavit_trainer import NonFiniteLossError
+from lavit.training.train import run_training
+
+SMALL = dict(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28, gradient_checkpointing=False)
+
+
+@pytest.fixture(scope="module")
+def sft_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    return write_sft_set(root, 24, seed=0)
+
+
+def config(sft_set, out, **kw):
+    values = dict(data=[str(sft_set)], image_root=str(sft_set.parent), output_dir=str(out), batch_size=4,
+                  learning_rate=1e-3, warmup_ratio=0.0, logging_steps=1, save_steps=1000, **SMALL)
+    values.update(kw)
+    return LavitTrainConfig(**values)
+
+
+def losses(history, key):
+    return [h[key] for h in history if key in h]
+
+
+@pytest.mark.slow
+def test_a_few_hundred_steps_lower_all_three_losses(sft_set, tmp_path):
+    result = run_training(config(sft_set, tmp_path, max_steps=300, logging_steps=25, gate_warmup_steps=100))
+    for key in ("loss_ntp", "loss_concept", "loss_traj"):
+        curve = losses(result["log_history"], key)
+        assert len(curve) == 12
+        assert sum(curve[-2:]) / 2 < 0.7 * sum(curve[:2]) / 2, (key, curve)
+    saved = json.loads((tmp_path / "train_results.json").read_text())
+    assert saved["settings"]["max_steps"] == 300 and saved["global_step"] == 300
+
+
+@pytest.mark.slow
+def test_resume_reproduces_the_uninterrupted_run(sft_set, tmp_path):
+    full = run_training(config(sft_set, tmp_path / "full", max_steps=8, save_steps=4, gate_warmup_steps=6))
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", resumed_dir / "checkpoint-4")
+    resumed = run_training(config(sft_set, resumed_dir, max_steps=8, save_steps=4, gate_warmup_steps=6,
+                                  resume="latest"))
+    keys = ("loss", "loss_ntp", "loss_concept", "loss_traj", "gamma", "learning_rate")
+    after = [h for h in full["log_history"] if "loss" in h and h["step"] > 4]
+    again = [h for h in resumed["log_history"] if "loss" in h and h["step"] > 4]
+    assert [h["step"] for h in again] == [5, 6, 7, 8] == [h["step"] for h in after]
+    for key in keys:
+        assert [h[key] for h in again] == pytest.approx([h[key] for h in after], rel=1e-6, abs=1e-8), key
+    assert any(0 < h["gamma"] < 1 for h in after)  # resumed inside the gate warm-up
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_training_with_a_clear_message(sft_set, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step"):
+        run_training(config(sft_set, tmp_path, max_steps=5, learning_rate=1e30, max_grad_norm=0.0))
+
+
+@pytest.mark.slow
+def test_export_reloads_with_plain_transformers_and_generates(sft_set, tmp_path):
+    result = run_training(config(sft_set, tmp_path, max_steps=3))
+    student_dir = result["student_dir"]
+    assert (tmp_path / "student" / HEAD_WEIGHTS).is_file()
+    script = f"""
+import sys
+from PIL import Image
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+model = Qwen2_5_VLForConditionalGeneration.from_pretrained({student_dir!r})
+processor = AutoProcessor.from_pretrained({student_dir!r})
+assert 'lavit' not in sys.modules
+assert model.config.text_config._attn_implementation == 'sdpa', model.config.text_config._attn_implementation
+text = processor.apply_chat_template([{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "what color ?"}}]}}], add_generation_prompt=True, tokenize=False)
+inputs = processor(text=[text + "<lvr_1><lvr_2><lvr_3><lvr_4>"], images=[Image.new("RGB", (56, 56))], return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_lora_and_naive_sft_runs_export_plain_checkpoints(sft_set, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    lora = run_training(config(sft_set, tmp_path / "lora", max_steps=2, lora_r=4))
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(lora["student_dir"])
+    assert not any("lora" in name for name in model.state_dict())
+    sft = run_training(config(sft_set, tmp_path / "sft", max_steps=2, method="naive_sft"))
+    meta = json.loads((tmp_path / "sft" / "student" / "lavit.json").read_text())
+    assert meta["latent_tokens"] == [] and not (tmp_path / "sft" / "student" / HEAD_WEIGHTS).exists()
+    assert "loss_traj" not in sft["log_history"][0]
+
+
+def test_missing_data_and_columns_are_clear_errors(sft_set, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_training(config(sft_set, tmp_path, max_steps=1, data=[str(tmp_path / "nope.parquet")]))
+    with pytest.raises(ValueError, match="lacks columns"):
+        run_training(config(sft_set, tmp_path, max_steps=1, answer_field="teacher_answer"))
+
+
+def test_recipes_load_and_override(tmp_path):
+    paper = load_config(LavitTrainConfig, "recipes/lavit_qwen2_5_vl_3b.yaml", ["max_steps=20", "gate=hard"])
+    assert (paper.learning_rate, paper.batch_size, paper.num_latent_tokens, paper.lam) == (5e-6, 16, 4, 0.3)
+    assert (paper.max_steps, paper.gate, paper.gate_warmup_steps) == (20, "hard", 400)
+    naive = load_config(LavitTrainConfig, "recipes/naive_sft_qwen2_5_vl_3b.yaml")
+    assert naive.method == "naive_sft" and naive.learning_rate == paper.learning_rate
+    with pytest.raises(ValueError, match="unknown"):
+        load_config(LavitTrainConfig, None, ["learnig_rate=1"])
+    with pytest.raises(ValueError):
+        load_config(LavitTrainConfig, None, ["gate=soft"])
+    with pytest.raises(TypeError):
+        load_config(LavitTrainConfig, None, ["max_steps=ten"])
+    with pytest.raises(ValueError, match="max_steps"):
+        load_config(LavitTrainConfig, None, ["max_steps=0"])
