@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="performance against the plain model, as JSON")
     bench.add_argument("what", choices=["train"], help="train: LaViT step and latent generation overheads")
     bench.add_argument("--json", action="store_true", help="one-line JSON")
-    bench.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement (median reported)")
-    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--repeats", type=int, default=9, help="timed repeats per measurement (median reported)")
+    bench.add_argument("--batch-size", type=int, default=8, help="samples per step and per generate call")
     bench.set_defaults(run=_bench)
 
     demo = sub.add_parser("demo", help="end-to-end run on the embedded synthetic default")

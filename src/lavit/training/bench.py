@@ -57,7 +57,7 @@ def _batch(processor, latent_names: list[str], batch_size: int, teacher_dim: int
     return LavitCollator(processor.tokenizer.pad_token_id)(examples)
 
 
-def bench_train(batch_size: int = 4, repeats: int = 5, num_latents: int = 4, gen_tokens: int = 32,
+def bench_train(batch_size: int = 8, repeats: int = 9, num_latents: int = 4, gen_tokens: int = 32,
                 seed: int = 0) -> dict:
     """Median step time of LaViT (γ = ε gate, L_ntp + L_concept + L_traj) over Naive-SFT, and of forced
     K-latent generation over plain generation (same 32-token answers)."""

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from lavit.cli import main
+from lavit.toyworld.shapes import write_sft_set
+
+
+@pytest.mark.slow
+def test_bench_train_prints_one_json_object(capsys):
+    assert main(["bench", "train", "--json", "--repeats", "1", "--batch-size", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("step_time_ratio_lavit_over_sft", "gen_time_ratio_latent_over_plain"):
+        assert result[key] > 0
+    assert result["settings"]["num_latent_tokens"] == 4
+
+
+@pytest.mark.slow
+def test_train_from_the_command_line(tmp_path, capsys):
+    data = write_sft_set(tmp_path / "data", 8)
+    code = main(["train", f"data=[{data}]", f"image_root={data.parent}", f"output_dir={tmp_path / 'run'}",
+                 "max_steps=2", "batch_size=2", "min_pixels=3136", "max_pixels=50176", "gradient_checkpointing=false"])
+    assert code == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.rindex('{\n  "train_loss"'):])
+    assert summary["global_step"] == 2
+    assert (tmp_path / "run" / "student" / "config.json").is_file()
+
+
+def test_bad_config_is_a_clear_error(capsys):
+    assert main(["train", "max_steps=0"]) == 2
+    assert "max_steps must be > 0" in capsys.readouterr().err
+
+
+def test_help_config_lists_every_setting(capsys):
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    assert "gate_warmup_steps = 400" in out and "T_w" in out
+
+
+@pytest.mark.slow
+def test_demo_runs_at_a_reduced_budget(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "4"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["runs"]) == {"naive_sft", "lavit"}
+    assert "loss_traj" in results["runs"]["lavit"]["last_logged"]
