@@ -37,7 +37,7 @@ def run_demo(out: str | Path, *, train_samples: int = 96, test_samples: int = 24
     train_path = write_sft_set(out / "data" / "train", train_samples, seed=seed)
     test_path = write_sft_set(out / "data" / "test", test_samples, seed=seed + 1)
     common = dict(data=[str(train_path)], image_root=str(train_path.parent), max_steps=steps, batch_size=8,
-                  learning_rate=2e-3, warmup_ratio=0.05, gate_warmup_steps=steps * 2 // 5, logging_steps=10,
+                  learning_rate=2e-3, warmup_ratio=0.05, gate_warmup_steps=steps * 2 // 5, logging_steps=min(10, steps),
                   save_steps=steps, seed=seed, gradient_checkpointing=False, **SMALL_IMAGES)
     runs = {
         "naive_sft": LavitTrainConfig(method="naive_sft", system_prompt="", output_dir=str(out / "naive_sft"), **common),
@@ -58,7 +58,8 @@ def run_demo(out: str | Path, *, train_samples: int = 96, test_samples: int = 24
                                    mode="forced" if latents else "none", system_prompt=cfg.system_prompt or None,
                                    max_new_tokens=4)
         correct = [a.split()[:1] == [r["answer"]] for a, r in zip(answers, rows)]
-        first, last = trained["log_history"][0], trained["log_history"][-2]
+        logged = [h for h in trained["log_history"] if "loss" in h]
+        first, last = logged[0], logged[-1]
         results["runs"][name] = {
             "test_accuracy": sum(correct) / len(correct),
             "first_logged": {k: v for k, v in first.items() if k.startswith("loss")},
