@@ -92,3 +92,10 @@ def test_collator_refuses_mixed_signals_and_mixed_k(tiny):
     c = dict(tiny.examples()[1], latent_positions=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="different numbers of latent tokens"):
         LavitCollator(0)([a, c])
+
+
+def test_v_sem_of_mixed_dimensions_is_a_clear_error(tiny):
+    a, b = tiny.examples()
+    b["v_sem"] = b["v_sem"][:100]
+    with pytest.raises(ValueError, match="different dimensions"):
+        LavitCollator(0)([a, b])

@@ -60,6 +60,9 @@ class LavitCollator:
                 raise ValueError(f"{key} missing for samples {missing} while others in the batch have it")
             if all(present):
                 values = [e[key] for e in examples]
+                dims = {v.shape[-1] for v in values}
+                if key == "v_sem" and len(dims) != 1:
+                    raise ValueError(f"V_sem targets in one batch have different dimensions {sorted(dims)}")
                 batch[key] = torch.stack(values) if key == "v_sem" else pad_sequence(values, batch_first=True)
         if "traj_target" in batch and batch["traj_target"].shape != image_index.shape:
             raise ValueError("trajectory targets do not match the image token counts of their samples")
