@@ -71,7 +71,7 @@ def locate_layout(input_ids: torch.Tensor, image_token_id: int, latent_ids: list
 
 
 def build_example(processor, sample: TrainingSample, latent_tokens: list[str], *, system_prompt: str | None,
-                  top_k: int = 8, image_token_id: int | None = None) -> dict:
+                  top_k: int = 8) -> dict:
     """Tokenise `sample` as `[system, I, X_q, assistant:, V, X_ans, <|im_end|>]` (K = 0 gives Naive-SFT).
 
     Labels cover the latent tokens and the answer (with its end-of-turn token); the teacher map, if
@@ -88,9 +88,8 @@ def build_example(processor, sample: TrainingSample, latent_tokens: list[str], *
     labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), cont_ids])
     mm_types = torch.cat([enc["mm_token_type_ids"][0], torch.zeros_like(cont_ids)])
 
-    image_token_id = image_token_id if image_token_id is not None else processor.image_token_id
     latent_ids = tokenizer.convert_tokens_to_ids(latent_tokens)
-    image_pos, latent_pos = locate_layout(input_ids, image_token_id, latent_ids, sample.id)
+    image_pos, latent_pos = locate_layout(input_ids, processor.image_token_id, latent_ids, sample.id)
     grid_thw = enc["image_grid_thw"][0]  # [3], in patches
     merge = processor.image_processor.merge_size
     student_grid = (int(grid_thw[0]), int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)

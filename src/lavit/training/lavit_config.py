@@ -7,15 +7,14 @@ from typing import Literal
 
 from lavit.config import field
 from lavit.data.examples import LAVIT_SYSTEM_PROMPT
+from lavit.models.checkpoint import TINY
 from lavit.models.latent_tokens import DEFAULT_LATENT_TEMPLATE
-
-TINY_STUDENT = "tiny"
 
 
 @dataclass
 class LavitTrainConfig:
     # what to train
-    model: str = field(TINY_STUDENT, "Student to start from: a Hugging Face path or id (e.g. "
+    model: str = field(TINY, "Student to start from: a Hugging Face path or id (e.g. "
                        "Qwen/Qwen2.5-VL-3B-Instruct), or 'tiny' for the built-in tiny student (tests, CPU).")
     method: Literal["lavit", "naive_sft"] = field("lavit", "'lavit': latent tokens, gating and both distillation "
                                                   "losses; 'naive_sft': same data and recipe, text loss only, no latents.")

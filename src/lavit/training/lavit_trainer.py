@@ -4,7 +4,6 @@ student + projection head pair."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -80,7 +79,6 @@ class LavitTrainer(Trainer):
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         save_model(self.student, str(output_dir / STUDENT_STATE))  # de-duplicates tied embeddings
-        (output_dir / "lavit_checkpoint.json").write_text(json.dumps({"gamma": self.student.gamma}))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         path = Path(resume_from_checkpoint) / STUDENT_STATE
