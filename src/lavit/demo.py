@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from lavit.inference.generate import generate_answers
-from lavit.models.checkpoint import read_latent_tokens
+from lavit.models.checkpoint import load_model_and_processor, read_latent_tokens
 from lavit.toyworld.shapes import write_sft_set
 from lavit.training.lavit_config import LavitTrainConfig
 from lavit.training.train import run_training
@@ -28,10 +28,6 @@ SMALL_IMAGES = dict(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
 
 def run_demo(out: str | Path, *, train_samples: int = 96, test_samples: int = 24, steps: int = 120,
              seed: int = 0) -> dict:
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
-    from lavit.models.attention import LAVIT_ATTENTION
-
     start = time.time()
     out = Path(out)
     train_path = write_sft_set(out / "data" / "train", train_samples, seed=seed)
@@ -50,9 +46,8 @@ def run_demo(out: str | Path, *, train_samples: int = 96, test_samples: int = 24
     for name, cfg in runs.items():
         trained = run_training(cfg)
         student_dir = trained["student_dir"]
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            student_dir, attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"}).eval()
-        processor = AutoProcessor.from_pretrained(student_dir)
+        model, processor = load_model_and_processor(student_dir)
+        model.eval()
         latents = read_latent_tokens(student_dir)
         answers = generate_answers(model, processor, images, questions, latent_tokens=latents,
                                    mode="forced" if latents else "none", system_prompt=cfg.system_prompt or None,

@@ -26,12 +26,12 @@ def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min
 
     `name` is a local directory or hub id, or 'tiny' for the built-in tiny student.
     """
+    pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
     if name == TINY:
-        processor = build_tiny_processor(build_tiny_tokenizer())
+        processor = build_tiny_processor(build_tiny_tokenizer(), **pixel_kwargs)
         model = build_tiny_model(processor.tokenizer, STUDENT_SPEC, seed=seed,
                                  attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
         return model.to(dtype or torch.float32), processor
-    pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
     processor = AutoProcessor.from_pretrained(name, **pixel_kwargs)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         name, dtype=dtype or default_dtype(),
