@@ -48,6 +48,30 @@ class Tiny:
     def batch(self, gate_question_tokens: bool = True, **kwargs) -> dict:
         return LavitCollator(self.tokenizer.pad_token_id, gate_question_tokens)(self.examples(**kwargs))
 
+    @torch.no_grad()
+    def eager_attentions(self, batch: dict, gamma: float) -> tuple[torch.Tensor, ...]:
+        """Per-layer attention probabilities [B, H, S, S] from transformers' eager path, under the student's
+        mask at this γ (the reference the `lavit_sdpa` probes are checked against)."""
+        student = LavitStudent(self.model, self.latent_ids, trajectory_loss=False)
+        student.gamma = gamma
+        captured = {}
+        self.model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
+        backbone = self.model.model
+        original = backbone.forward
+        try:
+            def capture(**kwargs):
+                kwargs.pop("lavit_probe", None)
+                out = original(**kwargs, output_attentions=True)
+                captured["attn"] = out.attentions
+                return out
+
+            backbone.forward = capture
+            student(batch)
+        finally:
+            backbone.forward = original
+            self.model.set_attn_implementation({"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
+        return captured["attn"]
+
 
 def _export_tiny_student(directory, template: str = "<lvr_{i}>", with_meta: bool = True) -> list[str]:
     """Save a random tiny student with 4 latent tokens as a plain HF checkpoint (+ lavit.json if `with_meta`)."""

@@ -94,27 +94,39 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo_config(args: argparse.Namespace):
+    import dataclasses
+
+    from lavit.config import build_config, parse_overrides
     from lavit.demo import DemoConfig
 
-    return DemoConfig(out=args.out, seeds=args.seeds, steps=args.steps, pool_samples=args.pool_samples,
-                      test_samples=args.test_samples, analysis_samples=args.analysis_samples)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if f.name != "student_overrides"}
+    return build_config(DemoConfig, values | {"student_overrides": parse_overrides(args.set)})
 
 
 def _demo(args: argparse.Namespace) -> int:
     from lavit.demo import run_demo
 
     results = run_demo(_demo_config(args))
-    acc = results["accuracy"]
+    paired = results["paired_difference"]
+    failed = [k for k, c in results["validity"].items() if not c["pass"]]
+    ci = "n/a" if paired["ci95"] is None else "[" + ", ".join(f"{100 * x:+.1f}" for x in paired["ci95"]) + "]"
     print(f"demo finished in {results['wall_seconds']:.0f}s; report: {args.out}/report.md")
-    print("test accuracy: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in acc.items()))
+    print(f"validity: {'all checks pass' if not failed else 'FAILED ' + ', '.join(failed)}")
+    print(f"LaViT − Naive-SFT test accuracy: {100 * paired['mean']:+.1f} points, 95% CI {ci} → {paired['verdict']}")
     return 0
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from lavit.toyworld.ablate import run_ablation
+    from lavit.toyworld.ablate import ROW_SETS, ROW_TITLES, run_ablation, run_data_efficiency
 
-    result = run_ablation(_demo_config(args))
-    print((Path(args.out) / "ablation.md").read_text())
+    cfg = _demo_config(args)
+    if args.pool_sizes:
+        sizes = [int(x) for x in args.pool_sizes.split(",") if x.strip()]
+        result = run_data_efficiency(cfg, sizes)
+        print((Path(args.out) / "data_efficiency.md").read_text())
+    else:
+        result = run_ablation(cfg, ROW_SETS[args.rows], title=ROW_TITLES[args.rows])
+        print((Path(args.out) / "ablation.md").read_text())
     print(f"ablation finished in {result['wall_seconds']:.0f}s")
     return 0
 
@@ -200,19 +212,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_bench)
 
     def world_args(p: argparse.ArgumentParser, out: str) -> None:
-        p.add_argument("--out", default=out, help="output directory")
-        p.add_argument("--seeds", type=int, default=1, help="student seeds (each with its own pool split)")
-        p.add_argument("--steps", type=int, default=300, help="training steps per student")
-        p.add_argument("--pool-samples", type=int, default=4000, help="samples the teacher extracts before filtering")
-        p.add_argument("--test-samples", type=int, default=300, help="held-out test questions")
-        p.add_argument("--analysis-samples", type=int, default=120, help="test samples in the attention analysis")
+        import dataclasses
+        import typing
+
+        from lavit.demo import DemoConfig
+
+        hints = typing.get_type_hints(DemoConfig)
+        for f in dataclasses.fields(DemoConfig):
+            if f.name == "student_overrides":
+                continue
+            default = out if f.name == "out" else f.default
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=hints[f.name], default=default,
+                           help=f"{f.metadata['help']} (default: {default})")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a `lavit train` setting for both students, e.g. --set lam=0.5 (repeatable)")
 
     demo = sub.add_parser("demo", help="the whole pipeline in the toy world, with report.md and figures")
     world_args(demo, "runs/demo")
     demo.set_defaults(run=_demo)
 
-    ablate = sub.add_parser("ablate", help="Table 3 rows and the K sweep in the toy world")
+    ablate = sub.add_parser("ablate", help="Table 3 rows and the K sweep in the toy world, or data efficiency")
     world_args(ablate, "runs/ablate")
+    ablate.add_argument("--pool-sizes", default="", help="comma list, e.g. 1000,2000,4000: LaViT vs Naive-SFT "
+                        "accuracy at each pool size over --seeds seeds (data efficiency) instead of the Table 3 rows")
+    ablate.add_argument("--rows", choices=["paper", "remedies"], default="paper",
+                        help="paper: Table 3 rows and the K sweep; remedies: λ, T_w, K, Top-K, question gating and "
+                        "learning rate for both methods (choose on the val column)")
     ablate.set_defaults(run=_ablate)
 
     an = sub.add_parser("analyze", help="Perception-Gap analysis: S_focus, entropy, KL by token type, heatmaps")

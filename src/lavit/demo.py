@@ -1,12 +1,15 @@
-"""`lavit demo`: the whole paper in the toy world, on a laptop CPU.
+"""`lavit demo`: the whole paper in the toy world, on a laptop CPU, as a checked experiment.
 
-    lavit demo --out runs/demo            # one seed, a few minutes on 2 cores
-    lavit demo --out runs/demo --seeds 3  # mean ± std over three student seeds
+    lavit demo --out runs/demo                    # 5 seeds, a few minutes on 2 cores
+    lavit demo --out runs/demo2 --world-seed 1    # the same world, other pool/val/test scenes
 
-World → toy teacher (committed artifact, see `lavit.toyworld.artifacts`) → `lavit extract` on the
-pool split → `lavit filter` (teacher correct, text-only model wrong, S_focus ≥ 0.2) → Naive-SFT and
-LaViT students trained from the same base with the same budget → all four models on the held-out
-test split → Perception-Gap analysis → `report.md` + `results.json` + figures.
+World → toy teacher (committed artifact, see `lavit.toyworld.artifacts`) → per seed: `lavit extract` on
+the seed's pool draw → `lavit filter` (teacher correct, text-only model wrong, S_focus ≥ 0.2), plus
+replayed samples that failed only the difficulty stage → Naive-SFT and LaViT trained from the same base
+with the same data and budget → every model on the held-out val and test splits → paired LaViT −
+Naive-SFT differences with a t interval → mechanism diagnostics (latent maps vs the teacher's target,
+masked-latent drop, training dynamics) → Perception-Gap analysis → the testbed's validity checks →
+`report.md` + `results.json` + figures.
 """
 
 from __future__ import annotations
@@ -17,9 +20,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from transformers import set_seed
 
 from lavit.analysis.analyze import analyze
+from lavit.analysis.figures import dynamics_figure
+from lavit.analysis.latent_maps import BoxedSample, DynamicsCallback, build_probe_set, latent_map_stats
+from lavit.analysis.stats import paired_summary, verdict
+from lavit.config import field
+from lavit.console import quiet_libraries, say
+from lavit.data.signal_store import read_store
+from lavit.data.targets import build_traj_target
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
+from lavit.models.lavit_student import LavitStudent
 from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.extractor import run_extract
 from lavit.teacher.filter import run_filter
@@ -27,125 +43,288 @@ from lavit.teacher.filter_config import FilterConfig
 from lavit.toyworld.artifacts import ARTIFACTS_DIR
 from lavit.toyworld.models import BLANK_IMAGE, TOY_PIXELS, blank_image, toy_accuracy
 from lavit.toyworld.report import write_report
-from lavit.toyworld.world import write_split
+from lavit.toyworld.validity import check_validity
+from lavit.toyworld.world import WorldConfig, write_split
 from lavit.training.lavit_config import LavitTrainConfig
-from lavit.training.train import run_training
+from lavit.training.train import build_student, run_training
 
 STUDENTS = ("naive_sft", "lavit")
+SPLITS = ("prior_consistent", "prior_violating")
 
 
 @dataclass
 class DemoConfig:
-    out: str = "runs/demo"
-    seeds: int = 1
-    pool_samples: int = 4000
-    test_samples: int = 300
-    steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    analysis_samples: int = 120
-    artifacts: str = str(ARTIFACTS_DIR)
-    student_overrides: dict | None = None  # extra LavitTrainConfig settings for both students (experiments)
+    out: str = field("runs/demo", "Output directory: report.md, results.json, figures, one folder per seed.")
+    seeds: int = field(5, "Student seeds: seed s extracts draw s of the world's pool stream and initialises both "
+                       "students with s, so every seed is one paired comparison.")
+    world_seed: int = field(0, "Which stream of the world the pool, val and test scenes come from (the committed "
+                            "toy models were trained on world 0's other splits and stay valid for any).")
+    pool_samples: int = field(2000, "Scenes the teacher extracts per seed before filtering.")
+    val_samples: int = field(300, "Held-out val questions (validity checks, settings).")
+    test_samples: int = field(300, "Held-out test questions (final numbers only).")
+    replay: float = field(1.0, "Replayed samples per filtered sample: rows that passed correctness and alignment "
+                          "but failed only the difficulty stage (the text-only model answers them), so both students "
+                          "keep seeing prior-consistent questions. 0 = the paper's filtered set alone.")
+    steps: int = field(200, "Optimiser steps per student.")
+    batch_size: int = field(16, "Samples per step.")
+    learning_rate: float = field(3e-4, "Peak learning rate of both students.")
+    gate_warmup_fraction: float = field(0.4, "T_w as a fraction of the steps (paper: 400 of 1000).")
+    analysis_samples: int = field(120, "Test samples in the Perception-Gap analysis (seed 0's students).")
+    diagnostic_samples: int = field(96, "Test samples for the latent-map diagnostics; the first 32 val samples "
+                                    "are the training-dynamics probe.")
+    dynamics_every: int = field(10, "Record the training dynamics every N steps.")
+    artifacts: str = field(str(ARTIFACTS_DIR), "Directory of the toy teacher, base and text-only models.")
+    student_overrides: dict = field({}, "Extra `lavit train` settings for both students (experiments, ablations).")
 
     def __post_init__(self) -> None:
-        if self.seeds < 1 or self.steps < 1 or self.pool_samples < 8 or self.test_samples < 4:
-            raise ValueError("seeds, steps, pool_samples and test_samples are too small")
+        checks = [(self.seeds >= 1, "seeds must be >= 1"), (self.world_seed >= 0, "world_seed must be >= 0"),
+                  (self.steps >= 1, "steps must be >= 1"), (self.pool_samples >= 8, "pool_samples must be >= 8"),
+                  (self.val_samples >= 4 and self.test_samples >= 4, "val_samples and test_samples must be >= 4"),
+                  (self.replay >= 0, "replay must be >= 0"), (self.batch_size >= 1, "batch_size must be >= 1"),
+                  (self.learning_rate > 0, "learning_rate must be > 0"),
+                  (0 <= self.gate_warmup_fraction <= 1, "gate_warmup_fraction must be in [0, 1]"),
+                  (self.analysis_samples >= 1 and self.diagnostic_samples >= 1,
+                   "analysis_samples and diagnostic_samples must be >= 1"),
+                  (self.dynamics_every >= 1, "dynamics_every must be >= 1")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
         missing = [r for r in ("teacher", "base", "text_only") if not (Path(self.artifacts) / r / "config.json").is_file()]
         if missing:
             raise FileNotFoundError(f"toy artifacts {missing} missing in {self.artifacts}; build them with "
                                     f"`python -m lavit.toyworld.artifacts --out {self.artifacts}`")
 
+    @property
+    def world(self) -> WorldConfig:
+        """The world of the committed models (their artifacts.json), so val/test match what they learnt."""
+        record = Path(self.artifacts) / "artifacts.json"
+        saved = json.loads(record.read_text()).get("world") if record.is_file() else None
+        return WorldConfig(**saved) if saved else WorldConfig()
 
-def _evaluate(path: str, test: Path, mode: str | None = None, image_override: Path | None = None) -> dict:
+
+def evaluate(path: str, split: Path, mode: str | None = None, image_override: Path | None = None) -> dict:
+    """Greedy accuracy of a toy model or exported student on a world split (students: latents forced)."""
     meta = read_lavit_meta(path)
     latents = meta.get("latent_tokens", [])
     model, processor = load_for_inference(path)
-    return toy_accuracy(model, processor, test, latent_tokens=latents, mode=mode or ("forced" if latents else "none"),
+    return toy_accuracy(model, processor, split, latent_tokens=latents, mode=mode or ("forced" if latents else "none"),
                         system_prompt=meta.get("system_prompt") or None, image_override=image_override)
 
 
-def _student_config(cfg: DemoConfig, method: str, data: Path, image_root: Path, out: Path, seed: int,
-                    **overrides) -> LavitTrainConfig:
-    values = dict(model=str(Path(cfg.artifacts) / "base"), method=method, data=[str(data)], image_root=str(image_root),
-                  output_dir=str(out), max_steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                  warmup_ratio=0.05, gate_warmup_steps=max(1, cfg.steps * 2 // 5), gradient_checkpointing=False,
+def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: Path, out: Path, seed: int,
+                   **overrides) -> LavitTrainConfig:
+    values = dict(model=str(Path(cfg.artifacts) / "base"), method=method, data=[str(d) for d in data],
+                  image_root=str(image_root), output_dir=str(out), max_steps=cfg.steps, batch_size=cfg.batch_size,
+                  learning_rate=cfg.learning_rate, warmup_ratio=0.05,
+                  gate_warmup_steps=round(cfg.steps * cfg.gate_warmup_fraction), gradient_checkpointing=False,
                   system_prompt="", logging_steps=max(cfg.steps // 20, 1), save_steps=cfg.steps, save_total_limit=1,
                   seed=seed, min_pixels=TOY_PIXELS, max_pixels=TOY_PIXELS)
+    values.update(cfg.student_overrides)
     values.update(overrides)
     return LavitTrainConfig(**values)
 
 
+def boxed_samples(split: Path, n: int) -> list[BoxedSample]:
+    rows = [json.loads(line) for line in split.read_text().splitlines() if line.strip()][:n]
+    images = split.parent / "images"
+    return [BoxedSample(r["id"], Image.open(images / r["image"]).convert("RGB"), r["question"], r["answer"], r["bbox"])
+            for r in rows]
+
+
+def extract(cfg: DemoConfig, samples: Path, out: Path, seed: int) -> dict:
+    return run_extract(ExtractConfig(samples=str(samples), image_root=str(samples.parent / "images"), out=str(out),
+                                     teacher=str(Path(cfg.artifacts) / "teacher"), queries="answer", batch_size=64,
+                                     max_new_tokens=4, seed=seed))
+
+
 def prepare_seed(cfg: DemoConfig, seed: int, root: Path) -> dict:
-    """Pool split → teacher signals → LaViT-SFT set for one seed."""
-    art = Path(cfg.artifacts)
+    """The seed's pool draw → teacher signals → the LaViT-SFT set (+ replayed samples)."""
     data = root / "data"
-    pool = write_split(data, "pool", cfg.pool_samples, seed)
-    extract = run_extract(ExtractConfig(samples=str(pool), image_root=str(data / "images"), out=str(root / "signals"),
-                                        teacher=str(art / "teacher"), batch_size=32, max_new_tokens=4, seed=seed))
+    pool = write_split(data, "pool", cfg.pool_samples, world_seed=cfg.world_seed, draw=seed, cfg=cfg.world)
+    extracted = extract(cfg, pool, root / "signals", seed)
     blank = blank_image(data / "images" / BLANK_IMAGE)
     report = run_filter(FilterConfig(signals=str(root / "signals"), out=str(root / "lavit_sft"),
-                                     text_model=str(art / "text_only"), text_only_image=str(blank),
+                                     text_model=str(Path(cfg.artifacts) / "text_only"), text_only_image=str(blank),
                                      max_new_tokens=4, batch_size=64, overwrite=True))
-    if report["kept"] < cfg.batch_size:
+    sets, replayed = [root / "lavit_sft"], 0
+    if cfg.replay > 0 and report["kept"]:
+        # Everything but the difficulty stage, minus the kept rows: the questions the prior alone answers.
+        run_filter(FilterConfig(signals=str(root / "signals"), out=str(root / "no_difficulty"),
+                                stages=["correctness", "alignment"], overwrite=True))
+        kept = set(read_store(root / "lavit_sft", columns=["id"]).column("id").to_pylist())
+        candidates = read_store(root / "no_difficulty")
+        candidates = candidates.filter(pa.array([i not in kept for i in candidates.column("id").to_pylist()]))
+        n = min(round(cfg.replay * report["kept"]), candidates.num_rows)
+        pick = np.sort(np.random.default_rng(seed).permutation(candidates.num_rows)[:n])
+        (root / "replay").mkdir(exist_ok=True)
+        pq.write_table(candidates.take(pa.array(pick)), root / "replay" / "replay.parquet")
+        sets.append(root / "replay")
+        replayed = n
+    if report["kept"] + replayed < cfg.batch_size:
         raise ValueError(f"the filter kept only {report['kept']} samples; raise pool_samples")
-    return {"extract": extract["store_counts"], "filter": {k: report[k] for k in
-                                                           ("input_rows", "kept", "dropped_by_stage")},
-            "sft": root / "lavit_sft", "images": data / "images"}
+    return {"extract": extracted["store_counts"],
+            "filter": {k: report[k] for k in ("input_rows", "kept", "dropped_by_stage")} | {"replayed": replayed},
+            "data": sets, "images": data / "images"}
+
+
+def teacher_targets(store: Path, samples: list[BoxedSample], student_grid: tuple[int, int, int], top_k: int):
+    """The L_traj targets (eq. 3 + Top-K, on the student's grid) of the teacher's test-split signals."""
+    table = read_store(store, columns=["id", "status", "a_traj", "a_traj_grid"]).to_pylist()
+    rows = {r["id"]: r for r in table if r["status"] == "ok"}
+    missing = [s.id for s in samples if s.id not in rows]
+    if missing:
+        raise ValueError(f"the teacher has no signals for test samples {missing[:5]}")
+    return torch.stack([build_traj_target(rows[s.id]["a_traj"], rows[s.id]["a_traj_grid"], student_grid, top_k)
+                        for s in samples])
+
+
+def latent_maps(student_dir: str, start_cfg: LavitTrainConfig, probe_samples: list[BoxedSample],
+                targets: torch.Tensor) -> dict:
+    """Latent maps of the trained LaViT student and, from the same positions, of its step-0 state (the base
+    with freshly added latent tokens, exactly as training started: same seed, same initialisation)."""
+    meta = read_lavit_meta(student_dir)
+    model, processor = load_for_inference(student_dir)
+    trained = LavitStudent(model, processor.tokenizer.convert_tokens_to_ids(meta["latent_tokens"]))
+    probe = build_probe_set(processor, probe_samples, meta["latent_tokens"], system_prompt=None)
+    set_seed(start_cfg.seed)
+    start, start_processor, names = build_student(start_cfg, meta["teacher_dim"])
+    start_probe = build_probe_set(start_processor, probe_samples, names, system_prompt=None)
+    return {"lavit": latent_map_stats(trained.eval(), probe, targets),
+            "base": latent_map_stats(start.eval(), start_probe, targets)}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    quiet_libraries()
     start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     art = Path(cfg.artifacts)
-    test = write_split(out / "test", "test", cfg.test_samples, 0)
-    fixed = {"teacher": _evaluate(str(art / "teacher"), test), "base": _evaluate(str(art / "base"), test)}
+    world = cfg.world
+    say(f"lavit demo: world {cfg.world_seed}, {cfg.seeds} seeds, pool {cfg.pool_samples}, {cfg.steps} steps "
+        f"→ {out}")
+    val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=world)
+    test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=world)
+    blank = blank_image(out / "data" / "images" / BLANK_IMAGE)
+    say("fixed models: teacher, base and text-only on val and test")
+    fixed = {name: {"val": evaluate(str(art / name), val), "test": evaluate(str(art / name), test)}
+             for name in ("teacher", "base")}
+    fixed["text_only"] = {"val": evaluate(str(art / "text_only"), val, image_override=blank)}
+    extract(cfg, test, out / "test_signals", 0)
+    diagnostics = boxed_samples(test, cfg.diagnostic_samples)
+    dynamics_probe = boxed_samples(val, 32)
+
     seeds = []
     for seed in range(cfg.seeds):
         root = out / f"seed{seed}"
+        say(f"seed {seed + 1}/{cfg.seeds}: pool draw {seed} → extract → filter")
         prepared = prepare_seed(cfg, seed, root)
+        say(f"seed {seed + 1}/{cfg.seeds}: {prepared['filter']['kept']} filtered + {prepared['filter']['replayed']} "
+            "replayed samples; training both students")
         runs = {}
         for method in STUDENTS:
-            trained = run_training(_student_config(cfg, method, prepared["sft"], prepared["images"], root / method,
-                                                   seed, **(cfg.student_overrides or {})))
-            runs[method] = {"dir": trained["student_dir"], "test": _evaluate(trained["student_dir"], test),
-                            "train_loss": trained["train_loss"]}
-        runs["lavit"]["test_masked"] = _evaluate(runs["lavit"]["dir"], test, mode="masked")
+            dyn = DynamicsCallback(dynamics_probe, cfg.dynamics_every)
+            train_cfg = student_config(cfg, method, prepared["data"], prepared["images"], root / method, seed)
+            trained = run_training(train_cfg, callbacks=[dyn], desc=f"seed {seed + 1}/{cfg.seeds} {method}")
+            runs[method] = {"dir": trained["student_dir"], "val": evaluate(trained["student_dir"], val),
+                            "test": evaluate(trained["student_dir"], test), "train_loss": trained["train_loss"],
+                            "dynamics": dyn.records, "config": train_cfg}
+        lavit = runs["lavit"]
+        lavit["test_masked"] = evaluate(lavit["dir"], test, mode="masked")
+        targets = teacher_targets(out / "test_signals", diagnostics, world_grid(world), lavit["config"].traj_top_k)
+        lavit["latent_map"] = latent_maps(lavit["dir"], lavit["config"], diagnostics, targets)
         seeds.append({"seed": seed, "extract": prepared["extract"], "filter": prepared["filter"], "runs": runs})
+        say(f"seed {seed + 1}/{cfg.seeds}: test accuracy naive_sft {100 * runs['naive_sft']['test']['accuracy']:.1f}, "
+            f"lavit {100 * lavit['test']['accuracy']:.1f}")
 
+    say("analysis: answer-token attention of teacher, base and seed 0's students on test")
     first = seeds[0]["runs"]
     models = {"teacher": str(art / "teacher"), "base": str(art / "base"), "naive_sft": first["naive_sft"]["dir"],
               "lavit": first["lavit"]["dir"]}
-    correct = {"teacher": fixed["teacher"]["correct"], "base": fixed["base"]["correct"],
+    correct = {"teacher": fixed["teacher"]["test"]["correct"], "base": fixed["base"]["test"]["correct"],
                "naive_sft": first["naive_sft"]["test"]["correct"], "lavit": first["lavit"]["test"]["correct"]}
     analysis = analyze(test, test.parent / "images", models, out / "analysis", correct=correct,
                        max_samples=cfg.analysis_samples)
-
-    def over_seeds(name: str, key: str = "test") -> list[float]:
-        return [s["runs"][name][key]["accuracy"] for s in seeds]
-
-    accuracy = {"base": fixed["base"]["accuracy"], "teacher": fixed["teacher"]["accuracy"],
-                "naive_sft": float(np.mean(over_seeds("naive_sft"))), "lavit": float(np.mean(over_seeds("lavit"))),
-                "lavit_masked": float(np.mean(over_seeds("lavit", "test_masked")))}
-    per_model = analysis["per_model"]
-    results = {
-        "accuracy": accuracy,
-        "accuracy_std": {n: float(np.std(over_seeds(n))) for n in STUDENTS},
-        "accuracy_by_seed": {n: over_seeds(n) for n in STUDENTS},
-        "accuracy_per_kind": {"base": fixed["base"]["per_kind"] | fixed["base"]["per_prior"],
-                              "teacher": fixed["teacher"]["per_kind"] | fixed["teacher"]["per_prior"],
-                              **{n: first[n]["test"]["per_kind"] | first[n]["test"]["per_prior"] for n in STUDENTS}},
-        "attention_entropy": {n: per_model[n]["attention_entropy"]["mean"] for n in per_model},
-        "s_focus": {n: per_model[n]["s_focus"]["mean"] for n in per_model},
-        "salient_regions": {n: per_model[n]["salient_regions"] for n in per_model},
-        "perception_gap": analysis["perception_gap"],
-        "seeds": [{k: v for k, v in s.items() if k != "runs"} | {"train_loss": {n: s["runs"][n]["train_loss"]
-                                                                                for n in STUDENTS}} for s in seeds],
-        "figures": {k: f"analysis/{v}" for k, v in analysis["figures"].items()},
-        "settings": asdict(cfg),
-        "artifacts": json.loads((art / "artifacts.json").read_text()) if (art / "artifacts.json").is_file() else None,
-    }
+    results = summarise(cfg, world, fixed, seeds, analysis, art)
+    figures = {f"dynamics_{m}": f"analysis/dynamics_{m}.png" for m in STUDENTS}
+    for m in STUDENTS:
+        dynamics_figure(out / figures[f"dynamics_{m}"], {s["seed"]: s["runs"][m]["dynamics"] for s in seeds},
+                        title=f"{m}: training dynamics ({cfg.seeds} seeds)")
+    results["figures"] = {**{k: f"analysis/{v}" for k, v in analysis["figures"].items()}, **figures}
     results["wall_seconds"] = time.time() - start
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(out / "report.md", results, analysis)
     return results
+
+
+def world_grid(world: WorldConfig) -> tuple[int, int, int]:
+    return 1, world.grid, world.grid
+
+
+def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict], analysis: dict, art: Path) -> dict:
+    def per_seed(method: str, split: str = "test", key: str | None = None) -> list[float | None]:
+        scores = [s["runs"][method][split] for s in seeds]
+        return [sc["accuracy"] if key is None else sc["per_prior"][key] for sc in scores]
+
+    def fixed_scores(name: str, split: str) -> dict:
+        sc = fixed[name][split]
+        return {"overall": sc["accuracy"], **sc["per_prior"], **sc["per_kind"]}
+
+    def student_scores(method: str, split: str) -> dict:
+        runs = [s["runs"][method][split] for s in seeds]
+        kinds = sorted({k for r in runs for k in r["per_kind"]})
+        return {"overall": _mean([r["accuracy"] for r in runs]),
+                **{k: _mean([r["per_prior"][k] for r in runs]) for k in SPLITS},
+                **{k: _mean([r["per_kind"].get(k) for r in runs]) for k in kinds}}
+
+    paired = paired_summary(per_seed("lavit"), per_seed("naive_sft"))
+    per_split = {}
+    for key in SPLITS:
+        a, b = per_seed("lavit", key=key), per_seed("naive_sft", key=key)
+        per_split[key] = paired_summary(a, b) if None not in a + b else None
+    paired["per_split"] = per_split
+    paired["verdict"] = verdict(None if paired["ci95"] is None else tuple(paired["ci95"]))
+
+    masked = [s["runs"]["lavit"]["test"]["accuracy"] - s["runs"]["lavit"]["test_masked"]["accuracy"] for s in seeds]
+    latent = {who: {stat: _mean([s["runs"]["lavit"]["latent_map"][who][stat] for s in seeds])
+                    for stat in ("kl_target_vs_latent", "s_focus")} for who in ("lavit", "base")}
+    latent["per_seed"] = [{who: {k: v for k, v in s["runs"]["lavit"]["latent_map"][who].items() if k != "per_sample"}
+                           for who in ("lavit", "base")} for s in seeds]
+    latent["samples"] = cfg.diagnostic_samples
+    artifacts = json.loads((art / "artifacts.json").read_text()) if (art / "artifacts.json").is_file() else None
+    per_model = analysis["per_model"]
+    naive_val = student_scores("naive_sft", "val")
+    validity = check_validity(
+        teacher_val=fixed_scores("teacher", "val"), teacher_s_focus=per_model["teacher"]["s_focus"]["mean"],
+        capacity_val=(artifacts or {}).get("models", {}).get("capacity", {}).get("val_accuracy"),
+        base_val=fixed_scores("base", "val"), naive_val=naive_val,
+        text_only_val=fixed_scores("text_only", "val"), prior_strength=world.prior_strength)
+    return {
+        "validity": validity,
+        "paired_difference": paired,
+        "accuracy": {"test": {"base": fixed_scores("base", "test"), "teacher": fixed_scores("teacher", "test"),
+                              **{m: student_scores(m, "test") for m in STUDENTS},
+                              "lavit_masked": {"overall": _mean([s["runs"]["lavit"]["test_masked"]["accuracy"]
+                                                                 for s in seeds])}},
+                     "val": {"base": fixed_scores("base", "val"), "teacher": fixed_scores("teacher", "val"),
+                             "text_only": fixed_scores("text_only", "val"),
+                             **{m: student_scores(m, "val") for m in STUDENTS}},
+                     "by_seed": {m: per_seed(m) for m in STUDENTS} | {"lavit_masked": [
+                         s["runs"]["lavit"]["test_masked"]["accuracy"] for s in seeds]}},
+        "masked_drop": {"per_seed": masked, "mean": float(np.mean(masked))},
+        "latent_map": latent,
+        "attention_entropy": {n: per_model[n]["attention_entropy"]["mean"] for n in per_model},
+        "s_focus": {n: per_model[n]["s_focus"]["mean"] for n in per_model},
+        "salient_regions": {n: per_model[n]["salient_regions"] for n in per_model},
+        "perception_gap": analysis["perception_gap"],
+        "dynamics": {m: {str(s["seed"]): s["runs"][m]["dynamics"] for s in seeds} for m in STUDENTS},
+        "seeds": [{"seed": s["seed"], "extract": s["extract"], "filter": s["filter"],
+                   "train_loss": {m: s["runs"][m]["train_loss"] for m in STUDENTS}} for s in seeds],
+        "settings": asdict(cfg) | {"world": asdict(world)},
+        "student_settings": asdict(seeds[0]["runs"]["lavit"]["config"]) | {"seed": "per seed"},
+        "artifacts": artifacts,
+    }

@@ -17,31 +17,6 @@ def student_of(tiny, head=True):
     return LavitStudent(tiny.model, tiny.latent_ids, ProjectionHead(128, TEACHER_DIM) if head else None)
 
 
-def eager_attentions(tiny, batch, gamma):
-    """Per-layer attention probabilities [B, H, S, S] from transformers' eager path, same mask."""
-    student = student_of(tiny)
-    student.gamma = gamma
-    captured = {}
-    tiny.model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
-    try:
-        backbone = tiny.model.model
-        original = backbone.forward
-
-        def capture(**kwargs):
-            kwargs.pop("lavit_probe", None)
-            out = original(**kwargs, output_attentions=True)
-            captured["attn"] = out.attentions
-            return out
-
-        backbone.forward = capture
-        student.trajectory_loss = False
-        student(batch)
-    finally:
-        backbone.forward = original
-        tiny.model.set_attn_implementation({"text_config": "lavit_sdpa", "vision_config": "sdpa"})
-    return captured["attn"]
-
-
 def test_gamma_one_is_the_plain_model_bit_for_bit(tiny):
     batch = tiny.batch()
     student = student_of(tiny)
@@ -73,8 +48,8 @@ def test_gate_is_causal(tiny):
 @pytest.mark.parametrize("gate_question_tokens", [True, False])
 def test_closed_gate_starves_answers_of_the_image_but_not_latents(tiny, gate_question_tokens):
     batch = tiny.batch(gate_question_tokens=gate_question_tokens)
-    open_attn = eager_attentions(tiny, batch, 1.0)
-    closed_attn = eager_attentions(tiny, batch, 1e-6)
+    open_attn = tiny.eager_attentions(batch, 1.0)
+    closed_attn = tiny.eager_attentions(batch, 1e-6)
     image = batch["image_mask"][:, None, None, :].float()  # [B, 1, 1, S]
     gated = batch["gate_query_mask"]
     latent = batch["latent_mask"]
@@ -97,7 +72,7 @@ def test_probe_equals_eager_reference(tiny, gamma):
     student.gamma = gamma
     with torch.no_grad():
         probed = student(batch).student_traj  # [B, K, N]
-    attn = torch.stack(eager_attentions(tiny, batch, gamma)).mean(dim=(0, 2))  # [B, S, S] mean over layers, heads
+    attn = torch.stack(tiny.eager_attentions(batch, gamma)).mean(dim=(0, 2))  # [B, S, S] mean over layers, heads
     for b in range(2):
         rows = attn[b][batch["latent_positions"][b]]  # [K, S]
         n = int(batch["image_valid"][b].sum())

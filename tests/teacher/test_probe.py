@@ -42,7 +42,8 @@ def eager_reference(model, processor, image, question, answer, layers, queries):
     seq = example["input_ids"].shape[0]
     image_mask = torch.zeros(1, seq, dtype=torch.bool)
     image_mask[0, example["image_positions"]] = True
-    q = query_mask(queries, image_mask, (example["labels"] != IGNORE_INDEX)[None], torch.ones(1, seq))[0]  # [S]
+    answer = (example["labels"] != IGNORE_INDEX) & (example["input_ids"] != processor.tokenizer.eos_token_id)
+    q = query_mask(queries, image_mask, answer[None], torch.ones(1, seq))[0]  # [S]
     stacked = torch.stack([out.attentions[i][0] for i in layers])  # [L, H, S, S]
     rows = stacked[:, :, q]  # [L, H, Q, S]
     full = rows.mean(dim=(0, 1, 2))  # [S]
@@ -69,16 +70,19 @@ def test_probe_matches_eager_batched_and_unbatched(teacher, layers, queries):
     assert len({s.grid for s in batched}) == 3
 
 
-def test_query_choices_partition_the_tokens_after_the_image():
-    image_mask = torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    answer = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 0]], dtype=torch.bool)
-    attn = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]])
+def test_query_choices_split_the_tokens_after_the_image():
+    # positions: 0 text, 1-2 image, 3-4 question, 5-6 answer, 7 end-of-turn, 8 padding
+    image_mask = torch.tensor([[0, 1, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    answer = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 0, 0]], dtype=torch.bool)
+    attn = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 0]])
     after = query_mask("after_image", image_mask, answer, attn)
     question = query_mask("question", image_mask, answer, attn)
     ans = query_mask("answer", image_mask, answer, attn)
-    assert after.tolist() == [[False, False, False, True, True, True, True, False]]
-    assert question.tolist() == [[False, False, False, True, True, False, False, False]]
-    assert ans.tolist() == [[False, False, False, False, False, True, True, False]]
+    assert after.tolist() == [[False, False, False, True, True, True, True, True, False]]
+    assert ans.tolist() == [[False, False, False, False, True, True, False, False, False]]  # 4 makes 5, 5 makes 6
+    assert question.tolist() == [[False, False, False, True, False, False, False, False, False]]
+    with pytest.raises(ValueError, match="queries"):
+        query_mask("everything", image_mask, answer, attn)
 
 
 def test_parse_layers():
@@ -99,18 +103,30 @@ def test_probe_refuses_missing_layers_and_empty_queries():
         probe.a_traj()
 
 
-def test_token_traces_mark_the_answer_and_average_to_a_traj(teacher):
+def test_token_traces_pair_each_token_with_the_query_that_produces_it(teacher):
     from lavit.analysis.collect import token_category
 
     model, processor = teacher
     extractor = SignalExtractor(model, processor)
     batch = extractor.prepare_batch(["a", "b"], images()[:2], QUESTIONS[:2], ["red", "the blue square"])
     traces = extractor.forward_traces(batch)
-    for trace, answer in zip(traces, ["red", "the blue square"]):
+    for trace, question, answer in zip(traces, QUESTIONS, ["red", "the blue square"]):
         tokens = processor.tokenizer.convert_ids_to_tokens(trace.token_ids.tolist())
-        assert [t for t, a in zip(tokens, trace.is_answer) if a] == [*answer.split(), "<|im_end|>"]
-        assert tokens[0] == "<|vision_end|>"  # queries start right after the image
+        assert [t for t, a in zip(tokens, trace.is_answer) if a] == answer.split()  # not the end-of-turn
+        assert tokens[0] == question.split()[0]  # produced by <|vision_end|>, the first query after the image
+        assert tokens[-1] == "<|im_end|>"
         np.testing.assert_allclose(trace.token_maps.mean(0), trace.a_traj, atol=1e-6)
         assert trace.hidden.shape == (len(tokens), 192) and (trace.token_maps.sum(1) < 1).all()
     assert [token_category(t) for t in ("Ġred", "square", "the", "▁left")] == [
         "attribute", "object", "functional", "attribute"]
+
+    # The map paired with "red" is the attention of the query one position before it, and only that one.
+    first_answer = int((batch["labels"][0] != -100).nonzero()[0])
+    only = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    only[0, first_answer - 1] = True
+    only[1, first_answer - 1] = True  # the probe needs a query in every sample
+    with torch.no_grad():
+        probe, _ = extractor._forward({**batch, "query_mask": only})
+    image_pos = batch["image_index"][0][batch["image_valid"][0]]
+    expected = probe.per_query()[0, 0, image_pos].numpy()
+    np.testing.assert_allclose(traces[0].token_maps[traces[0].is_answer][0], expected, atol=1e-6)

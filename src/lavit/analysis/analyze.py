@@ -3,11 +3,14 @@
     lavit analyze --samples test.jsonl --image-root images --model teacher=DIR --model lavit=DIR \
         --model naive_sft=DIR --model base=DIR --out runs/analysis [--correct results.json]
 
-For each model, fed identical text (question + reference answer): the answer tokens' attention map
-over the image → S_focus against the sample's box (eq. 1), entropy (eq. 10), salient-region count
-(> 1.5 × mean, Table 2); against the teacher, per token category (functional / object / attribute),
-KL(teacher ‖ model) of the token maps and the cosine distance of the token's hidden-state similarity
-row (Fig. 3; rows, not raw states, because teacher and student widths differ). With per-sample
+For each model, fed identical text (question + reference answer), every text token after the image is
+paired with the query that produces it (the position before it, as in generation; a LaViT student's
+first answer token is produced at its last latent token). The answer tokens' map over the image (the
+mean of their producing queries' maps, end-of-turn excluded) → S_focus against the sample's box
+(eq. 1), entropy (eq. 10), salient-region count (> 1.5 × mean, Table 2); against the teacher, per
+category of the produced token (functional / object / attribute), KL(teacher ‖ model) of the maps and
+the cosine distance of the producing query's hidden-state similarity row (Fig. 3; rows, not raw
+states, because teacher and student widths differ). With per-sample
 correctness (`--correct`), accuracy over S_focus thresholds (Fig. 2). Figures are PNG, numbers JSON.
 """
 

@@ -55,11 +55,12 @@ def read_records(jsonl: str | Path, max_samples: int = 0) -> list[SampleRecord]:
 
 
 def trace_model(path: str, records: list[SampleRecord], image_root: Path, *, batch_size: int = 16,
-                queries: str = "after_image", desc: str = "") -> tuple[list[TokenTrace], list[list[str]]]:
-    """Token traces of one model over the records, plus each trace's query tokens as strings."""
+                desc: str = "") -> tuple[list[TokenTrace], list[list[str]]]:
+    """Generation-aligned token traces of one model over the records, plus each trace's produced tokens as
+    strings."""
     meta = read_lavit_meta(path) if Path(path).is_dir() else {}
     model, processor = load_for_inference(path)
-    extractor = SignalExtractor(model, processor, queries=queries, system_prompt=meta.get("system_prompt") or None,
+    extractor = SignalExtractor(model, processor, system_prompt=meta.get("system_prompt") or None,
                                 latent_tokens=meta.get("latent_tokens", []))
     traces: list[TokenTrace] = []
     for i in tqdm(range(0, len(records), batch_size), desc=f"trace {desc or path}", unit="batch"):

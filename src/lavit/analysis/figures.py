@@ -124,3 +124,29 @@ def write_all(out: Path, per_model: dict, gap: dict, answer_maps: dict, records,
         fig5(paths["fig5"], answer_maps, records, sizes, image_root, grids, heatmaps)
         written["fig5"] = paths["fig5"].name
     return written
+
+
+def dynamics_figure(path: Path, runs: dict, title: str) -> None:
+    """Training dynamics, one line per seed: γ(t), the first answer token's attention mass on the image,
+    the latent tokens' S_focus, and the answer's teacher-forced accuracy on the probe batch."""
+    panels = (("gamma", "gate γ(t)"), ("answer_image_mass", "answer → image attention mass"),
+              ("latent_s_focus", "latent-token S_focus"), ("answer_accuracy", "answer accuracy (probe batch)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2))
+    for seed, records in sorted(runs.items()):
+        steps = [r["step"] for r in records]
+        for ax, (key, _) in zip(axes, panels):
+            values = [np.nan if r[key] is None else r[key] for r in records]
+            ax.plot(steps, values, label=f"seed {seed}", lw=1.2)
+    for ax, (key, label) in zip(axes, panels):
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)  # one scale for every student, so their figures compare
+        ax.grid(alpha=0.3)
+        if all(r[key] is None for records in runs.values() for r in records):
+            ax.text(0.5, 0.5, "no latent tokens", ha="center", va="center", transform=ax.transAxes, color="grey")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -45,7 +45,8 @@ class AttentionProbe(Protocol):
 
 
 class LatentAttentionProbe:
-    """Collects the latent tokens' attention rows, one [B, K, S] head-sum per decoder layer.
+    """Collects the attention rows of chosen query positions (the latent tokens for eq. 7), one [B, K, S]
+    head-sum per decoder layer.
 
     Keyed by layer index so a gradient-checkpointing recompute overwrites rather than duplicates.
     """

@@ -47,11 +47,11 @@ class LavitStudent(nn.Module):
     def hf_model(self) -> nn.Module:
         return base_model(self.model)
 
-    def forward(self, batch: dict) -> StudentOutput:
+    def _decode(self, batch: dict, probe) -> torch.Tensor:
+        """The decoder over `batch` under the current gate, `probe` recording attention rows: [B, S, D]."""
         hf = self.hf_model
         backbone = hf.model  # Qwen2_5_VLModel
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        num_latents = batch["latent_positions"].shape[1]
         mask, position_ids = attention_mask, None
         if self.gamma < 1.0 and bool(batch["gate_query_mask"].any()):
             # mRoPE positions come from the 2-D padding mask, before it is replaced by the 4-D gated mask.
@@ -60,12 +60,26 @@ class LavitStudent(nn.Module):
             gated = build_gated_attention_mask(attention_mask, batch["image_mask"], batch["gate_query_mask"],
                                                self.gamma, dtype=hf.dtype)  # [B, 1, S, S]
             mask = {"full_attention": gated}
-        probe = LatentAttentionProbe(batch["latent_positions"]) if self.trajectory_loss else None
         extra = {"lavit_probe": probe} if probe is not None else {}
-        hidden = backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                          pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                          mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
-                          **extra).last_hidden_state  # [B, S, D]
+        return backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                        pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                        mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
+                        **extra).last_hidden_state  # [B, S, D]
+
+    @torch.no_grad()
+    def attention_from(self, batch: dict, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of the query `positions` [B, R] over all keys under the current gate, averaged over
+        layers and heads, [B, R, S], and the final states [B, S, D] (diagnostics: where latent or
+        answer-producing tokens look, and what they then predict)."""
+        probe = LatentAttentionProbe(positions)
+        hidden = self._decode(batch, probe)
+        return probe.mean_map(len(self.hf_model.model.language_model.layers)), hidden
+
+    def forward(self, batch: dict) -> StudentOutput:
+        hf = self.hf_model
+        num_latents = batch["latent_positions"].shape[1]
+        probe = LatentAttentionProbe(batch["latent_positions"]) if self.trajectory_loss else None
+        hidden = self._decode(batch, probe)  # [B, S, D]
 
         ntp_logits = ntp_targets = None
         if "labels" in batch:
@@ -81,7 +95,7 @@ class LavitStudent(nn.Module):
 
         student_traj = None
         if probe is not None:
-            full = probe.mean_map(len(backbone.language_model.layers))  # [B, K, S]
+            full = probe.mean_map(len(hf.model.language_model.layers))  # [B, K, S]
             student_traj = latent_image_distribution(full, batch["image_index"], batch["image_valid"])
         return StudentOutput(hidden, ntp_logits, ntp_targets, concept_pred, student_traj)
 

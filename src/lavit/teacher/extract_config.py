@@ -31,7 +31,8 @@ class ExtractConfig:
                         "'first:N' or a comma list of indices.")
     queries: Literal["after_image", "question", "answer"] = field(
         "after_image", "Query tokens averaged in A_traj: every token after the image (question + answer, eq. 2), "
-        "the question only, or the teacher answer only.")
+        "the question only, or 'answer': the queries that produce the teacher's answer tokens (where it looked "
+        "while answering; the end-of-turn token excluded).")
     system_prompt: str = field("", "Teacher system prompt; empty = the chat template's default.")
     min_pixels: int = field(0, "Image processor min pixels (0 = the teacher processor's default).")
     max_pixels: int = field(0, "Image processor max pixels (0 = the teacher processor's default).")

@@ -67,12 +67,15 @@ class TeacherSignals:
 
 @dataclass
 class TokenTrace:
-    a_traj: np.ndarray  # [N_img] mean over the query tokens
+    """A model's view of one sequence, aligned with generation: slot i is the query position whose output
+    is text token i (its predecessor), as `generate(output_attentions=True)` would pair them."""
+
+    a_traj: np.ndarray  # [N_img] mean over the query positions
     grid: tuple[int, int, int]
-    token_ids: np.ndarray  # [Q] the query tokens, in sequence order
-    token_maps: np.ndarray  # [Q, N_img] each query token's attention to the image tokens
-    hidden: np.ndarray  # [Q, D] final-layer states at the query tokens
-    is_answer: np.ndarray  # [Q] bool, the answer tokens among the queries
+    token_ids: np.ndarray  # [Q] the tokens these queries produce, in sequence order
+    token_maps: np.ndarray  # [Q, N_img] each producing query's attention to the image tokens
+    hidden: np.ndarray  # [Q, D] final-layer states at the producing queries
+    is_answer: np.ndarray  # [Q] bool, the produced token is an answer token (not a latent, not end-of-turn)
 
 
 class SignalExtractor:
@@ -101,7 +104,8 @@ class SignalExtractor:
                                   system_prompt=self.system_prompt)
                     for i, im, q, a in zip(ids, images, questions, answers)]
         batch = self.collate(examples)
-        answer_mask = (batch["labels"] != IGNORE_INDEX) & ~batch["latent_mask"]  # [B, S]
+        eos = self.processor.tokenizer.eos_token_id
+        answer_mask = (batch["labels"] != IGNORE_INDEX) & ~batch["latent_mask"] & (batch["input_ids"] != eos)  # [B, S]
         queries = query_mask(self.queries, batch["image_mask"], answer_mask, batch["attention_mask"])
         batch["query_mask"] = queries & ~batch["latent_mask"]  # latent tokens are never text queries
         return batch
@@ -139,25 +143,40 @@ class SignalExtractor:
 
     @torch.no_grad()
     def forward_traces(self, batch: dict) -> list[TokenTrace]:
-        """Per query token: its map over the image tokens and its final hidden state (the analysis view)."""
-        probe, hidden = self._forward(batch)
+        """Per text token after the image: the attention map and final state of the query that produces it
+        (the analysis view). A LaViT student's first answer token is produced at its last latent token."""
+        produced = producing_queries(batch["image_mask"], batch["latent_mask"], batch["attention_mask"])
+        probe, hidden = self._forward({**batch, "query_mask": produced})
         per_query = probe.per_query().cpu()  # [B, Q, S]
         signals = self._signals(batch, probe, hidden)
+        eos = self.processor.tokenizer.eos_token_id
         traces = []
         for b, sig in enumerate(signals):
             n = int(probe.counts[b])
-            rows = probe.rows[b, :n].cpu()  # [Q_b] positions
+            rows = probe.rows[b, :n].cpu()  # [Q_b] query positions
+            nxt = rows + 1  # [Q_b] the tokens they produce
             image_pos = batch["image_index"][b][batch["image_valid"][b]]  # [N_img]
-            traces.append(TokenTrace(sig.a_traj, sig.grid, batch["input_ids"][b, rows].numpy(),
-                                     per_query[b, :n][:, image_pos].numpy(),
-                                     hidden[b, rows.to(hidden.device)].float().cpu().numpy(),
-                                     (batch["labels"][b, rows] != IGNORE_INDEX).numpy()))
+            token_ids = batch["input_ids"][b, nxt]
+            answer = (batch["labels"][b, nxt] != IGNORE_INDEX) & ~batch["latent_mask"][b, nxt] & (token_ids != eos)
+            traces.append(TokenTrace(sig.a_traj, sig.grid, token_ids.numpy(), per_query[b, :n][:, image_pos].numpy(),
+                                     hidden[b, rows.to(hidden.device)].float().cpu().numpy(), answer.numpy()))
         return traces
 
     def signals(self, ids: list[str], images: list[Image.Image], questions: list[str],
                 answers: list[str]) -> list[TeacherSignals]:
         """One forward pass over `[image, question, answer]` for the whole batch."""
         return self.forward_signals(self.prepare_batch(ids, images, questions, answers))
+
+
+def producing_queries(image_mask: torch.Tensor, latent_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, S] bool: positions p after the image whose next token p + 1 is a real, non-latent token — the
+    queries that produce the text after the image (latent tokens are produced too, but are not text)."""
+    positions = torch.arange(image_mask.shape[1], device=image_mask.device)
+    last_image = torch.where(image_mask, positions, -1).amax(dim=1, keepdim=True)  # [B, 1]
+    text = attention_mask.bool() & ~latent_mask & (positions[None] > last_image)  # [B, S]
+    queries = torch.zeros_like(text)
+    queries[:, :-1] = text[:, 1:]
+    return queries & (positions[None] > last_image)
 
 
 def prepare(index: int, sample: Sample, image_root: Path, limits: ImageLimits) -> Prepared:

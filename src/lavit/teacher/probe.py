@@ -44,10 +44,13 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
 
 def query_mask(choice: str, image_mask: torch.Tensor, answer_mask: torch.Tensor,
                attention_mask: torch.Tensor) -> torch.Tensor:
-    """Which tokens' attention is aggregated, [B, S] bool.
+    """Which query rows are aggregated, [B, S] bool. `answer_mask` marks the answer's text tokens (not its
+    end-of-turn token).
 
     after_image: every real token after the image (question, template tokens, answer) — eq. 2's default;
-    answer: the teacher-answer tokens (with their end-of-turn token); question: after the image, before the answer.
+    answer: the queries that produce the answer's tokens (the position before each one, as generation pairs
+    a token with the attention that produced it) — where the teacher looked while answering;
+    question: the tokens after the image up to, not including, the query that produces the answer.
     """
     if choice not in QUERY_CHOICES:
         raise ValueError(f"queries must be one of {QUERY_CHOICES}, got {choice!r}")
@@ -57,10 +60,13 @@ def query_mask(choice: str, image_mask: torch.Tensor, answer_mask: torch.Tensor,
     after_image = (positions[None] > last_image) & attention_mask.bool()  # [B, S]
     if choice == "after_image":
         return after_image
+    producers = torch.zeros_like(after_image)
+    producers[:, :-1] = answer_mask[:, 1:].bool()  # [B, S]
+    producers &= after_image
     if choice == "answer":
-        return answer_mask.bool() & after_image
-    first_answer = torch.where(answer_mask.bool(), positions, seq).amin(dim=1, keepdim=True)  # [B, 1]
-    return after_image & (positions[None] < first_answer)
+        return producers
+    first_producer = torch.where(producers, positions, seq).amin(dim=1, keepdim=True)  # [B, 1]
+    return after_image & (positions[None] < first_producer)
 
 
 class TrajectoryProbe:

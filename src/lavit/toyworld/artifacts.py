@@ -1,110 +1,141 @@
-"""Train the toy world's teacher, base student and text-only model (committed under
-`src/lavit/toyworld/artifacts/` so `lavit demo` need not retrain them).
+"""Train the toy world's teacher, base student and text-only model, and measure the student architecture's
+capacity (committed under `src/lavit/toyworld/artifacts/` so `lavit demo` need not retrain them).
 
-    python -m lavit.toyworld.artifacts --out src/lavit/toyworld/artifacts
+    python -m lavit.toyworld.artifacts --out src/lavit/toyworld/artifacts            # ~20 min on 2 cores
+    python -m lavit.toyworld.artifacts --out DIR --prior-strength 0.8 --roles base,text_only
 
-All three go through `lavit train` (method naive_sft, vision tower trainable). The teacher trains on
-the `teacher` split until it is accurate; the base student only briefly on `pretrain`; the
-text-only model on `pretrain` questions with a blank image. `artifacts.json` records the settings and
-each model's val accuracy.
+Recipes (`lavit.toyworld.pretrain`: a vision phase with a per-token colour/shape probe, then a language
+phase that keeps the probe's loss; scenes drawn fresh every step from world 0's streams):
+* teacher   — teacher architecture, its own vision phase, language phase on *unbiased* colours
+              (prior strength 0.25: all four colours equally likely) of the `teacher` stream;
+* base      — student architecture, student vision phase, a short language phase on the `pretrain`
+              stream with the world's prior: it learns the prior but not yet where to look;
+* capacity  — the same vision phase, a full language phase on unbiased colours: its val accuracy shows
+              that perception is learnable at the student's size (recorded, not kept);
+* text_only — student architecture, no vision phase, language phase with every image blank.
+`artifacts.json` records the world, the budget and every model's val accuracy (overall, per kind,
+prior-consistent / prior-violating) on world 0's val split at the world's prior strength.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from lavit.models.checkpoint import load_model_and_processor
-from lavit.toyworld.models import (
-    BLANK_IMAGE,
-    TOY_PIXELS,
-    TOY_STUDENT_SPEC,
-    TOY_TEACHER_SPEC,
-    init_model_dir,
-    jsonl_to_parquet,
-    toy_accuracy,
-)
-from lavit.toyworld.world import WorldConfig, write_split
-from lavit.training.lavit_config import LavitTrainConfig
-from lavit.training.train import run_training
+from lavit.console import quiet_libraries
+from lavit.toyworld.models import BLANK_IMAGE, TOY_STUDENT_SPEC, TOY_TEACHER_SPEC, blank_image, new_toy_model, toy_accuracy
+from lavit.toyworld.pretrain import PhaseConfig, train_language, train_vision
+from lavit.toyworld.world import WorldConfig, stream, write_split
 
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
-ROLES = ("teacher", "base", "text_only")
+ROLES = ("teacher", "base", "capacity", "text_only")
+KEPT = ("teacher", "base", "text_only")  # capacity is measured, not kept
+UNBIASED = 0.25  # prior strength at which the prior colour is as likely as each other colour
 
 
 @dataclass
 class ArtifactBudget:
-    teacher_steps: int = 4000
-    teacher_samples: int = 8000
+    teacher_vision_steps: int = 600
+    teacher_steps: int = 2000
+    teacher_shape_share: float = 0.5  # more shape questions than the default world: the slower-learnt kind
+    student_vision_steps: int = 400
     base_steps: int = 100
+    capacity_steps: int = 2500
     text_only_steps: int = 400
-    pretrain_samples: int = 2000
-    val_samples: int = 300
     batch_size: int = 32
-    learning_rate: float = 1.5e-3
+    vision_learning_rate: float = 2e-3
+    learning_rate: float = 5e-4
+    val_samples: int = 300
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        counts = [v for k, v in asdict(self).items() if k.endswith("_steps")]
+        if min(counts) < 0 or self.batch_size < 1 or self.val_samples < 1:
+            raise ValueError("steps must be >= 0, batch_size and val_samples >= 1")
 
-def _train(role: str, init: Path, data: Path, image_root: Path, out: Path, steps: int, budget: ArtifactBudget) -> Path:
-    cfg = LavitTrainConfig(model=str(init), method="naive_sft", data=[str(data)], image_root=str(image_root),
-                           output_dir=str(out / f"{role}_run"), max_steps=steps, batch_size=budget.batch_size,
-                           learning_rate=budget.learning_rate, warmup_ratio=0.05, freeze_vision=False,
-                           gradient_checkpointing=False, system_prompt="", logging_steps=max(steps // 10, 1),
-                           save_steps=steps, save_total_limit=1, seed=budget.seed, min_pixels=TOY_PIXELS,
-                           max_pixels=TOY_PIXELS)
-    student_dir = Path(run_training(cfg)["student_dir"])
-    final = out / role
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.move(str(student_dir), final)
-    (final / "lavit.json").unlink(missing_ok=True)  # plain models: no latent tokens
-    shutil.rmtree(out / f"{role}_run")
-    return final
+
+def _save(model, processor, directory: Path) -> Path:
+    if directory.exists():
+        shutil.rmtree(directory)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
 
 
 def build_artifacts(out: str | Path, budget: ArtifactBudget = ArtifactBudget(), world: WorldConfig = WorldConfig(),
                     roles: tuple[str, ...] = ROLES) -> dict:
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; choose from {ROLES}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     previous = out / "artifacts.json"
     report = json.loads(previous.read_text()) if previous.is_file() else {"models": {}}
-    report.update(world=asdict(world))
+    if report.get("world") not in (None, asdict(world)):
+        stale = sorted(set(report["models"]) - set(roles))
+        if stale:
+            raise ValueError(f"{out} holds models of another world ({report['world']}); retrain them too "
+                             f"(roles {stale}) or use a new --out")
+    report["world"] = asdict(world)
+    unbiased = replace(world, prior_strength=UNBIASED)
+    language = PhaseConfig(0, budget.learning_rate, budget.batch_size)
+    vision = PhaseConfig(0, budget.vision_learning_rate, budget.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp)
-        val = write_split(data, "val", budget.val_samples, budget.seed, world)
-        jobs = []
+        val = write_split(Path(tmp), "val", budget.val_samples, cfg=world)
+        blank = blank_image(Path(tmp) / "images" / BLANK_IMAGE)
+
+        def record(role: str, model, processor, log: dict, image_override: Path | None = None) -> None:
+            scores = toy_accuracy(model, processor, val, image_override=image_override)
+            report["models"][role] = {"budget": asdict(budget), "training": log, "val_accuracy": scores["accuracy"],
+                                      "val_per_kind": scores["per_kind"], "val_per_prior": scores["per_prior"]}
+            print(f"{role}: val accuracy {scores['accuracy']:.3f} {scores['per_kind']} {scores['per_prior']}",
+                  flush=True)
+
         if "teacher" in roles:
-            split = write_split(data, "teacher", budget.teacher_samples, budget.seed, world)
-            jobs.append(("teacher", TOY_TEACHER_SPEC, jsonl_to_parquet(split, data / "teacher.parquet"),
-                         budget.teacher_steps))
-        if {"base", "text_only"} & set(roles):
-            split = write_split(data, "pretrain", budget.pretrain_samples, budget.seed, world)
-            if "base" in roles:
-                jobs.append(("base", TOY_STUDENT_SPEC, jsonl_to_parquet(split, data / "pretrain.parquet"),
-                             budget.base_steps))
-            if "text_only" in roles:
-                jobs.append(("text_only", TOY_STUDENT_SPEC,
-                             jsonl_to_parquet(split, data / "blind.parquet", blank_images=True), budget.text_only_steps))
-        for role, spec, table, steps in jobs:
-            init = init_model_dir(data / f"{role}_init", spec, budget.seed)
-            final = _train(role, init, table, data / "images", out, steps, budget)
-            model, processor = load_model_and_processor(str(final))
-            blank = data / "images" / BLANK_IMAGE if role == "text_only" else None
-            scores = toy_accuracy(model.eval(), processor, val, image_override=blank)
-            report["models"][role] = {"steps": steps, "budget": asdict(budget), "val_accuracy": scores["accuracy"],
-                                      "val_per_kind": scores["per_kind"]}
-            print(f"{role}: val accuracy {scores['accuracy']:.3f} {scores['per_kind']}", flush=True)
-    report.pop("budget", None)
-    report.setdefault("wall_seconds", {})
-    report["wall_seconds"] = {**(report["wall_seconds"] if isinstance(report["wall_seconds"], dict) else {}),
-                              "+".join(roles): time.time() - start}
-    report["command"] = "python -m lavit.toyworld.artifacts --out " + str(out) + " (see `--help` for the budget)"
+            model, processor = new_toy_model(TOY_TEACHER_SPEC, budget.seed)
+            probe, seen = train_vision(model, processor, replace(vision, steps=budget.teacher_vision_steps), world,
+                                       rng=stream("teacher", 0, 0), seed=budget.seed, desc="teacher vision")
+            log = {"vision": seen,
+                   "language": train_language(model, processor, replace(language, steps=budget.teacher_steps),
+                                              replace(unbiased, shape_question_share=budget.teacher_shape_share),
+                                              rng=stream("teacher", 0, 1), probe=probe, seed=budget.seed,
+                                              desc="teacher language")}
+            record("teacher", model, processor, log)
+            _save(model, processor, out / "teacher")
+        if {"base", "capacity"} & set(roles):
+            model, processor = new_toy_model(TOY_STUDENT_SPEC, budget.seed)
+            probe, seen = train_vision(model, processor, replace(vision, steps=budget.student_vision_steps), world,
+                                       rng=stream("pretrain", 0, 0), seed=budget.seed, desc="student vision")
+            for role, steps, prior_world, draw in (("base", budget.base_steps, world, 1),
+                                                   ("capacity", budget.capacity_steps, unbiased, 2)):
+                if role not in roles:
+                    continue
+                branch, branch_probe = copy.deepcopy(model), copy.deepcopy(probe)
+                log = {"vision": seen,
+                       "language": train_language(branch, processor, replace(language, steps=steps), prior_world,
+                                                  rng=stream("pretrain", 0, draw), probe=branch_probe,
+                                                  seed=budget.seed, desc=f"{role} language")}
+                record(role, branch, processor, log)
+                if role in KEPT:
+                    _save(branch, processor, out / role)
+        if "text_only" in roles:
+            model, processor = new_toy_model(TOY_STUDENT_SPEC, budget.seed)
+            log = {"language": train_language(model, processor, replace(language, steps=budget.text_only_steps), world,
+                                              rng=stream("pretrain", 0, 3), blank_images=True, seed=budget.seed,
+                                              desc="text_only language")}
+            record("text_only", model, processor, log, image_override=blank)
+            _save(model, processor, out / "text_only")
+    wall = report.get("wall_seconds") if isinstance(report.get("wall_seconds"), dict) else {}
+    report["wall_seconds"] = {**wall, "+".join(roles): time.time() - start}
+    report["command"] = (f"python -m lavit.toyworld.artifacts --out {out} --prior-strength {world.prior_strength} "
+                         f"--roles {','.join(roles)} (budget flags: see --help)")
     (out / "artifacts.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -112,12 +143,16 @@ def build_artifacts(out: str | Path, budget: ArtifactBudget = ArtifactBudget(), 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ARTIFACTS_DIR), help="where teacher/, base/, text_only/ go")
-    parser.add_argument("--roles", default=",".join(ROLES), help="comma list of roles to (re)train")
+    parser.add_argument("--roles", default=",".join(ROLES), help=f"comma list of roles to (re)train, of {ROLES}")
+    parser.add_argument("--prior-strength", type=float, default=WorldConfig().prior_strength,
+                        help="how often a shape takes its prior colour (the base, text-only and val worlds)")
     for name, value in asdict(ArtifactBudget()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     args = parser.parse_args(argv)
+    quiet_libraries()
     budget = ArtifactBudget(**{k: getattr(args, k) for k in asdict(ArtifactBudget())})
-    build_artifacts(args.out, budget, roles=tuple(r for r in args.roles.split(",") if r))
+    build_artifacts(args.out, budget, WorldConfig(prior_strength=args.prior_strength),
+                    roles=tuple(r for r in args.roles.split(",") if r))
     return 0
 
 

@@ -1,10 +1,14 @@
-"""Toy models of the toy world: real `Qwen2_5_VLForConditionalGeneration` at small sizes, trained with
-the same `lavit train` code path as the real ones.
+"""Toy models of the toy world: real `Qwen2_5_VLForConditionalGeneration`s at small sizes.
 
-* teacher   — larger (hidden 192, 3 layers, vision hidden 64), trained from scratch until accurate;
-* base      — the student architecture (hidden 128, 2 layers) pretrained briefly: Table 1's "base" row;
-* text_only — the student architecture trained on the same questions with a blank image: it can only
-  learn the language prior (the difficulty filter's text-only model).
+* teacher     — larger (hidden 192, 3 layers, vision hidden 64), trained on unbiased colours until it
+                perceives (a real 32B teacher sees far better than a 3B student);
+* base        — the student architecture (hidden 128, 2 layers) with a perception-pretrained vision
+                tower and a language model trained only briefly: it has learnt the prior, not where to look
+                (Table 1's "base" row);
+* text_only   — the student architecture trained on the same questions with a blank image: it can only
+                learn the language prior (the difficulty filter's text-only model);
+* capacity    — (measured, not kept) the student architecture trained fully on unbiased data: proof that
+                perception is learnable at the student's size.
 """
 
 from __future__ import annotations
@@ -13,14 +17,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from lavit.eval.matching import answers_match
 from lavit.inference.generate import generate_answers
 from lavit.models.tiny import STUDENT_SPEC, TinyModelSpec, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from lavit.toyworld.world import WorldConfig
+from lavit.toyworld.world import BACKGROUND, WorldConfig
 
 TOY_PIXELS = 36 * 28 * 28  # every toy image is 168 × 168 = 6 × 6 merged tokens
 TOY_TEACHER_SPEC = TinyModelSpec(hidden_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
@@ -30,34 +32,18 @@ TOY_STUDENT_SPEC = STUDENT_SPEC
 BLANK_IMAGE = "blank.png"
 
 
-def init_model_dir(directory: str | Path, spec: TinyModelSpec, seed: int) -> Path:
-    """A randomly initialised toy model + processor saved as a plain HF checkpoint directory."""
-    directory = Path(directory)
+def new_toy_model(spec: TinyModelSpec, seed: int):
+    """A randomly initialised toy model and its processor (every toy image is exactly TOY_PIXELS)."""
     processor = build_tiny_processor(build_tiny_tokenizer(), min_pixels=TOY_PIXELS, max_pixels=TOY_PIXELS)
-    model = build_tiny_model(processor.tokenizer, spec, seed=seed)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return build_tiny_model(processor.tokenizer, spec, seed=seed), processor
 
 
 def blank_image(path: Path) -> Path:
     """The grey canvas (the world's background, no objects) the text-only model sees."""
     if not path.exists():
         size = WorldConfig().image_size
-        Image.new("RGB", (size, size), (128, 128, 128)).save(path)
+        Image.new("RGB", (size, size), BACKGROUND).save(path)
     return path
-
-
-def jsonl_to_parquet(jsonl: Path, out: Path, *, blank_images: bool = False) -> Path:
-    """A world split as a training table (id, image, question, answer); `blank_images` points every row at
-    one grey image so a model trained on it sees questions but no visual evidence."""
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    if blank_images:
-        blank_image(jsonl.parent / "images" / BLANK_IMAGE)
-    table = [{"id": r["id"], "image": BLANK_IMAGE if blank_images else r["image"], "question": r["question"],
-              "answer": r["answer"]} for r in rows]
-    pq.write_table(pa.Table.from_pylist(table), out)
-    return out
 
 
 def toy_accuracy(model, processor, jsonl: Path, *, latent_tokens: list[str] | None = None, mode: str = "none",

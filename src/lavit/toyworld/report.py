@@ -1,85 +1,135 @@
-"""`report.md` of a demo run: tables, figures and an honest verdict, whatever the outcome."""
+"""`report.md` of a demo run: the testbed's validity first, then the verdict read off the paired
+confidence interval, then the numbers and diagnostics behind it — whatever the outcome."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from lavit.toyworld.validity import failures
+
 MODELS = ("base", "naive_sft", "lavit", "teacher")
+VERDICT_TEXT = {
+    "lavit_better": "LaViT is **better** than Naive-SFT: the whole 95 % interval of the paired difference is above 0.",
+    "naive_better": "Naive-SFT is **better** than LaViT: the whole 95 % interval of the paired difference is below 0.",
+    "no_detectable_difference": "**No detectable difference** between LaViT and Naive-SFT: the 95 % interval of the "
+                                "paired difference contains 0.",
+}
 
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def _pts(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}"
+
+
 def _num(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def verdict(results: dict) -> list[str]:
-    acc, std = results["accuracy"], results["accuracy_std"]
-    n = len(results["accuracy_by_seed"]["lavit"])
-    diff = acc["lavit"] - acc["naive_sft"]
-    spread = (std["lavit"] ** 2 + std["naive_sft"] ** 2) ** 0.5
-    lines = []
-    if diff > 0:
-        strength = "" if n == 1 else (" (larger than the seed-to-seed spread)" if diff > spread else
-                                      " (within the seed-to-seed spread, so not a reliable difference)")
-        lines.append(f"- **Accuracy:** LaViT beat Naive-SFT by {100 * diff:.1f} points on the test split "
-                     f"({_pct(acc['lavit'])} vs {_pct(acc['naive_sft'])}, {n} seed{'s' * (n > 1)}){strength}.")
+def _ci(summary: dict | None) -> str:
+    if summary is None:
+        return "—"
+    ci = summary["ci95"]
+    interval = "n/a (one seed)" if ci is None else f"[{_pts(ci[0])}, {_pts(ci[1])}]"
+    return f"{_pts(summary['mean'])} points, 95 % CI {interval}"
+
+
+def validity_lines(validity: dict) -> list[str]:
+    lines = ["| criterion | value | threshold | pass |", "|---|---|---|---|"]
+    for name, c in validity.items():
+        value = _num(c["value"])
+        lines.append(f"| {c['description']} (`{name}`) | {value} | {c['comparison']} {c['threshold']} | "
+                     f"{'yes' if c['pass'] else '**NO**'} |")
+    failed = failures(validity)
+    lines.append("")
+    if failed:
+        lines.append(f"**The testbed failed {len(failed)} of {len(validity)} validity checks ({', '.join(failed)}).** "
+                     "The comparison below is reported as measured, but it is not a valid test of the paper's claims "
+                     "until these pass.")
     else:
-        lines.append(f"- **Accuracy:** LaViT did **not** beat Naive-SFT ({_pct(acc['lavit'])} vs "
-                     f"{_pct(acc['naive_sft'])}, {100 * diff:+.1f} points, {n} seed{'s' * (n > 1)}).")
-    gap = results["perception_gap"]
-    kl = {}
-    for m in ("naive_sft", "lavit"):
-        values = [v for v in gap[m]["kl_by_category"].values() if v is not None]
-        kl[m] = sum(values) / len(values) if values else None
-    ent, foc = results["attention_entropy"], results["s_focus"]
-    closer = [None not in kl.values() and kl["lavit"] < kl["naive_sft"], abs(ent["lavit"] - ent["teacher"]) < abs(ent["naive_sft"] - ent["teacher"]),
-              foc["lavit"] > foc["naive_sft"]]
-    lines.append(f"- **Attention vs the teacher:** KL(teacher ‖ model) averaged over token categories "
-                 f"{_num(kl['lavit'])} for LaViT vs {_num(kl['naive_sft'])} for Naive-SFT "
-                 f"({'lower' if closer[0] else 'not lower'}); entropy {_num(ent['lavit'])} vs {_num(ent['naive_sft'])}"
-                 f" (teacher {_num(ent['teacher'])}; LaViT {'closer' if closer[1] else 'not closer'} to it); "
-                 f"S_focus {_num(foc['lavit'])} vs {_num(foc['naive_sft'])} ({'higher' if closer[2] else 'not higher'}).")
-    lines.append(f"- **Summary:** LaViT's answer-time attention is closer to the teacher's on {sum(closer)} of 3 "
-                 "measures. These are toy-world numbers from tiny models; they test the machinery and the direction "
-                 "of the effect, not the paper's magnitudes.")
+        lines.append(f"All {len(validity)} validity checks pass: the teacher perceives and looks at the evidence, "
+                     "perception is learnable at the student's size, the base relies on the prior, fine-tuning does "
+                     "not wreck it, and the text-only model is the prior.")
+    return lines
+
+
+def verdict_lines(results: dict) -> list[str]:
+    paired = results["paired_difference"]
+    n = paired["n"]
+    failed = failures(results["validity"])
+    lines = [f"- **Testbed not valid on this run** (failed: {', '.join(failed)}): read what follows as a measurement "
+             "of this setup, not as evidence for or against LaViT."] if failed else []
+    lines += [f"- {VERDICT_TEXT[paired['verdict']]} LaViT − Naive-SFT test accuracy over {n} paired seed"
+             f"{'s' * (n > 1)}: {_ci(paired)} (per seed: {', '.join(_pts(d) for d in paired['per_seed'])})."]
+    for split, summary in paired["per_split"].items():
+        lines.append(f"- {split.replace('_', '-')} questions: {_ci(summary)}.")
+    latent, masked = results["latent_map"], results["masked_drop"]
+    lines.append(f"- **Do the latents look where the teacher looks?** KL(teacher target ‖ latent map) "
+                 f"{_num(latent['lavit']['kl_target_vs_latent'])} for the trained LaViT student vs "
+                 f"{_num(latent['base']['kl_target_vs_latent'])} for the same positions before training; latent-map "
+                 f"S_focus {_num(latent['lavit']['s_focus'])} vs {_num(latent['base']['s_focus'])}.")
+    lines.append(f"- **Does the answer read them?** Masking the latents at inference changes test accuracy by "
+                 f"{_pts(-masked['mean'])} points (masked_drop {_pts(masked['mean'])}).")
+    foc = results["s_focus"]
+    lines.append(f"- **Answer-time attention:** answer-token S_focus LaViT {_num(foc['lavit'])}, Naive-SFT "
+                 f"{_num(foc['naive_sft'])}, base {_num(foc['base'])}, teacher {_num(foc['teacher'])} (seed 0).")
+    lines.append("- These are toy-world numbers from tiny models: they test the machinery and the direction of the "
+                 "paper's claims, not its magnitudes.")
     return lines
 
 
 def write_report(path: Path, results: dict, analysis: dict) -> None:
-    acc, per_kind = results["accuracy"], results["accuracy_per_kind"]
-    kinds = list(next(iter(per_kind.values())))
+    settings = results["settings"]
     lines = ["# LaViT in the toy world", "",
-             f"Run settings: {results['settings']}. Wall time {results['wall_seconds']:.0f} s.", "",
-             "## Verdict", "", *verdict(results), "",
-             "## Accuracy on the held-out test split", "",
-             "| model | overall | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 2) + "|"]
-    for m in MODELS:
-        overall = _pct(acc[m]) + (f" ± {_pct(results['accuracy_std'][m])}" if m in results["accuracy_std"] and
-                                  len(results["accuracy_by_seed"][m]) > 1 else "")
-        lines.append(f"| {m} | {overall} | " + " | ".join(_pct(per_kind[m].get(k)) for k in kinds) + " |")
-    lines += ["", "Overall: mean (± σ over seeds for the students); the other columns are seed 0. Prior-consistent "
-              "questions are those the language prior alone answers right; prior-violating ones need the image.",
-              "", f"LaViT with its latent tokens masked (Table 3 'w/o latent tokens'): {_pct(acc['lavit_masked'])}.",
-              "", "## Data: extraction and the three-stage filter", "",
-              "| seed | pool | extracted ok | kept | dropped: correctness | difficulty | alignment | other |",
-              "|---|---|---|---|---|---|---|---|"]
+             f"{settings['seeds']} seeds, world {settings['world_seed']}, pool {settings['pool_samples']} scenes per "
+             f"seed, {settings['steps']} steps × batch {settings['batch_size']} at lr {settings['learning_rate']}, "
+             f"replay {settings['replay']}; wall time {results['wall_seconds']:.0f} s. Settings in results.json.", "",
+             "## Is this a valid test?", "", *validity_lines(results["validity"]), "",
+             "## Verdict", "", *verdict_lines(results), ""]
+    acc = results["accuracy"]["test"]
+    cols = ("overall", "prior_consistent", "prior_violating", "color", "shape")
+    lines += ["## Accuracy on the held-out test split (%)", "",
+              "| model | " + " | ".join(c.replace("_", "-") for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in ("base", "naive_sft", "lavit", "teacher"):
+        lines.append(f"| {m} | " + " | ".join(_pct(acc[m].get(c)) for c in cols) + " |")
+    lines.append(f"| lavit, latents masked | {_pct(acc['lavit_masked']['overall'])} |" + " |" * (len(cols) - 1))
+    lines += ["", "Students: mean over seeds. Prior-consistent questions are those the language prior alone answers "
+              "right; prior-violating ones need the image.", "",
+              "| seed | Naive-SFT | LaViT | LaViT − Naive-SFT | LaViT, latents masked |", "|---|---|---|---|---|"]
+    by_seed = results["accuracy"]["by_seed"]
+    for i, (a, b, c) in enumerate(zip(by_seed["naive_sft"], by_seed["lavit"], by_seed["lavit_masked"])):
+        lines.append(f"| {i} | {_pct(a)} | {_pct(b)} | {_pts(b - a)} | {_pct(c)} |")
+    latent = results["latent_map"]
+    lines += ["", f"## Mechanism diagnostics ({latent['samples']} test samples, mean over seeds)", "",
+              "| latent tokens of | KL(target ‖ latent map) | latent-map S_focus |", "|---|---|---|",
+              f"| LaViT student | {_num(latent['lavit']['kl_target_vs_latent'])} | {_num(latent['lavit']['s_focus'])} |",
+              f"| base, same positions (step 0) | {_num(latent['base']['kl_target_vs_latent'])} | "
+              f"{_num(latent['base']['s_focus'])} |", "",
+              f"masked_drop (forced − latents masked, test): {_pts(results['masked_drop']['mean'])} points "
+              f"(per seed {', '.join(_pts(d) for d in results['masked_drop']['per_seed'])}).", "",
+              "Training dynamics (γ, the answer's attention mass on the image, latent S_focus, answer accuracy on a "
+              "fixed val batch): `analysis/dynamics_lavit.png`, `analysis/dynamics_naive_sft.png`.", "",
+              "## Data: extraction and the three-stage filter", "",
+              "| seed | pool | extracted ok | kept | replayed | dropped: correctness | difficulty | alignment | other |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in results["seeds"]:
         d = s["filter"]["dropped_by_stage"]
         lines.append(f"| {s['seed']} | {s['filter']['input_rows']} | {s['extract']['ok']} | {s['filter']['kept']} | "
-                     f"{d.get('correctness', 0)} | {d.get('difficulty', 0)} | {d.get('alignment', 0)} | "
-                     f"{d.get('extract', 0) + d.get('invalid_signal', 0)} |")
-    lines += ["", f"## Attention statistics (Table 2 style, {analysis['samples']} test samples, answer tokens)", "",
-              "| model | S_focus mean | entropy mean | entropy σ | entropy CV | salient mean | salient σ | salient range "
-              "| salient CV |", "|---|---|---|---|---|---|---|---|---|"]
+                     f"{s['filter']['replayed']} | {d.get('correctness', 0)} | {d.get('difficulty', 0)} | "
+                     f"{d.get('alignment', 0)} | {d.get('extract', 0) + d.get('invalid_signal', 0)} |")
+    lines += ["", f"## Attention statistics (Table 2 style, {analysis['samples']} test samples, answer tokens, seed 0)",
+              "", "| model | S_focus mean | entropy mean | entropy σ | entropy CV | salient mean | salient σ | "
+              "salient range | salient CV |", "|---|---|---|---|---|---|---|---|---|"]
     for m in MODELS:
         pm = analysis["per_model"][m]
         e, s = pm["attention_entropy"], pm["salient_regions"]
         lines.append(f"| {m} | {_num(pm['s_focus']['mean'])} | {_num(e['mean'])} | {_num(e['std'])} | {_num(e['cv'])} "
                      f"| {_num(s['mean'], 1)} | {_num(s['std'], 1)} | {s['min']:.0f}–{s['max']:.0f} | {_num(s['cv'])} |")
-    lines += ["", "## Perception gap against the teacher (Fig. 3)", "",
+    lines += ["", "Answer-token maps are the attention of the queries that produce the answer's tokens (as in "
+              "generation), averaged over layers and heads.", "",
+              "## Perception gap against the teacher (Fig. 3)", "",
               "| model | KL functional | KL object | KL attribute | cos functional | cos object | cos attribute |",
               "|---|---|---|---|---|---|---|"]
     for m in ("base", "naive_sft", "lavit"):

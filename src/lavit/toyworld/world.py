@@ -1,15 +1,23 @@
-"""The toy world: procedurally drawn scenes of 2–3 shapes with ground-truth boxes, and questions that
-need one region of the image — with a tunable language prior a text-only model can exploit.
+"""The toy world: scenes of 2–3 coloured shapes on a grid of slots, with ground-truth boxes, and questions
+that need one region of the image — with a tunable language prior a text-only model can exploit.
+
+Layout. A 168 × 168 image is 6 × 6 merged Qwen tokens (28 px each); it is cut into 3 × 3 slots of
+56 px, and each object (side 44–52 px, jittered inside its slot) fills one slot, so it covers exactly
+the 2 × 2 merged tokens of that slot. Perception is then a per-token property (what colour and shape
+is under this token), which tiny vision towers learn in minutes on a CPU; finding *which* token the
+question is about — where to look — is what the language model has to learn.
 
 Question kinds (each names its evidence box):
-* color    — "what color is the triangle ?" → the triangle's colour. Each shape has a *prior* colour
-             (triangle→red, circle→blue, square→green) that it takes with probability
-             `prior_strength` (default 0.7), so a blind model is right ~70 % of the time;
-* shape    — "which shape is yellow ?" (the colour is unique in the scene) → the shape;
-* position — "is the circle on the left ?" → yes / no (its centre left of the image's middle; objects
-             near the middle are not asked about), box = the object.
-Splits are disjoint streams of one seed: pretrain (the base student), teacher (the toy teacher),
-pool (extraction → filter → LaViT-SFT), val, test (final numbers only).
+* color — "what color is the triangle ?" → the triangle's colour. Each shape has a *prior* colour
+          (triangle→red, circle→blue, square→green) that it takes with probability `prior_strength`
+          (default 0.7; 0.25 makes all four colours equally likely), so a blind model is right
+          `prior_strength` of the time;
+* shape — "which shape is yellow ?" (the colour is unique in the scene) → the shape.
+
+Scenes are drawn from seeded streams: `generate(split, n, world_seed=W, draw=D)` uses the stream
+(W, split, D). Splits (pretrain, teacher, pool, val, test) never share a stream; the toy models are
+trained on world 0's pretrain/teacher streams, and `lavit demo --world-seed W` draws its pool, val and
+test scenes from world W's streams (the same world, other scenes).
 """
 
 from __future__ import annotations
@@ -24,28 +32,41 @@ from PIL import Image, ImageDraw
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
 PRIOR_COLOR = {"triangle": "red", "circle": "blue", "square": "green"}
-KINDS = ("color", "shape", "position")
+KINDS = ("color", "shape")
 SPLITS = {"pretrain": 1, "teacher": 2, "pool": 3, "val": 4, "test": 5}
+BACKGROUND = (128, 128, 128)
+CELL = 28  # pixels per merged Qwen token (patch 14 × merge 2)
 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    image_size: int = 168  # 6 × 6 merged Qwen tokens
+    image_size: int = 168
+    slot_size: int = 56
     min_objects: int = 2
     max_objects: int = 3
-    min_side: int = 40
-    max_side: int = 56
-    middle_margin: int = 14  # no position question about an object whose centre is this close to the middle
+    min_side: int = 44
+    max_side: int = 52
     prior_strength: float = 0.7
-    # color, shape, position. Position is off by default: the toy teacher does not learn it within the
-    # artifact budget (val accuracy stayed at chance, 51 %, after 3000 steps), so it would only add noise.
-    kind_weights: tuple[float, float, float] = (0.75, 0.25, 0.0)
+    shape_question_share: float = 0.33  # of the questions, when the scene has a uniquely coloured object
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.prior_strength <= 1.0:
             raise ValueError("prior_strength must be in [0, 1]")
-        if not 1 <= self.min_objects <= self.max_objects <= len(SHAPES):
-            raise ValueError(f"need 1 <= min_objects <= max_objects <= {len(SHAPES)}")
+        if not 0.0 <= self.shape_question_share <= 1.0:
+            raise ValueError("shape_question_share must be in [0, 1]")
+        if self.image_size % self.slot_size or self.slot_size % CELL:
+            raise ValueError(f"image_size must be a multiple of slot_size, and slot_size a multiple of {CELL}")
+        # An object must cover every merged-token centre of its slot (and only those), whatever its jitter.
+        if not self.slot_size - CELL // 2 < self.min_side <= self.max_side <= self.slot_size:
+            raise ValueError(f"need slot_size - {CELL // 2} < min_side <= max_side <= slot_size")
+        slots = (self.image_size // self.slot_size) ** 2
+        if not 1 <= self.min_objects <= self.max_objects <= min(len(SHAPES), slots):
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= {min(len(SHAPES), slots)}")
+
+    @property
+    def grid(self) -> int:
+        """Merged tokens per image side."""
+        return self.image_size // CELL
 
 
 @dataclass
@@ -74,77 +95,91 @@ def _color_for(shape: str, rng: np.random.Generator, cfg: WorldConfig) -> str:
     return others[rng.integers(len(others))]
 
 
-def _place(rng: np.random.Generator, cfg: WorldConfig, placed: list[tuple]) -> tuple[int, int, int, int]:
-    for _ in range(200):
-        side = int(rng.integers(cfg.min_side, cfg.max_side + 1))
-        x1, y1 = int(rng.integers(0, cfg.image_size - side)), int(rng.integers(0, cfg.image_size - side))
-        box = (x1, y1, x1 + side, y1 + side)
-        if all(box[2] + 4 <= b[0] or b[2] + 4 <= box[0] or box[3] + 4 <= b[1] or b[3] + 4 <= box[1] for b in placed):
-            return box
-    raise RuntimeError("could not place objects without overlap; enlarge image_size or shrink objects")
-
-
 def draw(objects: list[ToyObject], size: int) -> Image.Image:
-    image = Image.new("RGB", (size, size), (128, 128, 128))
+    image = Image.new("RGB", (size, size), BACKGROUND)
     pen = ImageDraw.Draw(image)
     for obj in objects:
         x1, y1, x2, y2 = obj.box
         fill = COLORS[obj.color]
+        # PIL's ellipse/rectangle include the end pixel; the box is half-open, so draw to x2 - 1.
         if obj.shape == "circle":
-            pen.ellipse(obj.box, fill=fill)
+            pen.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill)
         elif obj.shape == "square":
-            pen.rectangle(obj.box, fill=fill)
+            pen.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill)
         else:
-            pen.polygon([(x1, y2), (x2, y2), ((x1 + x2) // 2, y1)], fill=fill)
+            pen.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=fill)
     return image
 
 
-def make_sample(rng: np.random.Generator, cfg: WorldConfig, sample_id: str) -> ToySample:
+def cell_labels(objects: list[ToyObject], cfg: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per merged token, in raster order, the colour and shape under its centre: ([g*g], [g*g]) int64, with
+    0 for background, 1 + index into COLORS / SHAPES for an object (the toy vision pretraining's targets)."""
+    g = cfg.grid
+    centres = np.arange(g) * CELL + CELL // 2
+    colour, shape = np.zeros((g, g), dtype=np.int64), np.zeros((g, g), dtype=np.int64)
+    for obj in objects:
+        x1, y1, x2, y2 = obj.box
+        rows = (centres >= y1) & (centres < y2)
+        cols = (centres >= x1) & (centres < x2)
+        inside = rows[:, None] & cols[None, :]
+        colour[inside] = list(COLORS).index(obj.color) + 1
+        shape[inside] = SHAPES.index(obj.shape) + 1
+    return colour.reshape(-1), shape.reshape(-1)
+
+
+def make_scene(rng: np.random.Generator, cfg: WorldConfig) -> list[ToyObject]:
     count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:count]]
-    objects: list[ToyObject] = []
-    for shape in shapes:
-        objects.append(ToyObject(shape, _color_for(shape, rng, cfg), _place(rng, cfg, [o.box for o in objects])))
+    per_side = cfg.image_size // cfg.slot_size
+    slots = rng.permutation(per_side * per_side)[:count]
+    objects = []
+    for shape, slot in zip(shapes, slots.tolist()):
+        side = int(rng.integers(cfg.min_side, cfg.max_side + 1))
+        x = (slot % per_side) * cfg.slot_size + int(rng.integers(0, cfg.slot_size - side + 1))
+        y = (slot // per_side) * cfg.slot_size + int(rng.integers(0, cfg.slot_size - side + 1))
+        objects.append(ToyObject(shape, _color_for(shape, rng, cfg), (x, y, x + side, y + side)))
+    return objects
+
+
+def make_sample(rng: np.random.Generator, cfg: WorldConfig, sample_id: str) -> ToySample:
+    objects = make_scene(rng, cfg)
     image = draw(objects, cfg.image_size)
-    half = cfg.image_size / 2
-    off_middle = [o for o in objects if abs((o.box[0] + o.box[2]) / 2 - half) >= cfg.middle_margin]
-    kinds = [k for k in KINDS if cfg.kind_weights[KINDS.index(k)] > 0 and (k != "position" or off_middle)]
-    weights = np.array([cfg.kind_weights[KINDS.index(k)] for k in kinds])
-    kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
     colors = [o.color for o in objects]
     unique = [o for o in objects if colors.count(o.color) == 1]
-    if kind == "shape" and not unique:
-        kind = "color"
-    if kind == "color":
-        target = objects[rng.integers(count)]
-        return ToySample(sample_id, image, f"what color is the {target.shape} ?", target.color, list(target.box),
-                         kind, PRIOR_COLOR[target.shape], objects)
-    if kind == "shape":
+    if unique and rng.random() < cfg.shape_question_share:
         target = unique[rng.integers(len(unique))]
         prior = next((s for s, c in PRIOR_COLOR.items() if c == target.color), None)  # yellow: no prior shape
         return ToySample(sample_id, image, f"which shape is {target.color} ?", target.shape, list(target.box),
-                         kind, prior, objects)
-    target = off_middle[rng.integers(len(off_middle))]
-    answer = "yes" if (target.box[0] + target.box[2]) / 2 < half else "no"
-    return ToySample(sample_id, image, f"is the {target.shape} on the left ?", answer, list(target.box), kind, "yes",
-                     objects)
+                         "shape", prior, objects)
+    target = objects[rng.integers(len(objects))]
+    return ToySample(sample_id, image, f"what color is the {target.shape} ?", target.color, list(target.box),
+                     "color", PRIOR_COLOR[target.shape], objects)
 
 
-def generate(split: str, n: int, seed: int = 0, cfg: WorldConfig = WorldConfig()) -> list[ToySample]:
+def stream(split: str, world_seed: int = 0, draw: int = 0) -> np.random.Generator:
+    """The random stream of one split of one world; `draw` picks one of its independent draws."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}")
-    rng = np.random.default_rng([seed, SPLITS[split]])
+    if world_seed < 0 or draw < 0:
+        raise ValueError("world_seed and draw must be >= 0")
+    return np.random.default_rng([world_seed, SPLITS[split], draw])
+
+
+def generate(split: str, n: int, *, world_seed: int = 0, draw: int = 0,
+             cfg: WorldConfig = WorldConfig()) -> list[ToySample]:
+    rng = stream(split, world_seed, draw)
     return [make_sample(rng, cfg, f"{split}-{i:05d}") for i in range(n)]
 
 
-def write_split(directory: str | Path, split: str, n: int, seed: int = 0, cfg: WorldConfig = WorldConfig()) -> Path:
+def write_split(directory: str | Path, split: str, n: int, *, world_seed: int = 0, draw: int = 0,
+                cfg: WorldConfig = WorldConfig()) -> Path:
     """PNG images + `<split>.jsonl` in lavit's sample format (id, image, question, answer, bbox, source, kind,
-    prior_answer); returns the JSONL path. Images go to `directory/images/`."""
+    prior_answer, objects); returns the JSONL path. Images go to `directory/images/`."""
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     path = directory / f"{split}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
-        for s in generate(split, n, seed, cfg):
+        for s in generate(split, n, world_seed=world_seed, draw=draw, cfg=cfg):
             name = f"{s.id}.png"
             s.image.save(directory / "images" / name)
             f.write(json.dumps({"id": s.id, "image": name, "question": s.question, "answer": s.answer,

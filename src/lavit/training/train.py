@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from lavit.config import config_to_dict
@@ -22,6 +22,7 @@ from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.projection_head import ProjectionHead
 from lavit.training.lavit_config import LavitTrainConfig
+from lavit.training.callbacks import TRAIN_LOG, JsonlLogCallback, ProgressBarCallback
 from lavit.training.lavit_trainer import GammaCallback, LavitTrainer
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -65,12 +66,16 @@ def training_arguments(cfg: LavitTrainConfig) -> TrainingArguments:
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit or None, seed=cfg.seed, data_seed=cfg.seed, bf16=bf16,
         remove_unused_columns=False, report_to="none", dataloader_num_workers=cfg.dataloader_num_workers,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
     )
 
 
-def run_training(cfg: LavitTrainConfig) -> dict:
-    """Train, export the student to `output_dir/student`, write `output_dir/train_results.json`."""
+def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str | None = None) -> dict:
+    """Train, export the student to `output_dir/student`, write `output_dir/train_results.json`.
+
+    The terminal shows one progress bar (`desc`, default the method); the log dicts go to
+    `output_dir/train_log.jsonl`. `callbacks` are extra `TrainerCallback`s (e.g. diagnostics).
+    """
     start = time.time()
     set_seed(cfg.seed)
     table = read_sft_table(cfg.data, cfg.answer_field, need_signals=cfg.uses_latents, max_samples=cfg.max_samples)
@@ -80,10 +85,14 @@ def run_training(cfg: LavitTrainConfig) -> dict:
                               answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents)
     schedule = GateSchedule(cfg.gate if cfg.uses_latents else "none", cfg.gate_epsilon, cfg.gate_warmup_steps)
     trainer = LavitTrainer(
-        model=student, args=training_arguments(cfg), train_dataset=dataset,
+        model=student, args=training_arguments(cfg), train_dataset=dataset, processing_class=processor,
         data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens),
-        callbacks=[GammaCallback(schedule)], lam=cfg.lam,
+        callbacks=[GammaCallback(schedule), JsonlLogCallback(Path(cfg.output_dir) / TRAIN_LOG), *(callbacks or [])],
+        lam=cfg.lam,
     )
+    for printer in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(printer)
+    trainer.add_callback(ProgressBarCallback(desc or f"train {cfg.method}"))
     resume = cfg.resume or None
     if resume == "latest":
         resume = get_last_checkpoint(cfg.output_dir)

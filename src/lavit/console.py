@@ -1,0 +1,19 @@
+"""What long CLI runs print: one line per stage (`say`) and progress bars, without library chatter."""
+
+from __future__ import annotations
+
+import warnings
+
+
+def quiet_libraries() -> None:
+    """No library warnings or weight-loading/saving bars on the console (errors still show)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
