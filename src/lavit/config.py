@@ -1,5 +1,7 @@
 """Typed configs: dataclasses whose fields carry help text, filled from a YAML recipe plus
-`key=value` overrides (values parsed as YAML scalars, then checked against the field's type)."""
+`key=value` overrides (values parsed as YAML scalars, then checked against the field's type).
+
+Every bad value is a `ValueError` naming the key, which the CLI prints as one line."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(name, value, arg)
-            except (TypeError, ValueError) as err:
+            except ValueError as err:
                 errors.append(str(err))
         raise ValueError(f"{name}: {value!r} fits none of {annotation}: {errors}")
     if origin is list:
@@ -44,15 +46,21 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         return [_coerce(name, v, args[0]) for v in value] if args else value
     if annotation is bool:
         if not isinstance(value, bool):
-            raise TypeError(f"{name} must be true or false, got {value!r}")
+            raise ValueError(f"{name} must be true or false, got {value!r}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
+            raise ValueError(f"{name} must be an integer, got {value!r}")
         return value
     if annotation is float:
+        # YAML 1.1 reads `1e-4` (no dot) as a string; a number is what the user meant.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
+            raise ValueError(f"{name} must be a number, got {value!r}")
         return float(value)
     if annotation is str:
         return "" if value is None else str(value)
@@ -82,6 +90,9 @@ def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[
     """`cls` from an optional YAML recipe, with `key=value` overrides applied on top."""
     values: dict[str, Any] = {}
     if recipe:
+        if not Path(recipe).is_file():
+            raise FileNotFoundError(f"recipe {recipe} does not exist (the first argument, if it has no '=', is a YAML "
+                                    "recipe; settings are key=value)")
         loaded = yaml.safe_load(Path(recipe).read_text())
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe {recipe} must be a YAML mapping of config keys")

@@ -192,11 +192,12 @@ def test_rerun_resumes_and_settings_are_pinned(tmp_path):
     lay.add((56, 140), save_v=False)
     lay.add((84, 84))
     first, _, rows = lay.run()
-    shards = sorted(p.name for p in (tmp_path / "out").glob("*.parquet"))
+    shards = sorted(p.name for p in (tmp_path / "out" / "data").glob("*.parquet"))
+    assert shards
     again, _, rows_again = lay.run()
     assert again == {"records": 3, "skipped_already_stored": 3, "ok": 0, "rejected": 0}
     assert rows_again == rows and len(rows) == 3
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == shards
+    assert sorted(p.name for p in (tmp_path / "out" / "data").glob("*.parquet")) == shards
     lay.add((140, 56))  # a record added later is the only one converted
     more, by_id, rows_more = lay.run()
     assert more == {"records": 4, "skipped_already_stored": 3, "ok": 1, "rejected": 0}

@@ -136,12 +136,13 @@ def test_resume_and_shards_equal_one_uninterrupted_run(tmp_path):
     # first 7 samples (rounded up to whole groups of 3: 9), with a half-written shard of this worker left
     # behind and another worker's temporary file in flight
     run_extract(config(tmp_path, "resumed", max_samples=7))
-    (tmp_path / "resumed" / "signals-w000of001-00099.parquet.tmp").write_bytes(b"half a shard")
-    (tmp_path / "resumed" / "signals-w001of002-00003.parquet.tmp").write_bytes(b"another worker's shard")
+    shards = tmp_path / "resumed" / "data"
+    (shards / "signals-w000of001-00099.parquet.tmp").write_bytes(b"half a shard")
+    (shards / "signals-w001of002-00003.parquet.tmp").write_bytes(b"another worker's shard")
     result = run_extract(config(tmp_path, "resumed"))
     assert result["skipped_already_stored"] == 9
-    assert [p.name for p in (tmp_path / "resumed").glob("*.tmp")] == ["signals-w001of002-00003.parquet.tmp"]
-    (tmp_path / "resumed" / "signals-w001of002-00003.parquet.tmp").unlink()
+    assert [p.name for p in shards.glob("*.tmp")] == ["signals-w001of002-00003.parquet.tmp"]
+    (shards / "signals-w001of002-00003.parquet.tmp").unlink()
     assert stored(tmp_path / "resumed") == full
     # two data-parallel workers into one store
     for i in range(2):

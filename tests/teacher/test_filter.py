@@ -51,8 +51,13 @@ def test_each_stage_removes_exactly_its_samples():
     assert {d["id"]: d["stage"] for d in dropped} == {
         "broken": "extract", "nan": "invalid_signal", "wrong": "correctness", "easy": "difficulty",
         "unfocused": "alignment", "nobox": "alignment"}
-    reasons = {d["id"]: d["reason"] for d in dropped}
-    assert reasons["unfocused"] == "S_focus 0.100 < 0.2" and "NaN" in reasons["nan"]
+    # a fixed reason code per decision (summable), the values that made it in `detail`
+    assert {d["id"]: d["reason"] for d in dropped} == {
+        "broken": "image_missing", "nan": "nonfinite_signal", "wrong": "teacher_wrong", "easy": "text_only_correct",
+        "unfocused": "low_s_focus", "nobox": "no_box"}
+    details = {d["id"]: d["detail"] for d in dropped}
+    assert details["unfocused"] == "S_focus 0.100 < 0.2" and "NaN" in details["nan"]
+    assert details["broken"] == "image_missing: a.png" and "'It is blue.'" in details["wrong"]
     assert all(r["teacher_correct"] and r["text_only_correct"] is False for r in kept)
 
 
@@ -84,6 +89,10 @@ def test_run_filter_writes_a_trainable_set_and_a_report(tmp_path):
     assert report["input_rows"] == 9 and report["kept"] + len(dropped) == 9
     assert report["dropped_by_stage"]["extract"] == 1 and report["dropped_by_stage"]["correctness"] == 1
     assert sum(report["dropped_by_stage"].values()) == len(dropped)
+    assert report["dropped_by_reason"]["extract"] == {"image_missing": 1}
+    assert report["dropped_by_reason"]["alignment"] == {"low_s_focus": 1, "no_box": 1}
+    assert {stage: sum(codes.values()) for stage, codes in report["dropped_by_reason"].items()} == {
+        stage: n for stage, n in report["dropped_by_stage"].items() if n}
     kept = read_store(tmp_path / "sft").to_pylist()
     assert len(kept) == report["kept"] and all(r["text_only_answer"] is not None for r in kept)
     # the trainer reads the filtered set directly, targets resampled to the student grid

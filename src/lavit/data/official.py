@@ -37,6 +37,7 @@ from lavit.data.signal_store import (
     read_manifest,
     store_counts,
     write_json_atomic,
+    write_manifest,
 )
 from lavit.teacher.signals import merged_grid
 
@@ -151,10 +152,10 @@ def import_official(data: str, image_root: str, out: str, *, features_root: str 
             raise ValueError(f"{out_dir} was imported with different settings; choose a new --out")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic({"schema_version": SCHEMA_VERSION, "kind": "teacher_signals",
-                           "teacher": "official LaViT-15k (Qwen2.5-VL-32B-Instruct)", "settings": settings,
-                           "note": "imported; already filtered by the authors; V_sem is their pre-norm V_top mean; "
-                                   "a_traj is their last-8-layer p_t renormalised"}, out_dir / MANIFEST)
+        write_manifest({"schema_version": SCHEMA_VERSION, "kind": "teacher_signals",
+                        "teacher": "official LaViT-15k (Qwen2.5-VL-32B-Instruct)", "settings": settings,
+                        "note": "imported; already filtered by the authors; V_sem is their pre-norm V_top mean; "
+                                "a_traj is their last-8-layer p_t renormalised"}, out_dir)
     writer = ShardWriter(out_dir, "official")
     done = writer.stored_ids()
     roots = (Path(image_root), Path(features_root) if features_root else None)
@@ -172,5 +173,5 @@ def import_official(data: str, image_root: str, out: str, *, features_root: str 
         writer.write(pending)
     manifest = read_manifest(out_dir)
     manifest["counts"] = store_counts(out_dir)
-    write_json_atomic(manifest, out_dir / MANIFEST)
+    write_manifest(manifest, out_dir)
     return {"records": len(records), "skipped_already_stored": len(done & set(ids)), **counts}

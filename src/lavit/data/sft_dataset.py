@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from lavit.data.examples import TrainingSample, build_example
+from lavit.data.signal_store import MANIFEST, shard_files
 
 BASE_COLUMNS = ("id", "image", "question")
 SIGNAL_COLUMNS = ("v_sem", "a_traj", "a_traj_grid")
@@ -27,7 +28,8 @@ def parquet_files(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(p.glob("*.parquet"))
+            # A lavit store keeps its shards under data/; any other folder is read as a folder of shards.
+            found = shard_files(p) if (p / MANIFEST).is_file() else sorted(p.glob("*.parquet"))
             if not found:
                 raise FileNotFoundError(f"no .parquet files in {p}")
             files.extend(found)

@@ -1,10 +1,13 @@
 """Parquet storage of teacher signals and the LaViT-SFT set (DESIGN §3).
 
-A store is a directory of zstd Parquet shards plus `manifest.json`. Every shard is written to a
-temporary name and renamed into place, so a killed writer leaves either a whole shard or none; a
-rerun reads the ids already stored and skips them. Rows keep their position in the input list
-(`index`), and `read_store` returns them in that order, so the stored set does not depend on how
-often a run was interrupted. Loadable with pyarrow alone or `datasets.load_dataset("parquet", ...)`.
+A store is a directory holding `manifest.json` (and, for a filtered set, `filter_report.json` and
+`dropped.jsonl`), a dataset card `README.md`, and its zstd Parquet shards under `data/`, so that the
+shard folder holds nothing else. Every shard is written to a temporary name and renamed into place, so
+a killed writer leaves either a whole shard or none; a rerun reads the ids already stored and skips
+them. Rows keep their position in the input list (`index`), and `read_store` returns them in that
+order, so the stored set does not depend on how often a run was interrupted. Loadable without lavit:
+`pyarrow.parquet.read_table(STORE/data)`, `datasets.load_dataset("parquet", data_dir=STORE/data)` or
+`datasets.load_dataset(STORE)` (the card names the shards).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: shards moved from the store's root into data/
 MANIFEST = "manifest.json"
+SHARD_DIR = "data"
 
 # One row per input sample. Rejected samples keep their row (status 'rejected', reason set, signals null).
 SIGNAL_SCHEMA = pa.schema([
@@ -64,13 +68,30 @@ def write_json_atomic(data: dict, path: Path) -> None:
 
 
 def shard_files(directory: Path) -> list[Path]:
-    return sorted(p for p in Path(directory).glob("*.parquet"))
+    return sorted((Path(directory) / SHARD_DIR).glob("*.parquet"))
+
+
+def write_manifest(manifest: dict, directory: Path) -> None:
+    """`manifest.json` plus a dataset card whose `configs` entry points `datasets.load_dataset` at the shards."""
+    write_json_atomic(manifest, Path(directory) / MANIFEST)
+    card = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train",
+            f"    path: {SHARD_DIR}/*.parquet", "---", "",
+            f"# lavit store: {manifest.get('kind', 'unknown kind')}", "",
+            f"Teacher: {manifest.get('teacher')}. Schema version {manifest.get('schema_version')}; "
+            f"settings and counts in `{MANIFEST}`. Shards: `{SHARD_DIR}/*.parquet`.", ""]
+    tmp = Path(directory) / "README.md.tmp"
+    tmp.write_text("\n".join(card))
+    os.replace(tmp, Path(directory) / "README.md")
 
 
 def read_store(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
     """All rows of a store in input order; errors on duplicate ids or an unknown schema version."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    if manifest.get("schema_version") == 1:
+        raise ValueError(f"{directory}: schema version 1 keeps its shards in the store's root; this lavit reads them "
+                         f"from {SHARD_DIR}/ (move them: mkdir {directory}/{SHARD_DIR} && mv {directory}/*.parquet "
+                         f"{directory}/{SHARD_DIR}/, then set schema_version to {SCHEMA_VERSION} in {MANIFEST})")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{directory}: schema version {manifest.get('schema_version')} (this lavit reads {SCHEMA_VERSION})")
     files = shard_files(directory)
@@ -96,10 +117,11 @@ def read_manifest(directory: Path) -> dict:
 
 
 class ShardWriter:
-    """Appends rows as numbered shards `<prefix>-NNNNN.parquet`; knows which ids are already stored."""
+    """Appends rows as numbered shards `data/<prefix>-NNNNN.parquet`; knows which ids are already stored."""
 
     def __init__(self, directory: str | Path, prefix: str, schema: pa.Schema = SIGNAL_SCHEMA):
-        self.directory = Path(directory)
+        self.store = Path(directory)
+        self.directory = self.store / SHARD_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.schema = schema
@@ -110,7 +132,7 @@ class ShardWriter:
 
     def stored_ids(self) -> set[str]:
         ids: set[str] = set()
-        for f in shard_files(self.directory):
+        for f in shard_files(self.store):
             ids.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
         return ids
 

@@ -32,6 +32,7 @@ from lavit.data.signal_store import (
     read_manifest,
     store_counts,
     write_json_atomic,
+    write_manifest,
 )
 from lavit.data.visual_cot import read_visual_cot
 from lavit.inference.generate import generate_answers
@@ -234,8 +235,8 @@ def open_store(cfg: ExtractConfig, num_inputs: int) -> ShardWriter:
                              "same settings, or choose a new out=")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic({"schema_version": SCHEMA_VERSION, "kind": "teacher_signals", "teacher": cfg.teacher,
-                           "settings": settings, "num_input_samples": num_inputs}, out / MANIFEST)
+        write_manifest({"schema_version": SCHEMA_VERSION, "kind": "teacher_signals", "teacher": cfg.teacher,
+                        "settings": settings, "num_input_samples": num_inputs}, out)
     worker, workers = cfg.worker()
     return ShardWriter(out, f"signals-w{worker:03d}of{workers:03d}")
 
@@ -278,7 +279,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     manifest = read_manifest(Path(cfg.out))
     manifest["counts"] = counts
     manifest["num_input_samples"] = sum(len(g) for g in groups)
-    write_json_atomic(manifest, Path(cfg.out) / MANIFEST)
+    write_manifest(manifest, Path(cfg.out))
     wall = time.time() - start
     results = {"worker": f"{worker}/{workers}", "processed_this_run": processed, "skipped_already_stored":
                mine - processed, "wall_seconds": wall, "samples_per_second": processed / wall if wall else 0.0,

@@ -23,13 +23,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from lavit.data.signal_store import (
-    MANIFEST,
     SCHEMA_VERSION,
+    SHARD_DIR,
     SIGNAL_SCHEMA,
     check_finite_row,
     read_manifest,
     read_store,
     write_json_atomic,
+    write_manifest,
     write_table_atomic,
 )
 from lavit.eval.matching import get_matcher
@@ -49,8 +50,9 @@ def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers) -> tupl
     match = get_matcher(cfg.matcher)
     dropped: list[dict] = []
 
-    def drop(row: dict, stage: str, reason: str) -> None:
-        dropped.append({"id": row["id"], "stage": stage, "reason": reason, "answer": row.get("answer"),
+    def drop(row: dict, stage: str, reason: str, detail: str) -> None:
+        # `reason` is a fixed code (summable); `detail` carries the values that made the decision.
+        dropped.append({"id": row["id"], "stage": stage, "reason": reason, "detail": detail, "answer": row.get("answer"),
                         "teacher_answer": row.get("teacher_answer"), "text_only_answer": row.get("text_only_answer"),
                         "s_focus": row.get("s_focus")})
 
@@ -61,12 +63,13 @@ def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers) -> tupl
     for row in rows:
         row = {**row, "teacher_correct": None, "text_only_answer": None, "text_only_correct": None}
         if row["status"] != "ok":
-            drop(row, "extract", row["reject_reason"] or "rejected")
+            reject = row["reject_reason"] or "rejected"
+            drop(row, "extract", reject.split(":")[0].strip(), reject)
             continue
         try:
             check_finite_row(row)
         except ValueError as err:
-            drop(row, "invalid_signal", str(err))
+            drop(row, "invalid_signal", "nonfinite_signal", str(err))
             continue
         alive.append(row)
 
@@ -78,27 +81,28 @@ def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers) -> tupl
                 if row["teacher_correct"]:
                     survivors.append(row)
                 else:
-                    drop(row, stage, "teacher answer does not match the ground truth")
+                    drop(row, stage, "teacher_wrong",
+                         f"teacher answered {row['teacher_answer']!r}, ground truth {row['answer']!r}")
         elif stage == "difficulty":
             answers = text_only_answers([r["question"] for r in alive]) if alive else []
             for row, answer in zip(alive, answers, strict=True):
                 row["text_only_answer"] = answer
                 row["text_only_correct"] = bool(match(answer, row["answer"]))
                 if row["text_only_correct"]:
-                    drop(row, stage, "a text-only model answers it without the image")
+                    drop(row, stage, "text_only_correct", f"answered {answer!r} without the image")
                 else:
                     survivors.append(row)
         else:  # alignment
             for row in alive:
                 if row["s_focus"] is None:
                     if cfg.require_box:
-                        drop(row, stage, "no bounding box, S_focus undefined")
+                        drop(row, stage, "no_box", "no bounding box, S_focus undefined")
                     else:
                         survivors.append(row)
                 elif row["s_focus"] >= cfg.min_s_focus:
                     survivors.append(row)
                 else:
-                    drop(row, stage, f"S_focus {row['s_focus']:.3f} < {cfg.min_s_focus}")
+                    drop(row, stage, "low_s_focus", f"S_focus {row['s_focus']:.3f} < {cfg.min_s_focus}")
         alive = survivors
     return alive, dropped
 
@@ -144,24 +148,26 @@ def run_filter(cfg: FilterConfig) -> dict:
 
     kept, dropped = apply_filter(rows, cfg, text_only_answers)
     out.mkdir(parents=True, exist_ok=True)
-    write_table_atomic(pa.Table.from_pylist(kept, schema=SFT_SCHEMA), out / "lavit_sft-00000.parquet")
+    (out / SHARD_DIR).mkdir(parents=True)
+    write_table_atomic(pa.Table.from_pylist(kept, schema=SFT_SCHEMA), out / SHARD_DIR / "lavit_sft-00000.parquet")
     with open(out / "dropped.jsonl", "w", encoding="utf-8") as f:
         for record in dropped:
             f.write(json.dumps(record) + "\n")
     by_stage = Counter(d["stage"] for d in dropped)
+    by_reason: dict[str, dict[str, int]] = {}
+    for d in dropped:
+        by_reason.setdefault(d["stage"], Counter())[d["reason"]] += 1
     report = {
         "input_rows": len(rows),
         "kept": len(kept),
         "dropped_by_stage": {s: by_stage.get(s, 0) for s in ("extract", "invalid_signal", *cfg.stages)},
-        "dropped_by_reason": dict(sorted(Counter(f"{d['stage']}: {d['reason'].split(':')[0]}"
-                                                 for d in dropped).items())),
+        "dropped_by_reason": {stage: dict(sorted(codes.items())) for stage, codes in by_reason.items()},
         "text_model": text_model_name,
         "settings": asdict(cfg),
         "wall_seconds": time.time() - start,
     }
     write_json_atomic(report, out / "filter_report.json")
-    write_json_atomic({"schema_version": SCHEMA_VERSION, "kind": "lavit_sft", "teacher": source["teacher"],
-                       "text_model": text_model_name, "extract_settings": source["settings"],
-                       "filter_settings": asdict(cfg), "counts": {"kept": len(kept), "dropped": len(dropped)}},
-                      out / MANIFEST)
+    write_manifest({"schema_version": SCHEMA_VERSION, "kind": "lavit_sft", "teacher": source["teacher"],
+                    "text_model": text_model_name, "extract_settings": source["settings"],
+                    "filter_settings": asdict(cfg), "counts": {"kept": len(kept), "dropped": len(dropped)}}, out)
     return report
