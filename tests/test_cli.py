@@ -19,7 +19,7 @@ def test_bench_train_prints_one_json_object(capsys):
 def test_train_from_the_command_line(tmp_path, capsys):
     data = write_sft_set(tmp_path / "data", 8)
     code = main(["train", f"data=[{data}]", f"image_root={data.parent}", f"output_dir={tmp_path / 'run'}",
-                 "max_steps=2", "batch_size=2", "min_pixels=3136", "max_pixels=50176", "gradient_checkpointing=false"])
+                 "max_steps=2", "global_batch_size=2", "min_pixels=3136", "max_pixels=50176", "gradient_checkpointing=false"])
     assert code == 0
     out = capsys.readouterr().out
     summary = json.loads(out[out.rindex('{\n  "train_loss"'):])
@@ -27,9 +27,19 @@ def test_train_from_the_command_line(tmp_path, capsys):
     assert (tmp_path / "run" / "student" / "config.json").is_file()
 
 
-def test_bad_config_is_a_clear_error(capsys):
-    assert main(["train", "max_steps=0"]) == 2
-    assert "max_steps must be > 0" in capsys.readouterr().err
+@pytest.mark.parametrize("override, message", [
+    ("max_steps=0", "max_steps must be > 0"),
+    ("max_steps=ten", "max_steps must be an integer"),
+    ("learning_rate=fast", "learning_rate must be a number"),
+    ("learnig_rate=1e-4", "unknown LavitTrainConfig keys: ['learnig_rate']"),
+    ("gate=soft", "gate must be one of"),
+    ("gradient_checkpointing=maybe", "gradient_checkpointing must be true or false"),
+    ("max_steps", "recipe max_steps does not exist"),
+])
+def test_bad_config_is_a_one_line_error_naming_the_key(capsys, override, message):
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_help_config_lists_every_setting(capsys):

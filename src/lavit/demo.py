@@ -114,7 +114,7 @@ def evaluate(path: str, split: Path, mode: str | None = None, image_override: Pa
 def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: Path, out: Path, seed: int,
                    **overrides) -> LavitTrainConfig:
     values = dict(model=str(Path(cfg.artifacts) / "base"), method=method, data=[str(d) for d in data],
-                  image_root=str(image_root), output_dir=str(out), max_steps=cfg.steps, batch_size=cfg.batch_size,
+                  image_root=str(image_root), output_dir=str(out), max_steps=cfg.steps, global_batch_size=cfg.batch_size,
                   learning_rate=cfg.learning_rate, warmup_ratio=0.05,
                   gate_warmup_steps=round(cfg.steps * cfg.gate_warmup_fraction), gradient_checkpointing=False,
                   system_prompt="", logging_steps=max(cfg.steps // 20, 1), save_steps=cfg.steps, save_total_limit=1,

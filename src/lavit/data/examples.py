@@ -36,12 +36,24 @@ class TrainingSample:
     a_traj_grid: tuple[int, int, int] | None = None  # merged-token grid of a_traj
 
 
+# An exported LaViT student's chat template appends its latent tokens after the generation prompt, so stock
+# clients run it with its latents. lavit places the latents itself (or not: natural and none modes), so it
+# renders prompts with this template variable set to false.
+LATENT_TEMPLATE_FLAG = "lavit_latents"
+
+
 def prompt_messages(question: str, system_prompt: str | None, num_images: int = 1) -> list[dict]:
     """One user turn: the images (in order) then the question, as Qwen2.5-VL's template lays them out."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     content = [{"type": "image"}] * num_images
     messages.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
     return messages
+
+
+def render_prompt(processor, question: str, system_prompt: str | None, num_images: int = 1) -> str:
+    """The chat-template text up to and including the generation prompt, without any latent tokens."""
+    return processor.apply_chat_template(prompt_messages(question, system_prompt, num_images),
+                                         add_generation_prompt=True, tokenize=False, **{LATENT_TEMPLATE_FLAG: False})
 
 
 def locate_layout(input_ids: torch.Tensor, image_token_id: int, latent_ids: list[int],
@@ -80,8 +92,7 @@ def build_example(processor, sample: TrainingSample, latent_tokens: list[str], *
     present, is turned into a distribution on this student's image grid.
     """
     tokenizer = processor.tokenizer
-    prompt = processor.apply_chat_template(prompt_messages(sample.question, system_prompt),
-                                           add_generation_prompt=True, tokenize=False)
+    prompt = render_prompt(processor, sample.question, system_prompt)
     enc = processor(text=[prompt], images=[sample.image.convert("RGB")], return_tensors="pt")
     prompt_ids = enc["input_ids"][0]
     continuation = "".join(latent_tokens) + sample.answer + tokenizer.eos_token

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import torch
 from PIL import Image
 
-from lavit.data.examples import prompt_messages
+from lavit.data.examples import render_prompt
 from lavit.models.attention import LAVIT_ATTENTION, hidden_keys
 
 LatentMode = Literal["forced", "natural", "masked", "none"]
@@ -47,8 +47,7 @@ def build_generation_inputs(processor, images: ImagesPerQuestion, questions: lis
         if len(per_question) != len(questions):
             raise ValueError(f"{len(per_question)} image sets for {len(questions)} questions")
     suffix = "".join(latent_tokens) if mode in ("forced", "masked") else ""
-    texts = [processor.apply_chat_template(prompt_messages(q, system_prompt, num_images=len(ims)),
-                                           add_generation_prompt=True, tokenize=False) + suffix
+    texts = [render_prompt(processor, q, system_prompt, num_images=len(ims)) + suffix
              for q, ims in zip(questions, per_question)]
     flat = [im.convert("RGB") for ims in per_question for im in ims]
     pixels = {"images": flat} if flat else {}

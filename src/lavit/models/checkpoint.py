@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+from lavit.data.examples import LATENT_TEMPLATE_FLAG
 from lavit.models.attention import LAVIT_ATTENTION
 from lavit.models.lavit_student import LavitStudent, base_model
 from lavit.models.tiny import STUDENT_SPEC, TEACHER_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
 LAVIT_META = "lavit.json"
+QWEN_DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TINY = "tiny"
 TINY_TEACHER = "tiny-teacher"
 
@@ -49,21 +51,64 @@ def read_lavit_meta(directory: str | Path) -> dict:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
-def export_student(student: LavitStudent, processor, directory: str | Path, meta: dict) -> Path:
+def export_chat_template(template: str, latent_tokens: list[str], system_prompt: str) -> str:
+    """The chat template a stock client (transformers pipeline, vLLM, lmms-eval's own models) should use.
+
+    The trained system prompt becomes the default one, and the latent tokens follow the generation prompt
+    unless the caller renders with `lavit_latents=false` (lavit does, placing latents per latent mode).
+    """
+    if system_prompt:
+        if template.count(QWEN_DEFAULT_SYSTEM_PROMPT) != 1:
+            raise ValueError(f"cannot make {system_prompt!r} the default system prompt: the chat template does not "
+                             f"contain Qwen's default {QWEN_DEFAULT_SYSTEM_PROMPT!r} exactly once")
+        if any(mark in system_prompt for mark in ("{{", "{%", "{#")):
+            raise ValueError("the system prompt contains Jinja delimiters and cannot go into the chat template")
+        template = template.replace(QWEN_DEFAULT_SYSTEM_PROMPT, system_prompt)
+    if latent_tokens:
+        template += (f"{{%- if add_generation_prompt and ({LATENT_TEMPLATE_FLAG} is not defined or "
+                     f"{LATENT_TEMPLATE_FLAG}) %}}{''.join(latent_tokens)}{{%- endif %}}")
+    return template
+
+
+def export_student(student: LavitStudent, processor, directory: str | Path, meta: dict,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save the student as a plain HF checkpoint + processor, the projection head and `lavit.json` beside it.
 
-    LoRA adapters are merged first, so any Qwen2.5-VL tooling can load the result.
+    LoRA adapters are merged first, so any Qwen2.5-VL tooling can load the result; the chat template
+    (`export_chat_template`) gives stock clients the latent tokens and the trained system prompt.
+    `state_dict` is the student's full state gathered by a sharding engine (FSDP2, ZeRO-3; keys as in
+    `student.state_dict()`): the weights are written from it, never read off the sharded module.
+    Call on one process only.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = student.model
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model = base_model(model)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    if state_dict is not None:
+        if hasattr(model, "merge_and_unload"):
+            raise ValueError("exporting a LoRA student from a sharded run is not supported: train LoRA without "
+                             "FSDP/ZeRO-3, or full-parameter with them")
+        model_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+        head_state = {k.removeprefix("projection_head."): v for k, v in state_dict.items()
+                      if k.startswith("projection_head.")}
+        if len(model_state) + len(head_state) != len(state_dict):
+            raise ValueError(f"unexpected keys in the gathered state: "
+                             f"{sorted(k for k in state_dict if not k.startswith(('model.', 'projection_head.')))[:5]}")
+        base_model(model).save_pretrained(directory, state_dict=model_state)
+    else:
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        base_model(model).save_pretrained(directory)
+        head_state = None
+    template = export_chat_template(processor.chat_template, meta.get("latent_tokens") or [],
+                                    meta.get("system_prompt") or "")
+    original = processor.chat_template, processor.tokenizer.chat_template
+    processor.chat_template = processor.tokenizer.chat_template = template
+    try:
+        processor.save_pretrained(directory)
+    finally:  # the caller's processor keeps its own template
+        processor.chat_template, processor.tokenizer.chat_template = original
     if student.projection_head is not None:
-        student.projection_head.save(directory)
+        student.projection_head.save(directory, state_dict=head_state)
     (directory / LAVIT_META).write_text(json.dumps(meta, indent=2))
     return directory
 

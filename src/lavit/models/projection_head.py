@@ -23,11 +23,15 @@ class ProjectionHead(nn.Module):
         self.net = nn.Sequential(nn.Linear(student_dim, student_dim), nn.GELU(), nn.Linear(student_dim, teacher_dim))
 
     def forward(self, latent_hidden: torch.Tensor) -> torch.Tensor:
-        return self.net(latent_hidden.float())  # [B, D_teacher]
+        # autocast off: under a bf16 run its matmuls would otherwise run in bf16 despite the fp32 weights
+        with torch.autocast(latent_hidden.device.type, enabled=False):
+            return self.net(latent_hidden.float())  # [B, D_teacher]
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Weights and dimensions into `directory`; `state_dict` (gathered from a sharded run) replaces our own."""
         directory = Path(directory)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / HEAD_WEIGHTS)
+        weights = self.state_dict() if state_dict is None else state_dict
+        save_file({k: v.contiguous() for k, v in weights.items()}, directory / HEAD_WEIGHTS)
         (directory / HEAD_CONFIG).write_text(json.dumps({"student_dim": self.student_dim,
                                                           "teacher_dim": self.teacher_dim}))
 

@@ -47,11 +47,16 @@ class LavitTrainConfig:
     adam_beta2: float = field(0.999, "AdamW β2.")
     max_grad_norm: float = field(1.0, "Gradient clipping norm.")
     max_steps: int = field(1000, "Optimizer steps to train.")
-    batch_size: int = field(16, "Per-device batch size.")
-    gradient_accumulation_steps: int = field(1, "Micro-batches per optimizer step.")
+    global_batch_size: int = field(16, "Samples per optimizer step over all processes (paper Table A1: 16). "
+                                   "Per-device batch × accumulation × world size must equal it.")
+    per_device_batch_size: int = field(0, "Samples per forward pass on each process; 0 = global_batch_size / world "
+                                       "size (no accumulation). Accumulation steps are derived from it.")
     freeze_vision: bool = field(True, "Keep the ViT encoder (and merger) frozen.")
     gradient_checkpointing: bool = field(True, "Recompute activations in backward to save memory.")
-    precision: Literal["auto", "bf16", "fp32"] = field("auto", "auto = bf16 on GPU, fp32 on CPU.")
+    precision: Literal["auto", "bf16", "fp32", "bf16_pure"] = field(
+        "auto", "bf16 = fp32 master weights under bf16 autocast (or the engine's bf16 policy under FSDP/DeepSpeed); "
+        "auto = bf16 on GPU, fp32 on CPU; fp32 = no autocast; bf16_pure = bf16 weights under plain AdamW, which "
+        "rounds away most updates at small learning rates (warns).")
     lora_r: int = field(0, "LoRA rank for the language model's linear layers (0 = full fine-tuning).")
     lora_alpha: int = field(16, "LoRA α.")
     min_pixels: int = field(256 * 28 * 28, "Image processor min pixels (Table A1).")
@@ -75,8 +80,8 @@ class LavitTrainConfig:
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.max_steps > 0, "max_steps must be > 0"),
-            (self.batch_size > 0, "batch_size must be > 0"),
-            (self.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be > 0"),
+            (self.global_batch_size > 0, "global_batch_size must be > 0"),
+            (self.per_device_batch_size >= 0, "per_device_batch_size must be >= 0"),
             (self.lora_r >= 0, "lora_r must be >= 0"),
             (0 < self.min_pixels <= self.max_pixels, "need 0 < min_pixels <= max_pixels"),
             (self.logging_steps > 0 and self.save_steps > 0, "logging_steps and save_steps must be > 0"),
@@ -89,3 +94,14 @@ class LavitTrainConfig:
     @property
     def uses_latents(self) -> bool:
         return self.method == "lavit"
+
+    def batch_plan(self, world_size: int) -> dict[str, int]:
+        """Per-device batch and accumulation steps that make `global_batch_size` on `world_size` processes."""
+        per_device = self.per_device_batch_size or self.global_batch_size // world_size
+        if per_device < 1 or self.global_batch_size % (per_device * world_size):
+            raise ValueError(f"global_batch_size {self.global_batch_size} is not per_device_batch_size "
+                             f"{per_device or self.per_device_batch_size} × accumulation steps × {world_size} "
+                             "processes for any whole number of steps; choose sizes that divide")
+        return {"world_size": world_size, "per_device_batch_size": per_device,
+                "gradient_accumulation_steps": self.global_batch_size // (per_device * world_size),
+                "global_batch_size": self.global_batch_size}

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,7 +32,12 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 
 def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
     """Model + processor + latent tokens + projection head, frozen and wrapped as `cfg` says."""
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.precision)
+    # fp32 master weights whatever the compute precision: at lr 5e-6 most AdamW updates to bf16 weights round away
+    dtype = torch.float32
+    if cfg.precision == "bf16_pure":
+        warnings.warn("precision=bf16_pure trains bf16 weights under plain AdamW: at small learning rates most "
+                      "updates round to zero. Use precision=bf16 (fp32 master weights, bf16 autocast).", stacklevel=2)
+        dtype = torch.bfloat16
     model, processor = load_model_and_processor(cfg.model, dtype=dtype, min_pixels=cfg.min_pixels,
                                                 max_pixels=cfg.max_pixels, seed=cfg.seed)
     names = latent_token_names(cfg.num_latent_tokens, cfg.latent_token_template) if cfg.uses_latents else []
@@ -56,11 +63,16 @@ def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
     return student, processor, names
 
 
-def training_arguments(cfg: LavitTrainConfig) -> TrainingArguments:
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available())
+def world_size() -> int:
+    """Processes in this run, as torchrun / accelerate launch announce them (1 when launched plainly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_arguments(cfg: LavitTrainConfig, plan: dict[str, int]) -> TrainingArguments:
+    bf16 = cfg.precision in ("bf16", "bf16_pure") or (cfg.precision == "auto" and torch.cuda.is_available())
     return TrainingArguments(
-        output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=plan["per_device_batch_size"],
+        gradient_accumulation_steps=plan["gradient_accumulation_steps"], learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
@@ -77,6 +89,7 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
     `output_dir/train_log.jsonl`. `callbacks` are extra `TrainerCallback`s (e.g. diagnostics).
     """
     start = time.time()
+    plan = cfg.batch_plan(world_size())
     set_seed(cfg.seed)
     table = read_sft_table(cfg.data, cfg.answer_field, need_signals=cfg.uses_latents, max_samples=cfg.max_samples)
     teacher_dim = len(table.column("v_sem")[0]) if cfg.uses_latents else None
@@ -85,7 +98,7 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
                               answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents)
     schedule = GateSchedule(cfg.gate if cfg.uses_latents else "none", cfg.gate_epsilon, cfg.gate_warmup_steps)
     trainer = LavitTrainer(
-        model=student, args=training_arguments(cfg), train_dataset=dataset, processing_class=processor,
+        model=student, args=training_arguments(cfg, plan), train_dataset=dataset, processing_class=processor,
         data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens),
         callbacks=[GammaCallback(schedule), JsonlLogCallback(Path(cfg.output_dir) / TRAIN_LOG), *(callbacks or [])],
         lam=cfg.lam,
@@ -99,16 +112,23 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
         if resume is None:
             raise FileNotFoundError(f"resume=latest but {cfg.output_dir} holds no checkpoint")
     result = trainer.train(resume_from_checkpoint=resume)
-    export_dir = export_student(student, processor, Path(cfg.output_dir) / "student",
-                                {"latent_tokens": names, "method": cfg.method, "teacher_dim": teacher_dim,
-                                 "system_prompt": cfg.system_prompt})
+    export_dir = Path(cfg.output_dir) / "student"
     results = {
         "settings": config_to_dict(cfg),
+        **plan,
         "train_loss": result.training_loss,
         "global_step": result.global_step,
         "log_history": trainer.state.log_history,
         "student_dir": str(export_dir),
         "wall_seconds": time.time() - start,
     }
-    (Path(cfg.output_dir) / "train_results.json").write_text(json.dumps(results, indent=2))
+    # Sharded engines gather the full weights through their own machinery (a collective: every rank calls it);
+    # otherwise every rank holds the same weights. Either way one process writes.
+    gathered = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.engine_checkpoints else None
+    if trainer.is_world_process_zero():
+        export_student(student, processor, export_dir, {"latent_tokens": names, "method": cfg.method,
+                                                        "teacher_dim": teacher_dim, "system_prompt": cfg.system_prompt},
+                       state_dict=gathered)
+        (Path(cfg.output_dir) / "train_results.json").write_text(json.dumps(results, indent=2))
+    trainer.accelerator.wait_for_everyone()  # no rank returns before the export exists
     return results
