@@ -6,10 +6,16 @@ its model base class, `Instance` and model registry, which is what a plugin touc
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
-from lavit.eval.lmms_adapter import LmmsGenerator, Request, cut_at_stop, parse_model_args
+from lavit.eval.lmms_adapter import LmmsGenerator, Request, cut_at_stop, parse_model_args, process_placement
 from lavit.eval.models import GenerativeModel
 
 
@@ -73,3 +79,39 @@ def test_plugin_against_the_real_lmms_eval_interface(student):
     assert answers == expected
     with pytest.raises(NotImplementedError):
         model.loglikelihood(instances)
+
+
+def test_placement_follows_the_launcher(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert process_placement("cpu", "") == {"rank": 0, "world_size": 1, "device_map": "cpu"}
+    assert process_placement("cuda", "auto")["device_map"] == "auto"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    # lmms-eval's CLI always passes --device (default cuda): each data-parallel process uses its own device
+    assert process_placement("cuda", "") == {"rank": 1, "world_size": 2, "device_map": ""}
+    with pytest.raises(ValueError, match="data-parallel"):
+        process_placement(None, "auto")
+
+
+@pytest.mark.slow
+def test_two_ranks_answer_disjoint_shards_that_make_up_the_single_process_run(student, tmp_path):
+    pytest.importorskip("lmms_eval", reason="lmms-eval is an optional extra")
+    driver = Path(__file__).with_name("lmms_ddp_driver.py")
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(driver), str(student), str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=driver.parent)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(r["rank"], r["world_size"], r["device"]) for r in ranks] == [(0, 2, "cpu"), (1, 2, "cpu")]
+    assert ranks[0]["counts"] == ranks[1]["counts"] == [len(r["doc_ids"]) for r in ranks]
+    ids = [i for r in ranks for i in r["doc_ids"]]
+    assert sorted(ids) == list(range(5)) and len(set(ids)) == 5  # disjoint shards covering every document
+    from lmms_ddp_driver import GEN_KWARGS, documents
+
+    docs = documents()
+    single = LmmsGenerator(GenerativeModel(str(student)), batch_size=2).generate(
+        [Request(docs[i]["question"], docs[i]["image"], dict(GEN_KWARGS)) for i in range(5)])
+    got = {i: a for r in ranks for i, a in zip(r["doc_ids"], r["answers"])}
+    assert [got[i] for i in range(5)] == single

@@ -7,7 +7,10 @@ and cut each answer at the task's stop strings.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+import torch
 
 from lavit.eval.models import GenerativeModel
 
@@ -29,7 +32,7 @@ def parse_model_args(pretrained: str, *, latent_mode: str | None = None, latent_
 
     Token lists are '|'-separated because lmms-eval splits model_args on commas. `device` and
     `max_batch_size` are what lmms-eval's own `--device`/`--max_batch_size` pass; `device` places the
-    model on one device unless `device_map` is given.
+    model on one device unless `device_map` is given (one process; see `process_placement`).
     """
     if unknown:
         raise ValueError(f"unknown lavit model_args {sorted(unknown)}; known: pretrained, latent_mode, latent_tokens, "
@@ -39,7 +42,31 @@ def parse_model_args(pretrained: str, *, latent_mode: str | None = None, latent_
     tokens = [t for t in str(latent_tokens).split("|") if t] or None
     return {"name": str(pretrained), "latent_tokens": tokens, "mode": latent_mode or None,
             "system_prompt": system_prompt, "max_new_tokens": int(max_new_tokens), "dtype": dtype,
-            "device_map": device_map or (device or ""), "batch_size": int(batch_size)}
+            "device_map": device_map, "device": device, "batch_size": int(batch_size)}
+
+
+def process_placement(device: str | None, device_map: str) -> dict:
+    """This lmms-eval process's rank and world size (from torchrun's / accelerate's environment) and the
+    `device_map` to load with.
+
+    One process: the model goes where `device_map` or lmms-eval's `--device` says. Several processes
+    (`accelerate launch -m lmms_eval` / `torchrun`): like lmms-eval's built-in models, each process holds a
+    whole model on its own GPU (LOCAL_RANK; CPU without CUDA) and lmms-eval hands each rank its share of
+    the documents; a `device_map` splitting one model over GPUs cannot be combined with that.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return {"rank": 0, "world_size": 1, "device_map": device_map or (device or "")}
+    if device_map:
+        raise ValueError(f"device_map={device_map!r} splits one model over several GPUs, but this is a "
+                         f"{world_size}-process data-parallel run where each process holds a whole model on its own "
+                         "GPU; drop device_map, or run a single process")
+    return {"rank": int(os.environ.get("RANK", "0")), "world_size": world_size, "device_map": ""}
+
+
+def process_device(model: GenerativeModel) -> torch.device:
+    """The device a loaded model answers on (what lmms-eval's collectives put their tensors on)."""
+    return next(model.model.parameters()).device
 
 
 def cut_at_stop(text: str, until: list[str] | str | None) -> str:

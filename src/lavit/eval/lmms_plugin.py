@@ -7,15 +7,19 @@ Registered through the `lmms_eval.models` entry point in lavit's pyproject (`man
 model_args: pretrained, latent_mode (forced | natural | masked | none), latent_tokens ('|'-separated,
 e.g. <lvr1>|<lvr2>|<lvr3>|<lvr4> for the authors' LaViT-3B), batch_size, max_new_tokens,
 system_prompt, dtype, device_map.
+
+Data-parallel: `accelerate launch --num_processes N -m lmms_eval --model lavit ...` (or torchrun) runs one
+whole model per GPU; lmms-eval shards the documents by the `rank`/`world_size` this model reports.
 """
 
 from __future__ import annotations
 
+import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 
-from lavit.eval.lmms_adapter import LmmsGenerator, Request, parse_model_args
+from lavit.eval.lmms_adapter import LmmsGenerator, Request, parse_model_args, process_device, process_placement
 from lavit.eval.models import GenerativeModel
 
 
@@ -26,7 +30,20 @@ class LavitLmms(lmms):
         super().__init__()
         args = parse_model_args(pretrained, **model_args)
         batch_size = args.pop("batch_size")
-        self.generator = LmmsGenerator(GenerativeModel(**args), batch_size=batch_size)
+        placement = process_placement(args.pop("device"), args.pop("device_map"))
+        self._rank, self._world_size = placement["rank"], placement["world_size"]
+        if self._world_size > 1:
+            from accelerate import Accelerator
+
+            # the process group lmms-eval's evaluator gathers request counts over (gloo on CPU-only machines)
+            self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.generator = LmmsGenerator(GenerativeModel(**args, device_map=placement["device_map"]),
+                                       batch_size=batch_size)
+        self._device = process_device(self.generator.model)
+
+    @property
+    def device(self):
+        return self._device
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "LavitLmms":
