@@ -1,35 +1,48 @@
 # `make demo` and `make test` work on a fresh machine: each creates .venv and installs everything.
+# `make test-lowest` runs the suite again in .venv-lowest, at the lowest transformers of the supported range.
 PYTHON ?= python3.11
-VENV := .venv
-BIN := $(VENV)/bin
 # torch/torchvision are pinned to the wheels this platform's pip has locally (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
+# The lower end of pyproject's transformers range (the upper end is what a fresh install resolves to).
+TRANSFORMERS_LOWEST := transformers==5.20.0
 # lmms-eval's full dependency set is ~150 packages (CUDA wheels, wandb, ...). The tests need only its model
 # interface and registry, so the test environment installs it without dependencies plus the three it imports.
 LMMS_EVAL := lmms-eval==0.7.3
 LMMS_EVAL_DEPS := loguru pytz sqlitedict
 
-$(BIN)/lavit: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/pip install --quiet --no-deps $(LMMS_EVAL)
-	$(BIN)/pip install --quiet $(LMMS_EVAL_DEPS)
-	touch $(BIN)/lavit
+# $(call venv,DIR,EXTRA PIP ARGS): create DIR if missing and install the package with its test extras
+define venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip
+	$(1)/bin/pip install --quiet $(TORCH)
+	$(1)/bin/pip install --quiet -e ".[test]" $(2)
+	$(1)/bin/pip install --quiet --no-deps $(LMMS_EVAL)
+	$(1)/bin/pip install --quiet $(LMMS_EVAL_DEPS)
+	touch $(1)/bin/lavit
+endef
 
-.PHONY: install demo test test-fast bench
-install: $(BIN)/lavit
+.venv/bin/lavit: pyproject.toml
+	$(call venv,.venv,)
 
-demo: $(BIN)/lavit
-	$(BIN)/lavit demo --out runs/demo
+.venv-lowest/bin/lavit: pyproject.toml Makefile
+	$(call venv,.venv-lowest,"$(TRANSFORMERS_LOWEST)")
 
-test: $(BIN)/lavit
-	$(BIN)/python -m pytest -q
+.PHONY: install demo test test-fast test-lowest bench
+install: .venv/bin/lavit
 
-test-fast: $(BIN)/lavit
-	$(BIN)/python -m pytest -q -m "not slow"
+demo: .venv/bin/lavit
+	.venv/bin/lavit demo --out runs/demo
 
-bench: $(BIN)/lavit
-	$(BIN)/lavit bench train --json
-	$(BIN)/lavit bench extract --json
+test: .venv/bin/lavit
+	.venv/bin/python -m pytest -q
+
+test-fast: .venv/bin/lavit
+	.venv/bin/python -m pytest -q -m "not slow"
+
+test-lowest: .venv-lowest/bin/lavit
+	.venv-lowest/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_LOWEST:transformers==%=%)', transformers.__version__"
+	.venv-lowest/bin/python -m pytest -q
+
+bench: .venv/bin/lavit
+	.venv/bin/lavit bench train --json
+	.venv/bin/lavit bench extract --json
