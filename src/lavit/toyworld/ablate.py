@@ -187,6 +187,7 @@ def _plot(path: Path, sizes: list[dict], seeds: int) -> None:
             hi = np.array([100 * s[method]["ci95"][1] for s in sizes])
             ax.fill_between(x, lo, hi, alpha=0.2)
     ax.set_xscale("log")
+    ax.minorticks_off()  # only the pool sizes measured are labelled
     ax.set_xticks(x, [str(v) for v in x])
     ax.set_xlabel("pool size (scenes extracted before filtering)")
     ax.set_ylabel("test accuracy (%)")

@@ -147,7 +147,7 @@ def train_language(model, processor, phase: PhaseConfig, world: WorldConfig, *, 
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                          mm_token_type_ids=batch["mm_token_type_ids"], labels=batch["labels"]).loss
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if probe is not None:
                 loss = loss + probe.loss_and_accuracy(tokens[0], *_cell_targets(samples, world))[0]
             optimiser.zero_grad()
