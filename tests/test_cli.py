@@ -10,7 +10,8 @@ from lavit.toyworld.shapes import write_sft_set
 def test_bench_train_prints_one_json_object(capsys):
     assert main(["bench", "train", "--json", "--repeats", "1", "--batch-size", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("step_time_ratio_lavit_over_sft", "gen_time_ratio_latent_over_plain"):
+    for key in ("step_time_ratio_lavit_over_sft", "step_time_ratio_lavit_over_sft_bf16_autocast",
+                "gen_time_ratio_latent_over_plain"):
         assert result[key] > 0
     assert result["settings"]["num_latent_tokens"] == 4
 
@@ -19,7 +20,7 @@ def test_bench_train_prints_one_json_object(capsys):
 def test_train_from_the_command_line(tmp_path, capsys):
     data = write_sft_set(tmp_path / "data", 8)
     code = main(["train", f"data=[{data}]", f"image_root={data.parent}", f"output_dir={tmp_path / 'run'}",
-                 "max_steps=2", "global_batch_size=2", "min_pixels=3136", "max_pixels=50176", "gradient_checkpointing=false"])
+                 "max_steps=2", "gate_warmup_steps=1", "global_batch_size=2", "min_pixels=3136", "max_pixels=50176", "gradient_checkpointing=false"])
     assert code == 0
     out = capsys.readouterr().out
     summary = json.loads(out[out.rindex('{\n  "train_loss"'):])

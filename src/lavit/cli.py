@@ -54,6 +54,30 @@ def _import_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def suite_pixels(args: argparse.Namespace) -> dict[str, int]:
+    """The resolution to evaluate at: as given; for --suite paper the paper's training limits for every model
+    (Table 1 compares models at one resolution); otherwise 0 = the model's training limits, else its processor's."""
+    from lavit.training.lavit_config import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
+
+    if args.suite:
+        return {"min_pixels": args.min_pixels or PAPER_MIN_PIXELS, "max_pixels": args.max_pixels or PAPER_MAX_PIXELS}
+    return {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _eval(args: argparse.Namespace) -> int:
     from lavit.eval.models import load_eval_model
 
@@ -62,7 +86,8 @@ def _eval(args: argparse.Namespace) -> int:
     tokens = [t.strip() for t in args.latent_tokens.split(",") if t.strip()] if args.latent_tokens else None
     kwargs = {} if args.model.startswith("constant:") else {
         "latent_tokens": tokens, "mode": args.latent_mode, "max_new_tokens": args.max_new_tokens,
-        "system_prompt": args.system_prompt, "dtype": args.dtype, "device_map": args.device_map}
+        "system_prompt": args.system_prompt, "dtype": args.dtype, "device_map": args.device_map,
+        **suite_pixels(args)}
     model = load_eval_model(args.model, **kwargs)
     if args.suite:
         from lavit.eval.suite import run_paper_suite
@@ -179,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "'<lvr1>,<lvr2>,<lvr3>,<lvr4>' for the authors' LaViT-3B")
     ev.add_argument("--system-prompt", default=None, help="default: the one recorded in lavit.json, else the "
                     "template's")
-    ev.add_argument("--max-samples", type=int, default=0, help="score only the first N items (0 = all)")
-    ev.add_argument("--batch-size", type=int, default=8, help="items per generate call")
+    ev.add_argument("--max-samples", type=non_negative_int, default=0, help="score only the first N items (0 = all)")
+    ev.add_argument("--batch-size", type=positive_int, default=8, help="items per generate call")
+    ev.add_argument("--min-pixels", type=non_negative_int, default=0, help="image processor min pixels (0 = the "
+                    "model's training limit from lavit.json, else its processor's; --suite paper: 200704 for every "
+                    "model); recorded in summary.json")
+    ev.add_argument("--max-pixels", type=non_negative_int, default=0, help="image processor max pixels (0 = as "
+                    "--min-pixels says; --suite paper: 1003520)")
     ev.add_argument("--max-new-tokens", type=int, default=32, help="longest answer")
     ev.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ev.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs")

@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from transformers import set_seed
 
 from lavit.analysis.analyze import analyze
@@ -32,6 +31,7 @@ from lavit.analysis.latent_maps import BoxedSample, DynamicsCallback, build_prob
 from lavit.analysis.stats import paired_summary, verdict
 from lavit.config import field
 from lavit.console import quiet_libraries, say
+from lavit.data.samples import open_rgb
 from lavit.data.signal_store import read_store
 from lavit.data.targets import build_traj_target
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
@@ -127,7 +127,7 @@ def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: P
 def boxed_samples(split: Path, n: int) -> list[BoxedSample]:
     rows = [json.loads(line) for line in split.read_text().splitlines() if line.strip()][:n]
     images = split.parent / "images"
-    return [BoxedSample(r["id"], Image.open(images / r["image"]).convert("RGB"), r["question"], r["answer"], r["bbox"])
+    return [BoxedSample(r["id"], open_rgb(images / r["image"]), r["question"], r["answer"], r["bbox"])
             for r in rows]
 
 

@@ -37,3 +37,25 @@ def test_bad_maps_are_clear_errors(values, grid, message):
 def test_temporal_mismatch():
     with pytest.raises(TrajectoryGridError, match="temporal"):
         resample_map(torch.rand(8), (2, 2, 2), (1, 2, 2))
+
+
+def test_ties_at_the_kth_value_are_all_kept_so_the_target_is_symmetric():
+    # one bright teacher cell, upsampled 3x3 -> 6x6: its 4 student cells tie, and so do their neighbours
+    teacher = torch.zeros(3, 3)
+    teacher[1, 1] = 1.0
+    target = build_traj_target(teacher.reshape(-1), (1, 3, 3), (1, 6, 6), top_k=6).view(6, 6)
+    kept = target > 0
+    assert kept.sum() > 6  # the tie at the 6th value is kept whole, not cut to an arbitrary 6
+    values = sorted(set(target[kept].tolist()))
+    assert all((target == v).sum() % 4 == 0 for v in values)  # every kept value comes with its mirror images
+    # the target does not depend on tensor order: flipping or transposing the teacher map flips the target
+    for op in (lambda m: m.flip(0), lambda m: m.flip(1), lambda m: m.t()):
+        mirrored = build_traj_target(op(teacher).reshape(-1), (1, 3, 3), (1, 6, 6), top_k=6).view(6, 6)
+        assert torch.allclose(mirrored, op(target))
+    assert target.sum().item() == pytest.approx(1.0)
+
+
+def test_without_ties_exactly_k_values_survive():
+    a_traj = torch.arange(16, dtype=torch.float32)
+    target = build_traj_target(a_traj, (1, 4, 4), (1, 4, 4), top_k=5)
+    assert (target > 0).sum() == 5 and target.argmax() == 15

@@ -32,6 +32,7 @@ from fixtures import (
     write_paper_root,
     write_vstar,
 )
+from PIL import Image
 
 from lavit.cli import main
 from lavit.eval.benchmarks import get_benchmark
@@ -251,6 +252,13 @@ def test_missing_mmvp_image_is_a_recorded_skip(tmp_path):
     skip = next(r for r in records if r["id"] == "3")
     assert skip["skipped"].startswith("image_missing") and "3.jpg" in skip["skipped"] and skip["truth"] == "B"
     assert len(records) == 8
+    # the image is restored: a rerun into the same --out tries that item again, and only that item
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(root / "MMVP Images" / "3.jpg")
+    again = CannedModel({str(n): "A" for n in range(1, 9)})
+    summary = run_eval(again, "mmvp", root, tmp_path / "out")
+    assert again.asked == ["3"] and summary["n"] == 8 and summary["skipped"] == 0
+    records = predictions(tmp_path / "out", "mmvp")
+    assert sorted(r["id"] for r in records) == [str(n) for n in range(1, 9)] and not any("skipped" in r for r in records)
 
 
 def test_missing_images_in_vstar_and_blink(tmp_path):
@@ -453,6 +461,13 @@ def test_cli_errors_exit_2(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     with pytest.raises(ValueError, match="one letter"):
         load_eval_model("constant:7")
+    for flag, value in (("--max-samples", "-1"), ("--batch-size", "0"), ("--min-pixels", "-5")):
+        with pytest.raises(SystemExit) as exit_:  # argparse's own usage error, before any work
+            main([*base, "--benchmark", "mmvp", flag, value])
+        assert exit_.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
+    for kwargs in ({"max_samples": -1}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            run_eval(load_eval_model("constant:A"), "mmvp", mmvp, tmp_path / "out", **kwargs)
 
 
 def test_cli_paper_suite(tmp_path, capsys):

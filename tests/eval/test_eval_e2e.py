@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from PIL import Image
 
 from lavit.cli import main
-from lavit.models.latent_tokens import latent_token_names
 
 
 def write_mmvp(root, n=4):
@@ -71,3 +71,36 @@ def test_checkpoint_with_other_token_names_needs_the_token_list(tmp_path, export
     assert main([*args, "--out", str(tmp_path / "c"), "--latent-tokens", "<lvr_1>,<lvr_2>"]) == 2  # not in vocab
     assert main([*args, "--out", str(tmp_path / "d")]) == 0  # a plain model: mode none
     assert json.loads((tmp_path / "d" / "mmvp" / "summary.json").read_text())["settings"]["latent_mode"] == "none"
+
+
+def test_resolution_is_the_training_limit_unless_given_and_is_recorded(setup, tmp_path):
+    student = tmp_path / "student"
+    shutil.copytree(setup / "student", student)
+    meta = json.loads((student / "lavit.json").read_text())
+    (student / "lavit.json").write_text(json.dumps({**meta, "min_pixels": 3136, "max_pixels": 12544}))
+    base = ["eval", "--model", str(student), "--benchmark", "mmvp", "--data-root", str(setup / "MMVP"),
+            "--max-new-tokens", "2", "--max-samples", "1"]
+
+    def settings(out, *extra):
+        assert main([*base, "--out", str(tmp_path / out), *extra]) == 0
+        return json.loads((tmp_path / out / "mmvp" / "summary.json").read_text())["settings"]
+
+    assert (settings("trained")["min_pixels"], settings("trained")["max_pixels"]) == (3136, 12544)
+    given = settings("given", "--min-pixels", "6272", "--max-pixels", "25088")
+    assert (given["min_pixels"], given["max_pixels"]) == (6272, 25088)
+    # a rerun at another resolution is another run: refused rather than mixed into the same predictions
+    assert main([*base, "--out", str(tmp_path / "given"), "--max-pixels", "50176"]) == 2
+
+
+def test_the_paper_suite_compares_every_model_at_one_resolution():
+    from lavit.cli import build_parser, suite_pixels
+
+    parser = build_parser()
+    for model in ("runs/a/student", "Qwen/Qwen2.5-VL-3B-Instruct"):
+        args = parser.parse_args(["eval", "--model", model, "--suite", "paper", "--data-root", "d", "--out", "o"])
+        assert suite_pixels(args) == {"min_pixels": 200704, "max_pixels": 1003520}
+    args = parser.parse_args(["eval", "--model", "m", "--suite", "paper", "--data-root", "d", "--out", "o",
+                              "--max-pixels", "401408"])
+    assert suite_pixels(args) == {"min_pixels": 200704, "max_pixels": 401408}
+    single = parser.parse_args(["eval", "--model", "m", "--benchmark", "mmvp", "--data-root", "d", "--out", "o"])
+    assert suite_pixels(single) == {"min_pixels": 0, "max_pixels": 0}  # the model's own limits

@@ -31,6 +31,8 @@ BAD = {  # id -> expected rejection reason
     "flat": "box_degenerate",
     "noq": "question_empty",
     "noa": "answer_missing",
+    "escape": "path_outside_root",
+    "absolute": "path_outside_root",
 }
 
 
@@ -67,6 +69,8 @@ def write_samples(root: Path, n_good: int, bad: bool = True, seed: int = 0) -> P
             {**base, "id": "flat", "bbox": [50, 50, 50, 80]},
             {**base, "id": "noq", "question": ""},
             {**base, "id": "noa", "answer": None},
+            {**base, "id": "escape", "image": "../samples.jsonl"},  # an existing file, but outside the root
+            {**base, "id": "absolute", "image": str((images / "ok.png").resolve())},
         ]
         rng.shuffle(records)
     path = root / "samples.jsonl"
@@ -85,7 +89,8 @@ def test_extract_rows_and_rejections(tmp_path):
     write_samples(tmp_path, 8)
     result = run_extract(config(tmp_path))
     rows = {r["id"]: r for r in read_store(tmp_path / "out").to_pylist()}
-    assert len(rows) == 16 and result["store_counts"]["ok"] == 8 and result["store_counts"]["rejected"] == 8
+    assert len(rows) == 8 + len(BAD) and result["store_counts"]["ok"] == 8
+    assert result["store_counts"]["rejected"] == len(BAD)
     for sample_id, expected in BAD.items():
         row = rows[sample_id]
         assert row["status"] == "rejected" and row["reject_reason"].split(":")[0] == expected, row

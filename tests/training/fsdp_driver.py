@@ -22,7 +22,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from ddp_driver import spy_on_writes
 from safetensors.torch import save_file
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 from torch.distributed.fsdp import fully_shard
 from transformers import set_seed
 

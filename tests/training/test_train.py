@@ -1,10 +1,10 @@
 """End-to-end training on CPU: losses fall, resume is exact, NaN stops, the export is a plain HF model."""
 
 import json
-from contextlib import nullcontext
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -27,7 +27,7 @@ def sft_set(tmp_path_factory):
 
 def config(sft_set, out, **kw):
     values = dict(data=[str(sft_set)], image_root=str(sft_set.parent), output_dir=str(out), global_batch_size=4,
-                  learning_rate=1e-3, warmup_ratio=0.0, logging_steps=1, save_steps=1000, **SMALL)
+                  learning_rate=1e-3, warmup_ratio=0.0, logging_steps=1, save_steps=1000, gate_warmup_steps=1, **SMALL)
     values.update(kw)
     return LavitTrainConfig(**values)
 
@@ -108,15 +108,15 @@ def test_lora_and_naive_sft_runs_export_plain_checkpoints(sft_set, tmp_path):
 
 def test_missing_data_and_columns_are_clear_errors(sft_set, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        run_training(config(sft_set, tmp_path, max_steps=1, data=[str(tmp_path / "nope.parquet")]))
+        run_training(config(sft_set, tmp_path, max_steps=1, gate_warmup_steps=0, data=[str(tmp_path / "nope.parquet")]))
     with pytest.raises(ValueError, match="lacks columns"):
-        run_training(config(sft_set, tmp_path, max_steps=1, answer_field="teacher_answer"))
+        run_training(config(sft_set, tmp_path, max_steps=1, gate_warmup_steps=0, answer_field="teacher_answer"))
 
 
 def test_recipes_load_and_override(tmp_path):
-    paper = load_config(LavitTrainConfig, "recipes/lavit_qwen2_5_vl_3b.yaml", ["max_steps=20", "gate=hard"])
+    paper = load_config(LavitTrainConfig, "recipes/lavit_qwen2_5_vl_3b.yaml", ["max_steps=500", "gate=hard"])
     assert (paper.learning_rate, paper.global_batch_size, paper.num_latent_tokens, paper.lam) == (5e-6, 16, 4, 0.3)
-    assert (paper.max_steps, paper.gate, paper.gate_warmup_steps) == (20, "hard", 400)
+    assert (paper.max_steps, paper.gate, paper.gate_warmup_steps) == (500, "hard", 400)
     naive = load_config(LavitTrainConfig, "recipes/naive_sft_qwen2_5_vl_3b.yaml")
     assert naive.method == "naive_sft" and naive.learning_rate == paper.learning_rate
     with pytest.raises(ValueError, match="unknown"):
@@ -135,6 +135,17 @@ def test_recipes_load_and_override(tmp_path):
     assert (loaded.learning_rate, loaded.lam) == (2e-5, 1.0) and isinstance(loaded.lam, float)
     with pytest.raises(ValueError, match="max_steps"):
         load_config(LavitTrainConfig, None, ["max_steps=0"])
+
+
+@pytest.mark.parametrize("gate", ["cosine", "hard"])
+def test_a_gate_that_would_never_open_is_refused_before_work(gate):
+    for steps in (300, 400):  # the last step is max_steps - 1: T_w = max_steps never opens the gate either
+        with pytest.raises(ValueError, match=r"gate_warmup_steps \(400\) must be below max_steps"):
+            LavitTrainConfig(max_steps=steps, gate_warmup_steps=400, gate=gate)
+    assert LavitTrainConfig(max_steps=401, gate_warmup_steps=400, gate=gate).gate_warmup_steps == 400
+    # no gate to open: single-stage LaViT and Naive-SFT train any number of steps
+    assert LavitTrainConfig(max_steps=10, gate_warmup_steps=400, gate="none").max_steps == 10
+    assert LavitTrainConfig(max_steps=10, gate_warmup_steps=400, method="naive_sft").max_steps == 10
 
 
 class WeightChange:

@@ -16,7 +16,6 @@ correctness (`--correct`), accuracy over S_focus thresholds (Fig. 2). Figures ar
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from lavit.data.samples import open_rgb
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
 from lavit.teacher.extractor import SignalExtractor, TokenTrace
 
@@ -65,7 +66,7 @@ def trace_model(path: str, records: list[SampleRecord], image_root: Path, *, bat
     traces: list[TokenTrace] = []
     for i in tqdm(range(0, len(records), batch_size), desc=f"trace {desc or path}", unit="batch"):
         chunk = records[i:i + batch_size]
-        images = [Image.open(image_root / r.image).convert("RGB") for r in chunk]
+        images = [open_rgb(image_root / r.image) for r in chunk]
         batch = extractor.prepare_batch([r.id for r in chunk], images, [r.question for r in chunk],
                                         [r.answer for r in chunk])
         traces += extractor.forward_traces(batch)

@@ -10,9 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from lavit.analysis.collect import CATEGORIES  # noqa: E402
+from lavit.data.samples import open_rgb  # noqa: E402
 
 ORDER = ("base", "naive_sft", "lavit", "teacher")
 
@@ -83,7 +83,7 @@ def fig5(path: Path, answer_maps: dict, records, sizes, image_root: Path, grids:
     fig, axes = plt.subplots(count, len(names) + 1, figsize=(2.4 * (len(names) + 1), 2.6 * count), squeeze=False)
     for row in range(count):
         rec = records[row]
-        image = np.asarray(Image.open(image_root / rec.image).convert("RGB"))
+        image = np.asarray(open_rgb(image_root / rec.image))
         x1, y1, x2, y2 = rec.bbox
         axes[row, 0].imshow(image)
         axes[row, 0].add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=2))

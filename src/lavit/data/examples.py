@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lavit.data.samples import to_rgb
 from lavit.data.targets import build_traj_target
 
 IGNORE_INDEX = -100
@@ -93,7 +94,7 @@ def build_example(processor, sample: TrainingSample, latent_tokens: list[str], *
     """
     tokenizer = processor.tokenizer
     prompt = render_prompt(processor, sample.question, system_prompt)
-    enc = processor(text=[prompt], images=[sample.image.convert("RGB")], return_tensors="pt")
+    enc = processor(text=[prompt], images=[to_rgb(sample.image)], return_tensors="pt")
     prompt_ids = enc["input_ids"][0]
     continuation = "".join(latent_tokens) + sample.answer + tokenizer.eos_token
     cont_ids = torch.tensor(tokenizer(continuation, add_special_tokens=False)["input_ids"], dtype=torch.long)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from lavit.data.samples import Rejection
+from lavit.data.samples import Rejection, resolve_image
 from lavit.data.signal_store import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -36,7 +36,6 @@ from lavit.data.signal_store import (
     pending_row,
     read_manifest,
     store_counts,
-    write_json_atomic,
     write_manifest,
 )
 from lavit.teacher.signals import merged_grid
@@ -116,7 +115,7 @@ def convert_record(record: dict, index: int, image_root: Path, features_root: Pa
             raise Rejection("question_empty")
         if not str(record["ground_truth_enriched"] or "").strip():
             raise Rejection("answer_missing")
-        image_path = image_root / record["image_relative_path"]
+        image_path = resolve_image(image_root, record["image_relative_path"])
         if not image_path.is_file():
             raise Rejection("image_missing", str(image_path))
         try:

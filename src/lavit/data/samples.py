@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -89,32 +90,55 @@ def check_unique_ids(samples: list[Sample], where: str) -> None:
                          + (f" and {len(dups) - 10} more" if len(dups) > 10 else ""))
 
 
+def resolve_image(image_root: str | Path, relative: str) -> Path:
+    """`image_root / relative`, refused (`Rejection` 'path_outside_root') unless it stays under the root:
+    a sample's image may not be an absolute path or climb out with '..' (symbolic links are followed)."""
+    root = Path(image_root).resolve()
+    path = (root / relative).resolve()
+    if Path(relative).is_absolute() or root not in path.parents:
+        raise Rejection("path_outside_root", f"{relative!r} is not under the image root {root}")
+    return path
+
+
 def load_image(path: Path, limits: ImageLimits) -> Image.Image:
-    """Open, check and convert an image to 8-bit RGB, or raise `Rejection`.
+    """Open, check and convert an image to 8-bit RGB (`open_rgb`), or raise `Rejection`."""
+    if not path.is_file():
+        raise Rejection("image_missing", str(path))
+    return open_rgb(path, limits)
+
+
+def open_rgb(source: str | Path | BinaryIO, limits: ImageLimits | None = None) -> Image.Image:
+    """The one image decoding every stage uses — extraction, filter, training, evaluation, analysis — so the
+    teacher, the student and the evaluator see the same pixels.
 
     Grayscale and palette images are expanded; 16-/32-bit integer images are scaled (not clipped) to
     8 bits; transparent images are composited on white. EXIF orientation is *not* applied, because
-    published boxes refer to the stored pixel array.
+    published boxes refer to the stored pixel array. With `limits`, sizes are checked before decoding.
+    An unreadable file raises `Rejection` ('image_corrupt').
     """
-    if not path.is_file():
-        raise Rejection("image_missing", str(path))
+    name = source if isinstance(source, (str, Path)) else "embedded bytes"
     try:
-        image = Image.open(path)
+        image = Image.open(source)
     except (UnidentifiedImageError, OSError) as err:
-        raise Rejection("image_corrupt", f"{path}: {err}") from None
+        raise Rejection("image_corrupt", f"{name}: {err}") from None
     with image:
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise Rejection("image_too_large", f"{width}x{height} exceeds {limits.max_pixels} pixels")
-        if min(width, height) < limits.min_side:
-            raise Rejection("image_too_small", f"{width}x{height}; each side needs at least {limits.min_side} px")
-        if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-            raise Rejection("image_aspect_ratio", f"{width}x{height} exceeds aspect ratio {MAX_ASPECT_RATIO}")
+        if limits is not None:
+            check_size(image.size, limits)
         try:
             image.load()
         except (OSError, ValueError, SyntaxError) as err:
-            raise Rejection("image_corrupt", f"{path}: {err}") from None
+            raise Rejection("image_corrupt", f"{name}: {err}") from None
         return to_rgb(image)
+
+
+def check_size(size: tuple[int, int], limits: ImageLimits) -> None:
+    width, height = size
+    if width * height > limits.max_pixels:
+        raise Rejection("image_too_large", f"{width}x{height} exceeds {limits.max_pixels} pixels")
+    if min(width, height) < limits.min_side:
+        raise Rejection("image_too_small", f"{width}x{height}; each side needs at least {limits.min_side} px")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise Rejection("image_aspect_ratio", f"{width}x{height} exceeds aspect ratio {MAX_ASPECT_RATIO}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -8,6 +8,7 @@ aggregated map) with `a_traj_grid` ([t, h, w] merged-token grid of that map).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
 from lavit.data.examples import TrainingSample, build_example
+from lavit.data.samples import Rejection, open_rgb, resolve_image
 from lavit.data.signal_store import MANIFEST, shard_files
 
 BASE_COLUMNS = ("id", "image", "question")
@@ -71,6 +72,29 @@ class LavitSftDataset(torch.utils.data.Dataset):
         self.answer_field = answer_field
         self.top_k = top_k
         self.with_signals = with_signals
+        self.images = self.check_rows()
+
+    def check_rows(self) -> list[Path]:
+        """Each row's image path, after checking every row before any training step: a missing or empty answer,
+        an image path leaving the image root, or a missing image file stops here with every offending id."""
+        problems: dict[str, list[str]] = defaultdict(list)
+        images = []
+        for row in self.rows:
+            answer = row.get(self.answer_field)
+            if not isinstance(answer, str) or not answer.strip():
+                problems[f"missing or empty {self.answer_field}"].append(str(row["id"]))
+            try:
+                path = resolve_image(self.image_root, row["image"])
+            except Rejection:
+                problems[f"image path outside image_root {self.image_root}"].append(str(row["id"]))
+                path = None
+            if path is not None and not path.is_file():
+                problems[f"image not found under {self.image_root}"].append(str(row["id"]))
+            images.append(path)
+        if problems:
+            raise ValueError("training data cannot be used: " + "; ".join(
+                f"{what} ({len(ids)} rows): {', '.join(ids)}" for what, ids in problems.items()))
+        return images
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -81,12 +105,7 @@ class LavitSftDataset(torch.utils.data.Dataset):
 
     def sample(self, index: int) -> TrainingSample:
         row = self.rows[index]
-        path = self.image_root / row["image"]
-        if not path.is_file():
-            raise FileNotFoundError(f"sample {row['id']}: image {path} not found")
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-        sample = TrainingSample(id=str(row["id"]), image=image, question=row["question"],
+        sample = TrainingSample(id=str(row["id"]), image=open_rgb(self.images[index]), question=row["question"],
                                 answer=row[self.answer_field])
         if self.with_signals:
             sample.v_sem = np.asarray(row["v_sem"], dtype=np.float32)

@@ -8,6 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Values of the min-max scaled map (in [0, 1]) closer than this count as tied: bilinear weights applied in a
+# different order round differently in the last bits.
+TIE_TOLERANCE = 1e-6
+
 
 class TrajectoryGridError(ValueError):
     """A stored attention map does not fit the grid it claims, or cannot be mapped to the student's."""
@@ -30,7 +34,8 @@ def resample_map(a_traj: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequen
 
 def build_traj_target(a_traj: np.ndarray | torch.Tensor, teacher_grid: Sequence[int], student_grid: Sequence[int],
                       top_k: int = 8) -> torch.Tensor:
-    """Teacher map → student-grid distribution: resample, min-max (eq. 3), Top-K, renormalise to sum 1."""
+    """Teacher map → student-grid distribution: resample, min-max (eq. 3), Top-K (ties at the k-th value all
+    kept), renormalise to sum 1."""
     raw = torch.as_tensor(np.asarray(a_traj, dtype=np.float32))
     if not torch.isfinite(raw).all():
         raise TrajectoryGridError("attention map contains NaN or inf")
@@ -40,8 +45,9 @@ def build_traj_target(a_traj: np.ndarray | torch.Tensor, teacher_grid: Sequence[
         raise TrajectoryGridError("attention map is constant: it carries no 'where to look' signal")
     scaled = (mapped - mapped.min()) / span  # eq. 3
     if 0 < top_k < scaled.numel():
-        keep = scaled.topk(top_k).indices
-        sparse = torch.zeros_like(scaled)
-        sparse[keep] = scaled[keep]
-        scaled = sparse
+        # Every value tied with the k-th largest is kept. Upsampling onto a finer student grid makes equal
+        # neighbours common, and keeping an arbitrary subset of them (what `topk` returns) would tilt the target
+        # by tensor order; keeping all of them, rather than dropping all, never empties the target.
+        kth = scaled.topk(top_k).values[-1]
+        scaled = torch.where(scaled >= kth - TIE_TOLERANCE, scaled, torch.zeros_like(scaled))  # [N]
     return scaled / scaled.sum()

@@ -6,7 +6,9 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from lavit.data.samples import Rejection, open_rgb
 
 # The instruction lmms-eval and the Qwen2.5-VL reports append to multiple-choice questions.
 ANSWER_DIRECTLY = "Answer with the option's letter from the given choices directly."
@@ -20,22 +22,19 @@ class ImageRef:
     data: bytes | None = None
 
     def open(self) -> Image.Image:
-        if self.data is not None:
-            with Image.open(io.BytesIO(self.data)) as img:
-                return img.convert("RGB")
-        with Image.open(self.path) as img:
-            return img.convert("RGB")
+        """The RGB pixels every stage sees (`open_rgb`: alpha on white, 16-bit scaled, no EXIF rotation)."""
+        return open_rgb(io.BytesIO(self.data) if self.data is not None else self.path)
 
     def problem(self) -> str | None:
-        """Why this image cannot be used, or None (reads the header only)."""
+        """Why this image cannot be used, or None (decodes fully: a file truncated after its header fails here,
+        not mid-batch)."""
         if self.data is None and (self.path is None or not self.path.is_file()):
             return f"image_missing: {self.path}"
         try:
-            with Image.open(io.BytesIO(self.data) if self.data is not None else self.path) as img:
-                img.load()  # decodes fully: a file truncated after its header fails here, not mid-batch
-                return None
-        except (UnidentifiedImageError, OSError) as err:
-            return f"image_corrupt: {self.path or 'embedded bytes'}: {err}"
+            self.open()
+        except Rejection as rej:
+            return str(rej)
+        return None
 
 
 @dataclass

@@ -28,7 +28,7 @@ class GenerativeModel:
 
     def __init__(self, name: str, *, latent_tokens: list[str] | None = None, mode: str | None = None,
                  system_prompt: str | None = None, max_new_tokens: int = 32, dtype: str = "auto",
-                 device_map: str = "", seed: int = 0):
+                 device_map: str = "", seed: int = 0, min_pixels: int = 0, max_pixels: int = 0):
         meta = read_lavit_meta(name) if Path(name).is_dir() else {}
         self.latent_tokens = list(latent_tokens) if latent_tokens else list(meta.get("latent_tokens", []))
         self.mode = mode or ("forced" if self.latent_tokens else "none")
@@ -42,7 +42,10 @@ class GenerativeModel:
         self.system_prompt = system_prompt if system_prompt is not None else (meta.get("system_prompt") or None)
         self.name = name
         self.max_new_tokens = max_new_tokens
-        self.model, self.processor = load_for_inference(name, dtype=dtype, device_map=device_map, seed=seed)
+        # Resolution: as asked, else the limits the student was trained at (lavit.json), else the processor's.
+        self.model, self.processor = load_for_inference(
+            name, dtype=dtype, device_map=device_map, seed=seed, min_pixels=min_pixels or meta.get("min_pixels", 0),
+            max_pixels=max_pixels or meta.get("max_pixels", 0))
         self._check_tokens()
 
     def _check_tokens(self) -> None:
@@ -53,9 +56,15 @@ class GenerativeModel:
             raise ValueError(f"{self.name}'s tokenizer has no latent tokens {missing}; pass the names it was trained "
                              "with via --latent-tokens")
 
+    @property
+    def pixel_limits(self) -> dict[str, int]:
+        """The image processor's pixel limits in force: the resolution every answer was produced at."""
+        size = self.processor.image_processor.size
+        return {"min_pixels": int(size["shortest_edge"]), "max_pixels": int(size["longest_edge"])}
+
     def describe(self) -> dict:
         return {"model": self.name, "latent_tokens": self.latent_tokens, "latent_mode": self.mode,
-                "system_prompt": self.system_prompt, "max_new_tokens": self.max_new_tokens}
+                "system_prompt": self.system_prompt, "max_new_tokens": self.max_new_tokens, **self.pixel_limits}
 
     def answer(self, items: list[EvalItem]) -> list[str]:
         return self.generate([[ref.open() for ref in item.images] for item in items], [item.prompt for item in items])

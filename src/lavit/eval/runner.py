@@ -4,7 +4,8 @@
 
 Every item is either scored (prompt, raw output, extracted letter, truth, correct) or skipped with
 a recorded reason (missing image, answer not among the choices); both are counted in the summary.
-A rerun with the same model settings continues where the last one stopped.
+A rerun with the same model settings continues where the last one stopped, and tries again the items it
+skipped for a missing or unreadable image.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from lavit.eval.items import EvalItem
 from lavit.eval.matching import extract_option_letter
 
 PREDICTIONS = "predictions.jsonl"
+# Skips a rerun tries again: a missing or unreadable image file may have been restored since.
+RETRIED_SKIPS = ("image_missing", "image_corrupt")
 SUMMARY = "summary.json"
 
 
@@ -66,6 +69,10 @@ def summarise(records: list[dict], extra) -> dict:
 
 def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, max_samples: int = 0,
              batch_size: int = 8) -> dict:
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0 (0 = all), got {max_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.time()
     bench = get_benchmark(benchmark)
     items = bench.load(Path(data_root))
@@ -81,6 +88,12 @@ def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, m
 
     path = directory / PREDICTIONS
     records = read_predictions(path)
+    retry = [r for r in records if str(r.get("skipped", "")).startswith(RETRIED_SKIPS)]
+    if retry:  # the images may have been restored since: those items are tried again
+        records = [r for r in records if r not in retry]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, path)
     done = {r["id"] for r in records}
     todo = [item for item in items if item.id not in done]
     with open(path, "a", encoding="utf-8") as f, tqdm(total=len(items), initial=len(items) - len(todo),

@@ -12,14 +12,14 @@ Returned texts never contain the latent tokens. No gating bias is used at infere
 
 from __future__ import annotations
 
-from typing import Literal
-
 from contextlib import nullcontext
+from typing import Literal
 
 import torch
 from PIL import Image
 
 from lavit.data.examples import render_prompt
+from lavit.data.samples import to_rgb
 from lavit.models.attention import LAVIT_ATTENTION, hidden_keys
 
 LatentMode = Literal["forced", "natural", "masked", "none"]
@@ -49,7 +49,7 @@ def build_generation_inputs(processor, images: ImagesPerQuestion, questions: lis
     suffix = "".join(latent_tokens) if mode in ("forced", "masked") else ""
     texts = [render_prompt(processor, q, system_prompt, num_images=len(ims)) + suffix
              for q, ims in zip(questions, per_question)]
-    flat = [im.convert("RGB") for ims in per_question for im in ims]
+    flat = [to_rgb(im) for ims in per_question for im in ims]  # in-memory images decode as files do
     pixels = {"images": flat} if flat else {}
     tokenizer = processor.tokenizer
     side = tokenizer.padding_side

@@ -23,7 +23,16 @@ from tqdm import tqdm
 
 from lavit.data.collator import LavitCollator
 from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
-from lavit.data.samples import ImageLimits, Rejection, Sample, check_text, load_image, pixel_box, read_jsonl_samples
+from lavit.data.samples import (
+    ImageLimits,
+    Rejection,
+    Sample,
+    check_text,
+    load_image,
+    pixel_box,
+    read_jsonl_samples,
+    resolve_image,
+)
 from lavit.data.signal_store import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -183,7 +192,7 @@ def producing_queries(image_mask: torch.Tensor, latent_mask: torch.Tensor, atten
 def prepare(index: int, sample: Sample, image_root: Path, limits: ImageLimits) -> Prepared:
     """Checks text, image and box; raises `Rejection` with the reason."""
     check_text(sample)
-    image = load_image(image_root / sample.image, limits)
+    image = load_image(resolve_image(image_root, sample.image), limits)
     return Prepared(index, sample, image, pixel_box(sample, image.size))
 
 

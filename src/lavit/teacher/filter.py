@@ -19,9 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
-from PIL import Image
 from tqdm import tqdm
 
+from lavit.data.samples import open_rgb
 from lavit.data.signal_store import (
     SCHEMA_VERSION,
     SHARD_DIR,
@@ -135,7 +135,7 @@ def run_filter(cfg: FilterConfig) -> dict:
     if cfg.text_only_image:
         if not Path(cfg.text_only_image).is_file():
             raise FileNotFoundError(f"text_only_image {cfg.text_only_image} does not exist")
-        blank = Image.open(cfg.text_only_image).convert("RGB")
+        blank = open_rgb(cfg.text_only_image)
 
     def text_only_answers(questions: list[str]) -> list[str]:
         answers = []

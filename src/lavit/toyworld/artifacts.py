@@ -29,7 +29,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lavit.console import quiet_libraries
-from lavit.toyworld.models import BLANK_IMAGE, TOY_STUDENT_SPEC, TOY_TEACHER_SPEC, blank_image, new_toy_model, toy_accuracy
+from lavit.toyworld.models import (
+    BLANK_IMAGE,
+    TOY_STUDENT_SPEC,
+    TOY_TEACHER_SPEC,
+    blank_image,
+    new_toy_model,
+    toy_accuracy,
+)
 from lavit.toyworld.pretrain import PhaseConfig, train_language, train_vision
 from lavit.toyworld.world import WorldConfig, stream, write_split
 

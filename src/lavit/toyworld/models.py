@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lavit.data.samples import open_rgb
 from lavit.eval.matching import answers_match
 from lavit.inference.generate import generate_answers
 from lavit.models.tiny import STUDENT_SPEC, TinyModelSpec, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
@@ -56,7 +57,7 @@ def toy_accuracy(model, processor, jsonl: Path, *, latent_tokens: list[str] | No
     answers: list[str] = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        images = [Image.open(image_override or images_dir / r["image"]).convert("RGB") for r in chunk]
+        images = [open_rgb(image_override or images_dir / r["image"]) for r in chunk]
         answers += generate_answers(model, processor, images, [r["question"] for r in chunk],
                                     latent_tokens=latent_tokens or [], mode=mode, system_prompt=system_prompt,
                                     max_new_tokens=3)

@@ -59,8 +59,9 @@ def _batch(processor, latent_names: list[str], batch_size: int, teacher_dim: int
 
 def bench_train(batch_size: int = 8, repeats: int = 9, num_latents: int = 4, gen_tokens: int = 32,
                 seed: int = 0) -> dict:
-    """Median step time of LaViT (γ = ε gate, L_ntp + L_concept + L_traj) over Naive-SFT, and of forced
-    K-latent generation over plain generation (same 32-token answers)."""
+    """Median step time of LaViT (γ = ε gate, L_ntp + L_concept + L_traj) over Naive-SFT, in fp32 and under bf16
+    autocast with fp32 weights (precision=bf16), and of forced K-latent generation over plain generation (same
+    32-token answers)."""
     torch.manual_seed(seed)
     processor = build_tiny_processor(build_tiny_tokenizer(), min_pixels=IMAGE_PIXELS, max_pixels=IMAGE_PIXELS)
     model = build_tiny_model(processor.tokenizer, BENCH_SPEC, seed=seed,
@@ -93,6 +94,14 @@ def bench_train(batch_size: int = 8, repeats: int = 9, num_latents: int = 4, gen
         optimizer.zero_grad(set_to_none=True)
 
     lavit_s, sft_s = _interleaved_medians(lavit_step, sft_step, repeats)
+
+    def autocast(step):  # the precision=bf16 path: fp32 master weights, bf16 compute
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                step()
+        return run
+
+    lavit_bf16_s, sft_bf16_s = _interleaved_medians(autocast(lavit_step), autocast(sft_step), repeats)
     model.eval()
     rng = np.random.default_rng(seed + 1)
     images = [make_scene(rng).image.resize((448, 448)) for _ in range(batch_size)]
@@ -104,9 +113,12 @@ def bench_train(batch_size: int = 8, repeats: int = 9, num_latents: int = 4, gen
         repeats)
     return {
         "step_time_ratio_lavit_over_sft": lavit_s / sft_s,
+        "step_time_ratio_lavit_over_sft_bf16_autocast": lavit_bf16_s / sft_bf16_s,
         "gen_time_ratio_latent_over_plain": latent_s / plain_s,
         "lavit_step_seconds": lavit_s,
         "sft_step_seconds": sft_s,
+        "lavit_step_seconds_bf16_autocast": lavit_bf16_s,
+        "sft_step_seconds_bf16_autocast": sft_bf16_s,
         "latent_gen_seconds": latent_s,
         "plain_gen_seconds": plain_s,
         "settings": {

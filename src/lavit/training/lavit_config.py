@@ -10,6 +10,9 @@ from lavit.data.examples import LAVIT_SYSTEM_PROMPT
 from lavit.models.checkpoint import TINY
 from lavit.models.latent_tokens import DEFAULT_LATENT_TEMPLATE
 
+PAPER_MIN_PIXELS = 256 * 28 * 28  # Table A1's image processor limits
+PAPER_MAX_PIXELS = 1280 * 28 * 28
+
 
 @dataclass
 class LavitTrainConfig:
@@ -59,8 +62,8 @@ class LavitTrainConfig:
         "rounds away most updates at small learning rates (warns).")
     lora_r: int = field(0, "LoRA rank for the language model's linear layers (0 = full fine-tuning).")
     lora_alpha: int = field(16, "LoRA α.")
-    min_pixels: int = field(256 * 28 * 28, "Image processor min pixels (Table A1).")
-    max_pixels: int = field(1280 * 28 * 28, "Image processor max pixels (Table A1).")
+    min_pixels: int = field(PAPER_MIN_PIXELS, "Image processor min pixels (Table A1).")
+    max_pixels: int = field(PAPER_MAX_PIXELS, "Image processor max pixels (Table A1).")
     # bookkeeping
     seed: int = field(42, "Seed for initialisation, data order and everything else random.")
     logging_steps: int = field(10, "Log the loss terms every N steps.")
@@ -86,6 +89,10 @@ class LavitTrainConfig:
             (0 < self.min_pixels <= self.max_pixels, "need 0 < min_pixels <= max_pixels"),
             (self.logging_steps > 0 and self.save_steps > 0, "logging_steps and save_steps must be > 0"),
             (self.max_samples >= 0, "max_samples must be >= 0"),
+            (not self.uses_latents or self.gate == "none" or self.gate_warmup_steps < self.max_steps,
+             f"gate_warmup_steps ({self.gate_warmup_steps}) must be below max_steps ({self.max_steps}): otherwise the "
+             "gate never opens during training and the exported student (always run with γ = 1) meets attention it "
+             "was never trained on; lower gate_warmup_steps or set gate=none"),
         ]
         for ok, message in checks:
             if not ok:

@@ -23,8 +23,8 @@ from lavit.models.gating import GateSchedule
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.projection_head import ProjectionHead
-from lavit.training.lavit_config import LavitTrainConfig
 from lavit.training.callbacks import TRAIN_LOG, JsonlLogCallback, ProgressBarCallback
+from lavit.training.lavit_config import LavitTrainConfig
 from lavit.training.lavit_trainer import GammaCallback, LavitTrainer
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -127,7 +127,8 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
     gathered = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.engine_checkpoints else None
     if trainer.is_world_process_zero():
         export_student(student, processor, export_dir, {"latent_tokens": names, "method": cfg.method,
-                                                        "teacher_dim": teacher_dim, "system_prompt": cfg.system_prompt},
+                                                        "teacher_dim": teacher_dim, "system_prompt": cfg.system_prompt,
+                                                        "min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels},
                        state_dict=gathered)
         (Path(cfg.output_dir) / "train_results.json").write_text(json.dumps(results, indent=2))
     trainer.accelerator.wait_for_everyone()  # no rank returns before the export exists

@@ -13,6 +13,7 @@ from pathlib import Path
 from lavit.eval.benchmarks import blink, mmstar, mmvp, vstar
 from lavit.eval.items import EvalItem
 
+
 @dataclass
 class Benchmark:
     name: str
