@@ -53,8 +53,10 @@ def prompt_messages(question: str, system_prompt: str | None, num_images: int = 
 
 def render_prompt(processor, question: str, system_prompt: str | None, num_images: int = 1) -> str:
     """The chat-template text up to and including the generation prompt, without any latent tokens."""
+    # Only an exported student's template reads the flag; other models' processors would log it as unused.
+    flag = {LATENT_TEMPLATE_FLAG: False} if LATENT_TEMPLATE_FLAG in (processor.chat_template or "") else {}
     return processor.apply_chat_template(prompt_messages(question, system_prompt, num_images),
-                                         add_generation_prompt=True, tokenize=False, **{LATENT_TEMPLATE_FLAG: False})
+                                         add_generation_prompt=True, tokenize=False, **flag)
 
 
 def locate_layout(input_ids: torch.Tensor, image_token_id: int, latent_ids: list[int],

@@ -21,8 +21,10 @@ def add_latent_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
                       names: list[str]) -> list[int]:
     """Register `names` as special tokens and make sure `model` has embedding rows for them.
 
-    New rows are initialised by transformers' mean resizing. Qwen checkpoints keep spare rows
-    (vocab 151936 > 151665 tokens), so the matrix is only grown, never shrunk.
+    Qwen checkpoints keep spare rows (3B: 151 936 rows for 151 665 tokens), so the latent tokens take
+    the next spare rows as the checkpoint has them (as the authors' code does) and the matrix is not
+    touched; only a model without enough rows is grown, by transformers' mean resizing. It is never
+    shrunk.
     """
     tokenizer.add_special_tokens({"additional_special_tokens": names}, replace_extra_special_tokens=False)
     ids = tokenizer.convert_tokens_to_ids(names)

@@ -33,17 +33,30 @@ from PIL import Image
 
 from lavit.data.signal_store import SIGNAL_SCHEMA
 from lavit.models.attention import LAVIT_ATTENTION
-from lavit.models.tiny import BASE_WORDS, TEACHER_SPEC, TinyModelSpec, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
+from lavit.models.qwen_configs import qwen_spec
+from lavit.models.tiny import (
+    BASE_WORDS,
+    TEACHER_SPEC,
+    TinyModelSpec,
+    build_tiny_model,
+    build_tiny_processor,
+    build_tiny_tokenizer,
+)
 from lavit.teacher.extractor import SignalExtractor
 
 BENCH_SPEC = TinyModelSpec(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
                            intermediate_size=5504, vision_hidden_size=64, vision_depth=2, vision_heads=2)
+_QWEN_32B = qwen_spec("qwen2.5-vl-32b")
 # The real Qwen2.5-VL-32B-Instruct text decoder (random bf16 weights on a GPU); `--num-layers` trims it to fit.
-QWEN_32B_SPEC = TinyModelSpec(hidden_size=5120, num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8,
-                              intermediate_size=27648, vision_hidden_size=64, vision_depth=2, vision_heads=2)
+# Vocabulary and vision tower stay tiny: the bench times the decoder (`model.model`, no LM head).
+QWEN_32B_SPEC = TinyModelSpec(hidden_size=_QWEN_32B.hidden_size, num_hidden_layers=_QWEN_32B.num_hidden_layers,
+                              num_attention_heads=_QWEN_32B.num_attention_heads,
+                              num_key_value_heads=_QWEN_32B.num_key_value_heads,
+                              intermediate_size=_QWEN_32B.intermediate_size, vision_hidden_size=64, vision_depth=2,
+                              vision_heads=2, tie_word_embeddings=_QWEN_32B.tie_word_embeddings)
 SPECS = {"bench": BENCH_SPEC, "qwen2.5-vl-32b": QWEN_32B_SPEC, "tiny": TEACHER_SPEC}  # tiny: tests
 IMAGE_SIZE = (27 * 28, 26 * 28)  # 27 × 26 = 702 merged image tokens
-TEACHER_32B_DIM = 5120
+TEACHER_32B_DIM = _QWEN_32B.hidden_size  # V_sem width of the 32B teacher
 REAL_MAP_TOKENS = 700
 
 
