@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 # torch/torchvision are pinned to the wheels this platform's pip has locally (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 # The lower end of pyproject's transformers range (the upper end is what a fresh install resolves to).
-TRANSFORMERS_LOWEST := transformers==5.20.0
+TRANSFORMERS_LOWEST_VERSION := 5.20.0
+TRANSFORMERS_LOWEST := transformers==$(TRANSFORMERS_LOWEST_VERSION)
 # lmms-eval's full dependency set is ~150 packages (CUDA wheels, wandb, ...). The tests need only its model
 # interface and registry, so the test environment installs it without dependencies plus the three it imports.
 LMMS_EVAL := lmms-eval==0.7.3
@@ -40,7 +41,7 @@ test-fast: .venv/bin/lavit
 	.venv/bin/python -m pytest -q -m "not slow"
 
 test-lowest: .venv-lowest/bin/lavit
-	.venv-lowest/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_LOWEST:transformers==%=%)', transformers.__version__"
+	.venv-lowest/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_LOWEST_VERSION)', transformers.__version__"
 	.venv-lowest/bin/python -m pytest -q
 
 bench: .venv/bin/lavit
