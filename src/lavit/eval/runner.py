@@ -43,10 +43,15 @@ def read_predictions(path: Path) -> list[dict]:
     complete, tail = lines[:-1], lines[-1]
     records = [json.loads(line) for line in complete if line.strip()]
     if tail.strip():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, path)
+        write_predictions(path, records)
     return records
+
+
+def write_predictions(path: Path, records: list[dict]) -> None:
+    """Replace the predictions file atomically with `records`."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def score(item: EvalItem, raw_output: str) -> dict:
@@ -88,12 +93,10 @@ def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, m
 
     path = directory / PREDICTIONS
     records = read_predictions(path)
-    retry = [r for r in records if str(r.get("skipped", "")).startswith(RETRIED_SKIPS)]
-    if retry:  # the images may have been restored since: those items are tried again
-        records = [r for r in records if r not in retry]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        os.replace(tmp, path)
+    kept = [r for r in records if not str(r.get("skipped", "")).startswith(RETRIED_SKIPS)]
+    if len(kept) < len(records):  # the images may have been restored since: those items are tried again
+        records = kept
+        write_predictions(path, records)
     done = {r["id"] for r in records}
     todo = [item for item in items if item.id not in done]
     with open(path, "a", encoding="utf-8") as f, tqdm(total=len(items), initial=len(items) - len(todo),
