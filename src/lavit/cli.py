@@ -54,7 +54,7 @@ def _import_official(args: argparse.Namespace) -> int:
     return 0
 
 
-def suite_pixels(args: argparse.Namespace) -> dict[str, int]:
+def eval_pixel_limits(args: argparse.Namespace) -> dict[str, int]:
     """The resolution to evaluate at: as given; for --suite paper the paper's training limits for every model
     (Table 1 compares models at one resolution); otherwise 0 = the model's training limits, else its processor's."""
     from lavit.training.lavit_config import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
@@ -87,7 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     kwargs = {} if args.model.startswith("constant:") else {
         "latent_tokens": tokens, "mode": args.latent_mode, "max_new_tokens": args.max_new_tokens,
         "system_prompt": args.system_prompt, "dtype": args.dtype, "device_map": args.device_map,
-        **suite_pixels(args)}
+        **eval_pixel_limits(args)}
     model = load_eval_model(args.model, **kwargs)
     if args.suite:
         from lavit.eval.suite import run_paper_suite

@@ -48,6 +48,10 @@ def main() -> None:
     (Path(out) / f"rank{model.rank}.json").write_text(json.dumps({
         "rank": model.rank, "world_size": model.world_size, "device": str(model.device), "doc_ids": mine,
         "answers": answers, "counts": counts}))
+    # lmms-eval's evaluator ends on a barrier; tearing the group down after it keeps the rank that exits
+    # first from pulling the store out from under the other (an abort at interpreter exit otherwise)
+    model.accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

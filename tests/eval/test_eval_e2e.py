@@ -93,14 +93,14 @@ def test_resolution_is_the_training_limit_unless_given_and_is_recorded(setup, tm
 
 
 def test_the_paper_suite_compares_every_model_at_one_resolution():
-    from lavit.cli import build_parser, suite_pixels
+    from lavit.cli import build_parser, eval_pixel_limits
 
     parser = build_parser()
     for model in ("runs/a/student", "Qwen/Qwen2.5-VL-3B-Instruct"):
         args = parser.parse_args(["eval", "--model", model, "--suite", "paper", "--data-root", "d", "--out", "o"])
-        assert suite_pixels(args) == {"min_pixels": 200704, "max_pixels": 1003520}
+        assert eval_pixel_limits(args) == {"min_pixels": 200704, "max_pixels": 1003520}
     args = parser.parse_args(["eval", "--model", "m", "--suite", "paper", "--data-root", "d", "--out", "o",
                               "--max-pixels", "401408"])
-    assert suite_pixels(args) == {"min_pixels": 200704, "max_pixels": 401408}
+    assert eval_pixel_limits(args) == {"min_pixels": 200704, "max_pixels": 401408}
     single = parser.parse_args(["eval", "--model", "m", "--benchmark", "mmvp", "--data-root", "d", "--out", "o"])
-    assert suite_pixels(single) == {"min_pixels": 0, "max_pixels": 0}  # the model's own limits
+    assert eval_pixel_limits(single) == {"min_pixels": 0, "max_pixels": 0}  # the model's own limits

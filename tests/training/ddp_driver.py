@@ -72,6 +72,9 @@ def main() -> None:
         "log_history": result["log_history"], "written": sorted(set(written)),
         "plan": {k: result[k] for k in ("world_size", "per_device_batch_size", "gradient_accumulation_steps",
                                         "global_batch_size")}}))
+    if torch.distributed.is_initialized():  # barrier, then teardown: no rank exits under another's collective
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
