@@ -13,6 +13,7 @@ from lavit.data.collator import LavitCollator
 from lavit.data.examples import LAVIT_SYSTEM_PROMPT, TrainingSample, build_example
 from lavit.models.attention import LAVIT_ATTENTION
 from lavit.models.checkpoint import export_student
+from lavit.models.families import DEFAULT_FAMILY, FAMILIES
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.tiny import STUDENT_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
@@ -24,10 +25,11 @@ TEACHER_DIM = 192
 class Tiny:
     """A fresh tiny student (text decoder on lavit_sdpa) with K latent tokens, and helpers."""
 
-    def __init__(self, k: int = 4, seed: int = 0, spec=STUDENT_SPEC):
-        self.processor = build_tiny_processor(build_tiny_tokenizer())
+    def __init__(self, k: int = 4, seed: int = 0, spec=STUDENT_SPEC, family: str = DEFAULT_FAMILY):
+        self.family = family
+        self.processor = build_tiny_processor(build_tiny_tokenizer(), family=family)
         self.tokenizer = self.processor.tokenizer
-        self.model = build_tiny_model(self.tokenizer, spec, seed=seed,
+        self.model = build_tiny_model(self.tokenizer, spec, seed=seed, family=family,
                                       attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
         self.names = latent_token_names(k) if k else []
         torch.manual_seed(seed)
@@ -91,9 +93,10 @@ def export_tiny_student():
     return _export_tiny_student
 
 
-@pytest.fixture
-def tiny() -> Tiny:
-    return Tiny()
+@pytest.fixture(params=list(FAMILIES))
+def tiny(request) -> Tiny:
+    """A tiny student of each supported model family in turn (the whole test matrix runs per family)."""
+    return Tiny(family=request.param)
 
 
 @pytest.fixture

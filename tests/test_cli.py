@@ -3,17 +3,26 @@ import json
 import pytest
 
 from lavit.cli import main
+from lavit.models.families import FAMILIES
 from lavit.toyworld.shapes import write_sft_set
 
 
 @pytest.mark.slow
-def test_bench_train_prints_one_json_object(capsys):
+def test_bench_train_prints_one_json_object_with_the_ratios_per_family(capsys):
     assert main(["bench", "train", "--json", "--repeats", "1", "--batch-size", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("step_time_ratio_lavit_over_sft", "step_time_ratio_lavit_over_sft_bf16_autocast",
-                "gen_time_ratio_latent_over_plain"):
-        assert result[key] > 0
-    assert result["settings"]["num_latent_tokens"] == 4
+    assert sorted(result["per_family"]) == sorted(FAMILIES)
+    for family, measured in result["per_family"].items():
+        for key in ("step_time_ratio_lavit_over_sft", "step_time_ratio_lavit_over_sft_bf16_autocast",
+                    "gen_time_ratio_latent_over_plain"):
+            assert measured[key] > 0
+        assert measured["settings"]["num_latent_tokens"] == 4 and measured["settings"]["family"] == family
+        assert measured["settings"]["image_tokens"] == 256  # the same image load whatever the patch size
+
+
+def test_bench_train_rejects_an_unknown_family(capsys):
+    assert main(["bench", "train", "--family", "llava"]) == 2
+    assert "'llava' is not supported by lavit; supported: qwen2_vl, qwen2_5_vl, qwen3_vl" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -108,7 +108,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from lavit.training.bench import bench_train
 
-        result = bench_train(batch_size=args.batch_size or 8, repeats=args.repeats)
+        result = bench_train(batch_size=args.batch_size or 8, repeats=args.repeats,
+                             families=tuple(args.family or ()))
     else:
         from lavit.teacher.bench import bench_extract
 
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["train", "extract"],
                        help="train: LaViT step and latent generation overheads; extract: probe vs forward vs eager")
     bench.add_argument("--json", action="store_true", help="one-line JSON")
+    bench.add_argument("--family", action="append", default=None,
+                       help="train only: a model family to measure, e.g. qwen3_vl (repeatable; default: every "
+                            "supported family)")
     bench.add_argument("--repeats", type=int, default=9, help="timed repeats per measurement (median reported)")
     bench.add_argument("--batch-size", type=int, default=0, help="samples per measured call (0 = 8 for train, "
                        "2 for extract)")

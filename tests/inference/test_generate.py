@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 import lavit.models.attention as attention
+from lavit.models.families import family_of
 from lavit.inference.generate import build_generation_inputs, generate_answers
 
 QUESTIONS = ["what color is the circle ?", "what shape is it ?"]
@@ -12,6 +13,11 @@ QUESTIONS = ["what color is the circle ?", "what shape is it ?"]
 
 def images():
     return [Image.new("RGB", (112, 84), (200, 30, 30)), Image.new("RGB", (140, 140), (30, 200, 30))]
+
+
+def hybrid(tiny) -> bool:
+    """Linear-attention layers in the decoder (Qwen3.5): masked mode is refused there."""
+    return family_of(tiny.model).is_hybrid(tiny.model.config.text_config)
 
 
 def next_token_logits(tiny, mode, hide):
@@ -28,6 +34,10 @@ def next_token_logits(tiny, mode, hide):
 @pytest.mark.parametrize("mode", ["forced", "natural", "masked", "none"])
 def test_every_mode_returns_text_without_latent_tokens(tiny, mode):
     latents = [] if mode == "none" else tiny.names
+    if mode == "masked" and hybrid(tiny):
+        with pytest.raises(ValueError, match="recurrent state"):
+            generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=latents, mode=mode)
+        return
     answers = generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=latents, mode=mode,
                                max_new_tokens=6, min_new_tokens=6)
     assert len(answers) == 2 and all("lvr" not in a for a in answers)
@@ -52,10 +62,13 @@ def test_masked_hides_latents_from_later_tokens(tiny):
     text = torch.ones(forced.shape[1], dtype=torch.bool)
     text[tiny.latent_ids] = False  # the tied lm_head rows of the latent tokens move with their embeddings
     assert not torch.allclose(forced[:, text], forced2[:, text])
-    assert torch.equal(masked[:, text], masked2[:, text])
+    # linear-attention layers carry the latents past any mask: why generate_answers refuses masked mode there
+    assert torch.equal(masked[:, text], masked2[:, text]) != hybrid(tiny)
 
 
 def test_masked_mask_reaching_the_model_blocks_latent_keys(tiny, sdpa_masks):
+    if hybrid(tiny):
+        pytest.skip("masked mode is refused for hybrid decoders (test_every_mode_returns_text_without_latent_tokens)")
     seen = sdpa_masks
     generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="masked",
                      max_new_tokens=2, min_new_tokens=2)

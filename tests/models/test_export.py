@@ -8,12 +8,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lavit.data.examples import LAVIT_SYSTEM_PROMPT
 from lavit.eval.models import GenerativeModel
 from lavit.models.attention import LAVIT_ATTENTION
-from lavit.models.checkpoint import QWEN_DEFAULT_SYSTEM_PROMPT, export_chat_template, export_student
+from lavit.models.checkpoint import export_chat_template, export_student
+from lavit.models.families import FAMILIES, family_named
+from lavit.models.families.layout import QWEN_DEFAULT_SYSTEM_PROMPT
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.tiny import STUDENT_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
@@ -39,11 +42,11 @@ print(json.dumps({"answers": answers, "prompt": prompt, "modules": sorted(m for 
 """
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    processor = build_tiny_processor(build_tiny_tokenizer())
-    model = build_tiny_model(processor.tokenizer, STUDENT_SPEC, seed=3,
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def exported(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"export-{request.param}")
+    processor = build_tiny_processor(build_tiny_tokenizer(), family=request.param)
+    model = build_tiny_model(processor.tokenizer, STUDENT_SPEC, seed=3, family=request.param,
                              attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
     names = latent_token_names(4)
     ids = add_latent_tokens(processor.tokenizer, model, names)
@@ -97,10 +100,38 @@ def test_lavit_renders_no_latents_from_the_exported_template(exported):
     assert not any(n in tokenizer.decode(ids, skip_special_tokens=True) for n in names)
 
 
-def test_export_template_errors():
+def test_plain_from_pretrained_loads_the_family_class_with_the_same_weights(exported):
+    from transformers import AutoModelForImageTextToText
+
+    from lavit.models.checkpoint import load_model_and_processor
+
+    student_dir, _, _ = exported
+    plain = AutoModelForImageTextToText.from_pretrained(student_dir)
+    ours, _ = load_model_and_processor(str(student_dir))
+    assert type(plain) is type(ours) is family_named(plain.config.model_type).model_class
+    theirs = plain.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_export_template_per_family(family):
+    template = build_tiny_processor(build_tiny_tokenizer(), family=family).chat_template
+    assert export_chat_template(template, [], "", family_named(family)) == template
+    with pytest.raises(ValueError, match="Jinja"):
+        export_chat_template(template, ["<lvr_1>"], "Answer {{ like this }}.", family_named(family))
+    processor = build_tiny_processor(build_tiny_tokenizer(), family=family)
+    processor.chat_template = export_chat_template(template, ["<lvr_1>"], "Be brief .", family_named(family))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "q ?"}]}]
+    default = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert default.startswith("<|im_start|>system\nBe brief .<|im_end|>\n") and default.endswith("<lvr_1>")
+    assert default.count("<|im_start|>system") == 1
+    # a client's own system turn replaces the trained one
+    own = processor.apply_chat_template([{"role": "system", "content": "Other ."}, *messages],
+                                        add_generation_prompt=True, tokenize=False)
+    assert "Be brief" not in own and own.count("<|im_start|>system") == 1
+
+
+def test_export_template_needs_the_default_system_prompt_where_the_family_has_one():
     template = build_tiny_processor(build_tiny_tokenizer()).chat_template
-    assert export_chat_template(template, [], "") == template
     with pytest.raises(ValueError, match="exactly once"):
         export_chat_template(template.replace(QWEN_DEFAULT_SYSTEM_PROMPT, ""), ["<lvr_1>"], "Be brief.")
-    with pytest.raises(ValueError, match="Jinja"):
-        export_chat_template(template, ["<lvr_1>"], "Answer {{ like this }}.")

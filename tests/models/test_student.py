@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from lavit.data.collator import LavitCollator
+from lavit.models.gating import gated_query_mask
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.projection_head import ProjectionHead
 from lavit.training.losses import concept_loss, ntp_loss, traj_loss
-from tests.conftest import TEACHER_DIM
+from tests.conftest import TEACHER_DIM, Tiny
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
@@ -26,6 +27,21 @@ def test_gamma_one_is_the_plain_model_bit_for_bit(tiny):
         tiny.model.set_attn_implementation("sdpa")
         plain = tiny.model(**{k: batch[k] for k in MODEL_INPUTS})
     assert torch.equal(tiny.model.lm_head(out.hidden_states), plain.logits)
+
+
+def test_gamma_just_below_one_matches_the_plain_model(tiny):
+    """The gated path builds mRoPE positions and the 4-D mask itself (per family: a mask per layer type, or one
+    tensor); with ln γ ≈ -1e-7 it must agree with the model's own 2-D-mask forward on a padded batch."""
+    batch = tiny.batch()
+    assert not batch["attention_mask"].all()
+    student = student_of(tiny)
+    with torch.no_grad():
+        student.gamma = 1.0
+        plain = student(batch).hidden_states
+        student.gamma = 1.0 - 1e-7
+        gated = student(batch).hidden_states
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(gated[real], plain[real], atol=1e-4)
 
 
 def test_gate_is_causal(tiny):
@@ -64,6 +80,30 @@ def test_closed_gate_starves_answers_of_the_image_but_not_latents(tiny, gate_que
             assert torch.allclose(opened[rows], closed[rows], atol=1e-6)
 
 
+def test_closed_gate_cuts_answers_off_the_image_except_through_linear_attention(tiny):
+    """γ = 0 (the hard gate's first phase), no latents: the gated tokens' states cannot depend on the pixels —
+    unless linear-attention layers (Qwen3.5) carry the image in their recurrent state, which no mask reaches."""
+    plain = Tiny(k=0, family=tiny.family)
+    batch = plain.batch()
+    # the collator gates nothing without latents (Naive-SFT); gate every token after the image here
+    batch["gate_query_mask"] = gated_query_mask(batch["image_mask"], batch["latent_mask"], batch["attention_mask"])
+    other = dict(batch, pixel_values=torch.randn_like(batch["pixel_values"]))
+    student = LavitStudent(plain.model, [], None, trajectory_loss=False)
+    student.gamma = 0.0
+    with torch.no_grad():
+        states, changed = student(batch).hidden_states, student(other).hidden_states
+    gated = batch["gate_query_mask"]  # [B, S]
+    assert gated.sum() > 0
+    moved = (states - changed).abs().amax(-1)[gated]  # [N_gated]
+    if student.family.is_hybrid(plain.model.config.text_config):
+        assert moved.min() > 1e-4  # the gate reaches the softmax layers only (families/qwen3_5.py)
+    else:
+        assert moved.max() == 0
+    student.gamma = 1.0
+    with torch.no_grad():
+        assert (student(batch).hidden_states - student(other).hidden_states).abs().amax(-1)[gated].min() > 1e-4
+
+
 @pytest.mark.parametrize("gamma", [1.0, 1e-6])
 def test_probe_equals_eager_reference(tiny, gamma):
     batch = tiny.batch()
@@ -92,15 +132,16 @@ def test_losses_reach_the_right_parameters(tiny):
     batch = tiny.batch()
     student = student_of(tiny)
     student.gamma = 1e-6
-    layers = tiny.model.model.language_model.layers
+    layers = student.family.decoder_layers(tiny.model)
+    first, last = layers[student.attention_layers[0]], layers[student.attention_layers[-1]]  # softmax layers
     head = student.projection_head
 
     def grads(loss_of):
         student.zero_grad(set_to_none=True)
         loss_of(student(batch)).backward()
         return {
-            "q_proj": layers[0].self_attn.q_proj.weight.grad,
-            "k_proj": layers[-1].self_attn.k_proj.weight.grad,
+            "q_proj": first.self_attn.q_proj.weight.grad,
+            "k_proj": last.self_attn.k_proj.weight.grad,
             "head": head.net[0].weight.grad,
             "embed": tiny.model.get_input_embeddings().weight.grad,
         }

@@ -9,6 +9,7 @@ from PIL import Image
 
 from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
 from lavit.models.checkpoint import load_model_and_processor
+from lavit.models.families import FAMILIES, family_of
 from lavit.teacher.extractor import SignalExtractor
 from lavit.teacher.probe import TrajectoryProbe, parse_layers, query_mask
 
@@ -17,9 +18,9 @@ ANSWERS = ["red", "the blue square is on the left", "two"]
 SIZES = [(112, 84), (140, 140), (84, 112)]
 
 
-@pytest.fixture(scope="module")
-def teacher():
-    model, processor = load_model_and_processor("tiny-teacher", seed=3)
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def teacher(request):
+    model, processor = load_model_and_processor(f"tiny-teacher:{request.param}", seed=3)
     return model, processor
 
 
@@ -44,7 +45,9 @@ def eager_reference(model, processor, image, question, answer, layers, queries):
     image_mask[0, example["image_positions"]] = True
     answer = (example["labels"] != IGNORE_INDEX) & (example["input_ids"] != processor.tokenizer.eos_token_id)
     q = query_mask(queries, image_mask, answer[None], torch.ones(1, seq))[0]  # [S]
-    stacked = torch.stack([out.attentions[i][0] for i in layers])  # [L, H, S, S]
+    # eager returns one map per softmax-attention layer (a hybrid decoder's linear layers have none)
+    by_layer = dict(zip(family_of(model).attention_layers(model.config.text_config), out.attentions, strict=True))
+    stacked = torch.stack([by_layer[i][0] for i in layers])  # [L, H, S, S]
     rows = stacked[:, :, q]  # [L, H, Q, S]
     full = rows.mean(dim=(0, 1, 2))  # [S]
     hidden = out.last_hidden_state[0, example["image_positions"]].mean(0)  # [D]
@@ -55,13 +58,19 @@ def eager_reference(model, processor, image, question, answer, layers, queries):
 @pytest.mark.parametrize("queries", ["after_image", "question", "answer"])
 def test_probe_matches_eager_batched_and_unbatched(teacher, layers, queries):
     model, processor = teacher
+    family = family_of(model)
+    attention_layers = family.attention_layers(model.config.text_config)
+    if layers == "0,2" and attention_layers != [0, 1, 2]:  # a hybrid decoder: 0 and 2 are linear attention
+        with pytest.raises(ValueError, match="linear-attention layer"):
+            SignalExtractor(model, processor, layers=layers, queries=queries)
+        return
     extractor = SignalExtractor(model, processor, layers=layers, queries=queries)
     imgs = images()
     batched = extractor.signals(["a", "b", "c"], imgs, QUESTIONS, ANSWERS)
     for i in range(3):
         single = extractor.signals(["x"], [imgs[i]], [QUESTIONS[i]], [ANSWERS[i]])[0]
         ref_map, ref_hidden = eager_reference(model, processor, imgs[i], QUESTIONS[i], ANSWERS[i],
-                                              parse_layers(layers, 3), queries)
+                                              parse_layers(layers, 3, attention_layers), queries)
         for got in (batched[i], single):
             np.testing.assert_allclose(got.a_traj, ref_map.numpy(), atol=1e-5, rtol=0)
             np.testing.assert_allclose(got.v_sem.astype(np.float32), ref_hidden.numpy(), atol=2e-3, rtol=2e-3)
@@ -93,6 +102,15 @@ def test_parse_layers():
     for bad in ("last:0", "last:5", "7", "x", ","):
         with pytest.raises(ValueError):
             parse_layers(bad, 4)
+    # a hybrid decoder (Qwen3.5: softmax attention every 4th layer) counts and names softmax layers only
+    hybrid = [3, 7]
+    assert parse_layers("all", 8, hybrid) == [3, 7]
+    assert parse_layers("last:1", 8, hybrid) == [7] and parse_layers("first:1", 8, hybrid) == [3]
+    assert parse_layers("-1", 8, hybrid) == [7]
+    with pytest.raises(ValueError, match="linear-attention layer"):
+        parse_layers("0,3", 8, hybrid)
+    with pytest.raises(ValueError, match="1..2"):
+        parse_layers("last:3", 8, hybrid)
 
 
 def test_probe_refuses_missing_layers_and_empty_queries():

@@ -21,6 +21,7 @@ from PIL import Image
 from lavit.data.examples import render_prompt
 from lavit.data.samples import to_rgb
 from lavit.models.attention import LAVIT_ATTENTION, hidden_keys
+from lavit.models.families import family_of
 
 LatentMode = Literal["forced", "natural", "masked", "none"]
 LATENT_MODES = ("forced", "natural", "masked", "none")
@@ -74,6 +75,9 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
     if mode == "masked":
         if model.config.text_config._attn_implementation != LAVIT_ATTENTION:
             raise ValueError(f"latent mode 'masked' needs the text model on attn_implementation='{LAVIT_ATTENTION}'")
+        if family_of(model).is_hybrid(model.config.text_config):
+            raise ValueError(f"latent mode 'masked' cannot hide the latents in a {model.config.model_type} model: its "
+                             "linear-attention layers pass them on in their recurrent state, which no mask reaches")
         latent_ids = torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens), device=model.device)
         context = hidden_keys(torch.isin(inputs["input_ids"], latent_ids))  # [B, S]
     with context:

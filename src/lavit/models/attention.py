@@ -1,5 +1,6 @@
 """`lavit_sdpa`: transformers' SDPA attention plus two LaViT extras, registered with
-`AttentionInterface` so the real Qwen2.5-VL decoder calls it.
+`AttentionInterface` so the real Qwen-VL decoders call it (their softmax-attention layers; the
+linear-attention layers of hybrid decoders have no attention function to route).
 
 * `lavit_probe=...`: an object with `record(layer_idx, query, key, attention_mask, scaling,
   kv_groups)`, called once per decoder layer before SDPA. `LatentAttentionProbe` keeps the latent
@@ -62,15 +63,16 @@ class LatentAttentionProbe:
         self.head_sums[layer_idx] = probs.sum(dim=1)  # [B, K, S]
         self.num_heads = query.shape[1]
 
-    def mean_map(self, num_layers: int) -> torch.Tensor:
-        """Attention of each latent query over all keys, averaged over layers and heads: [B, K, S]."""
-        if len(self.head_sums) != num_layers:
+    def mean_map(self, layers: list[int]) -> torch.Tensor:
+        """Attention of each latent query over all keys, averaged over the softmax-attention `layers` and
+        heads: [B, K, S]."""
+        if sorted(self.head_sums) != sorted(layers):
             raise RuntimeError(
-                f"latent attention probe saw {len(self.head_sums)} of {num_layers} decoder layers; the text model "
-                f"must run with attn_implementation='{LAVIT_ATTENTION}'"
+                f"latent attention probe saw decoder layers {sorted(self.head_sums)}, expected {sorted(layers)}; the "
+                f"text model must run with attn_implementation='{LAVIT_ATTENTION}'"
             )
         total = torch.stack([self.head_sums[i] for i in sorted(self.head_sums)]).sum(dim=0)  # [B, K, S]
-        return total / (num_layers * self.num_heads)
+        return total / (len(layers) * self.num_heads)
 
 
 def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, rows: torch.Tensor,

@@ -7,17 +7,27 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoProcessor
 
 from lavit.data.examples import LATENT_TEMPLATE_FLAG
 from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.families import DEFAULT_FAMILY, ModelFamily, family_named, family_of
 from lavit.models.lavit_student import LavitStudent, base_model
 from lavit.models.tiny import STUDENT_SPEC, TEACHER_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
 LAVIT_META = "lavit.json"
-QWEN_DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TINY = "tiny"
 TINY_TEACHER = "tiny-teacher"
+TINY_SPECS = {TINY: STUDENT_SPEC, TINY_TEACHER: TEACHER_SPEC}
+
+
+def tiny_name(name: str) -> tuple[str, str] | None:
+    """('tiny' | 'tiny-teacher', family) for a built-in tiny model name ('tiny', 'tiny-teacher:qwen3_vl', ...)."""
+    role, _, family = name.partition(":")
+    if role not in TINY_SPECS:
+        return None
+    family_named(family or DEFAULT_FAMILY)  # an unknown family is an error here, not a missing directory later
+    return role, family or DEFAULT_FAMILY
 
 
 def default_dtype() -> torch.dtype:
@@ -26,22 +36,25 @@ def default_dtype() -> torch.dtype:
 
 def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min_pixels: int | None = None,
                              max_pixels: int | None = None, seed: int = 0, **load_kwargs):
-    """A `Qwen2_5_VLForConditionalGeneration` with its processor, text decoder on `lavit_sdpa`.
+    """A Qwen-VL model of a supported family with its processor, text decoder on `lavit_sdpa`.
 
     `name` is a local directory or hub id, or 'tiny' / 'tiny-teacher' for the built-in random tiny
-    student / teacher. Extra keyword arguments (e.g. `device_map`) go to `from_pretrained`.
+    student / teacher, optionally of another family ('tiny:qwen3_vl'). Extra keyword arguments (e.g.
+    `device_map`) go to `from_pretrained`.
     """
     pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
-    if name in (TINY, TINY_TEACHER):
-        processor = build_tiny_processor(build_tiny_tokenizer(), **pixel_kwargs)
-        spec = STUDENT_SPEC if name == TINY else TEACHER_SPEC
-        model = build_tiny_model(processor.tokenizer, spec, seed=seed,
-                                 attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
+    attn = {"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"}
+    tiny = tiny_name(name)
+    if tiny:
+        role, family = tiny
+        processor = build_tiny_processor(build_tiny_tokenizer(), family=family, **pixel_kwargs)
+        model = build_tiny_model(processor.tokenizer, TINY_SPECS[role], seed=seed, family=family,
+                                 attn_implementation=attn)
         return model.to(dtype or torch.float32), processor
+    family = family_of(AutoConfig.from_pretrained(name))  # an unsupported model fails here, before any weights load
     processor = AutoProcessor.from_pretrained(name, **pixel_kwargs)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        name, dtype=dtype or default_dtype(),
-        attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"}, **load_kwargs)
+    model = family.model_class.from_pretrained(name, dtype=dtype or default_dtype(), attn_implementation=attn,
+                                               **load_kwargs)
     return model, processor
 
 
@@ -51,19 +64,18 @@ def read_lavit_meta(directory: str | Path) -> dict:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
-def export_chat_template(template: str, latent_tokens: list[str], system_prompt: str) -> str:
+def export_chat_template(template: str, latent_tokens: list[str], system_prompt: str,
+                         family: ModelFamily | None = None) -> str:
     """The chat template a stock client (transformers pipeline, vLLM, lmms-eval's own models) should use.
 
-    The trained system prompt becomes the default one, and the latent tokens follow the generation prompt
+    The trained system prompt becomes the default one (the family decides how: Qwen2/2.5-VL's template
+    has a default to replace, Qwen3-VL's gets one), and the latent tokens follow the generation prompt
     unless the caller renders with `lavit_latents=false` (lavit does, placing latents per latent mode).
     """
     if system_prompt:
-        if template.count(QWEN_DEFAULT_SYSTEM_PROMPT) != 1:
-            raise ValueError(f"cannot make {system_prompt!r} the default system prompt: the chat template does not "
-                             f"contain Qwen's default {QWEN_DEFAULT_SYSTEM_PROMPT!r} exactly once")
         if any(mark in system_prompt for mark in ("{{", "{%", "{#")):
             raise ValueError("the system prompt contains Jinja delimiters and cannot go into the chat template")
-        template = template.replace(QWEN_DEFAULT_SYSTEM_PROMPT, system_prompt)
+        template = (family or family_named(DEFAULT_FAMILY)).with_default_system_prompt(template, system_prompt)
     if latent_tokens:
         template += (f"{{%- if add_generation_prompt and ({LATENT_TEMPLATE_FLAG} is not defined or "
                      f"{LATENT_TEMPLATE_FLAG}) %}}{''.join(latent_tokens)}{{%- endif %}}")
@@ -74,7 +86,7 @@ def export_student(student: LavitStudent, processor, directory: str | Path, meta
                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save the student as a plain HF checkpoint + processor, the projection head and `lavit.json` beside it.
 
-    LoRA adapters are merged first, so any Qwen2.5-VL tooling can load the result; the chat template
+    LoRA adapters are merged first, so any tooling for the family can load the result; the chat template
     (`export_chat_template`) gives stock clients the latent tokens and the trained system prompt.
     `state_dict` is the student's full state gathered by a sharding engine (FSDP2, ZeRO-3; keys as in
     `student.state_dict()`): the weights are written from it, never read off the sharded module.
@@ -100,7 +112,7 @@ def export_student(student: LavitStudent, processor, directory: str | Path, meta
         base_model(model).save_pretrained(directory)
         head_state = None
     template = export_chat_template(processor.chat_template, meta.get("latent_tokens") or [],
-                                    meta.get("system_prompt") or "")
+                                    meta.get("system_prompt") or "", family_of(base_model(model)))
     original = processor.chat_template, processor.tokenizer.chat_template
     processor.chat_template = processor.tokenizer.chat_template = template
     try:

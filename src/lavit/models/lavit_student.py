@@ -1,5 +1,5 @@
-"""The LaViT student (paper Fig. 1, §4.2): a Qwen2.5-VL that reads `[I, X_q, V, X_ans]` under
-curriculum sensory gating and exposes what the three losses need."""
+"""The LaViT student (paper Fig. 1, §4.2): a Qwen-VL (any supported family) that reads `[I, X_q, V, X_ans]`
+under curriculum sensory gating and exposes what the three losses need."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lavit.models.attention import LatentAttentionProbe
+from lavit.models.families import family_of
 from lavit.models.gating import build_gated_attention_mask
 from lavit.models.projection_head import ProjectionHead
 
@@ -23,15 +24,16 @@ class StudentOutput:
 
 
 def base_model(model: nn.Module) -> nn.Module:
-    """The `Qwen2_5_VLForConditionalGeneration` inside an optional peft wrapper."""
+    """The `*ForConditionalGeneration` inside an optional peft wrapper."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class LavitStudent(nn.Module):
-    """Wraps a `Qwen2_5_VLForConditionalGeneration` (text decoder on `lavit_sdpa`).
+    """Wraps a Qwen-VL `*ForConditionalGeneration` (text decoder on `lavit_sdpa`), through its `ModelFamily`.
 
     `gamma` is the current gate value γ(t); the training callback sets it from the global step.
-    With γ = 1 the decoder runs with the plain 2-D mask: exactly the unmodified model.
+    With γ = 1 the decoder runs with the plain 2-D mask: exactly the unmodified model. Maps and the gate
+    cover the softmax-attention layers (all of them, except in hybrid linear-attention decoders).
     """
 
     def __init__(self, model: nn.Module, latent_token_ids: list[int], projection_head: ProjectionHead | None = None,
@@ -42,6 +44,8 @@ class LavitStudent(nn.Module):
         self.latent_token_ids = list(latent_token_ids)
         self.trajectory_loss = trajectory_loss and bool(latent_token_ids)
         self.gamma = 1.0
+        self.family = family_of(base_model(model))
+        self.attention_layers = self.family.attention_layers(base_model(model).config.text_config)
 
     @property
     def hf_model(self) -> nn.Module:
@@ -50,18 +54,16 @@ class LavitStudent(nn.Module):
     def _decode(self, batch: dict, probe) -> torch.Tensor:
         """The decoder over `batch` under the current gate, `probe` recording attention rows: [B, S, D]."""
         hf = self.hf_model
-        backbone = hf.model  # Qwen2_5_VLModel
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         mask, position_ids = attention_mask, None
         if self.gamma < 1.0 and bool(batch["gate_query_mask"].any()):
             # mRoPE positions come from the 2-D padding mask, before it is replaced by the 4-D gated mask.
-            position_ids, _ = backbone.get_rope_index(input_ids, batch["mm_token_type_ids"], batch["image_grid_thw"],
-                                                      attention_mask=attention_mask)
+            position_ids = self.family.rope_positions(hf, batch)  # [3, B, S]
             gated = build_gated_attention_mask(attention_mask, batch["image_mask"], batch["gate_query_mask"],
                                                self.gamma, dtype=hf.dtype)  # [B, 1, S, S]
-            mask = {"full_attention": gated}
+            mask = self.family.decoder_mask(hf.config.text_config, gated, attention_mask)
         extra = {"lavit_probe": probe} if probe is not None else {}
-        return backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+        return self.family.backbone(hf)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                         pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                         mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
                         **extra).last_hidden_state  # [B, S, D]
@@ -73,7 +75,7 @@ class LavitStudent(nn.Module):
         answer-producing tokens look, and what they then predict)."""
         probe = LatentAttentionProbe(positions)
         hidden = self._decode(batch, probe)
-        return probe.mean_map(len(self.hf_model.model.language_model.layers)), hidden
+        return probe.mean_map(self.attention_layers), hidden
 
     def forward(self, batch: dict) -> StudentOutput:
         hf = self.hf_model
@@ -95,7 +97,7 @@ class LavitStudent(nn.Module):
 
         student_traj = None
         if probe is not None:
-            full = probe.mean_map(len(hf.model.language_model.layers))  # [B, K, S]
+            full = probe.mean_map(self.attention_layers)  # [B, K, S]
             student_traj = latent_image_distribution(full, batch["image_index"], batch["image_valid"])
         return StudentOutput(hidden, ntp_logits, ntp_targets, concept_pred, student_traj)
 

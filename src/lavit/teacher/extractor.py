@@ -46,6 +46,7 @@ from lavit.data.signal_store import (
 from lavit.data.visual_cot import read_visual_cot
 from lavit.inference.generate import generate_answers
 from lavit.models.checkpoint import load_for_inference
+from lavit.models.families import family_of
 from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.probe import TrajectoryProbe, parse_layers, query_mask
 from lavit.teacher.signals import s_focus
@@ -96,8 +97,10 @@ class SignalExtractor:
         self.latent_tokens = list(latent_tokens or [])  # a LaViT student's maps are read on [I, X_q, V, X_ans]
         self.model = model
         self.processor = processor
-        self.backbone = model.model  # Qwen2_5_VLModel: no LM head needed for signals
-        self.layers = parse_layers(layers, model.config.text_config.num_hidden_layers)
+        self.family = family_of(model)
+        self.backbone = self.family.backbone(model)  # no LM head needed for signals
+        text_config = model.config.text_config
+        self.layers = parse_layers(layers, text_config.num_hidden_layers, self.family.attention_layers(text_config))
         self.queries = queries
         self.system_prompt = system_prompt or None
         self.max_new_tokens = max_new_tokens

@@ -17,17 +17,22 @@ from lavit.models.attention import attention_rows
 QUERY_CHOICES = ("after_image", "question", "answer")
 
 
-def parse_layers(spec: str, num_layers: int) -> list[int]:
-    """'all' | 'last:N' | 'first:N' | comma list '0,5,-1' → sorted decoder-layer indices."""
+def parse_layers(spec: str, num_layers: int, attention_layers: list[int] | None = None) -> list[int]:
+    """'all' | 'last:N' | 'first:N' | comma list '0,5,-1' → sorted decoder-layer indices.
+
+    Only softmax-attention layers have maps: with `attention_layers` (a hybrid decoder's, e.g. Qwen3.5's
+    every 4th layer), 'all', 'last:N' and 'first:N' count those layers, and an index must name one of them.
+    """
     spec = spec.strip()
+    usable = list(range(num_layers)) if attention_layers is None else sorted(attention_layers)
     if spec == "all":
-        return list(range(num_layers))
+        return usable
     match = re.fullmatch(r"(last|first):(\d+)", spec)
     if match:
         n = int(match.group(2))
-        if not 0 < n <= num_layers:
-            raise ValueError(f"layers '{spec}': N must be in 1..{num_layers}")
-        return list(range(num_layers - n, num_layers)) if match.group(1) == "last" else list(range(n))
+        if not 0 < n <= len(usable):
+            raise ValueError(f"layers '{spec}': N must be in 1..{len(usable)} (softmax-attention layers)")
+        return usable[-n:] if match.group(1) == "last" else usable[:n]
     try:
         picked = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
@@ -38,6 +43,9 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     for i in picked:
         if not -num_layers <= i < num_layers:
             raise ValueError(f"layer index {i} out of range for a {num_layers}-layer decoder")
+        if i % num_layers not in usable:
+            raise ValueError(f"layer {i % num_layers} is a linear-attention layer (no attention map); softmax-attention "
+                             f"layers are {usable}")
         out.add(i % num_layers)
     return sorted(out)
 

@@ -22,6 +22,7 @@ from lavit.models.checkpoint import export_student, load_model_and_processor
 from lavit.models.gating import GateSchedule
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
+from lavit.models.families import family_of
 from lavit.models.projection_head import ProjectionHead
 from lavit.training.callbacks import TRAIN_LOG, JsonlLogCallback, ProgressBarCallback
 from lavit.training.lavit_config import LavitTrainConfig
@@ -43,7 +44,7 @@ def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
     names = latent_token_names(cfg.num_latent_tokens, cfg.latent_token_template) if cfg.uses_latents else []
     latent_ids = add_latent_tokens(processor.tokenizer, model, names) if names else []
     if cfg.freeze_vision:
-        model.model.visual.requires_grad_(False)
+        family_of(model).vision_tower(model).requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
