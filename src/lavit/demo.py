@@ -2,6 +2,7 @@
 
     lavit demo --out runs/demo                    # 5 seeds, a few minutes on 2 cores
     lavit demo --out runs/demo2 --world-seed 1    # the same world, other pool/val/test scenes
+    lavit demo --out runs/demo_q3 --student-family qwen3_vl   # Qwen3-VL students of the Qwen2.5-VL teacher
 
 World → toy teacher (committed artifact, see `lavit.toyworld.artifacts`) → per seed: `lavit extract` on
 the seed's pool draw → `lavit filter` (teacher correct, text-only model wrong, S_focus ≥ 0.2), plus
@@ -35,13 +36,15 @@ from lavit.data.samples import open_rgb
 from lavit.data.signal_store import read_store
 from lavit.data.targets import build_traj_target
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
+from lavit.models.families import family_named
 from lavit.models.lavit_student import LavitStudent
+from lavit.models.tiny import build_tiny_tokenizer
 from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.extractor import run_extract
 from lavit.teacher.filter import run_filter
 from lavit.teacher.filter_config import FilterConfig
-from lavit.toyworld.artifacts import ARTIFACTS_DIR
-from lavit.toyworld.models import BLANK_IMAGE, TOY_PIXELS, blank_image, toy_accuracy
+from lavit.toyworld.artifacts import ARTIFACTS_DIR, build_artifacts
+from lavit.toyworld.models import BLANK_IMAGE, TOY_STUDENT_SPEC, blank_image, toy_accuracy, toy_pixels
 from lavit.toyworld.report import write_report
 from lavit.toyworld.validity import check_validity
 from lavit.toyworld.world import WorldConfig, write_split
@@ -75,6 +78,10 @@ class DemoConfig:
     dynamics_every: int = field(10, "Record the training dynamics every N steps.")
     artifacts: str = field(str(ARTIFACTS_DIR), "Directory of the toy teacher, base and text-only models.")
     student_overrides: dict = field({}, "Extra `lavit train` settings for both students (experiments, ablations).")
+    student_family: str = field("", "Model family of the base and both students: qwen2_vl, qwen2_5_vl, qwen3_vl "
+                                "('' = the committed base's, qwen2_5_vl). Another family is distilled from the "
+                                "Qwen2.5-VL toy teacher across families; its base (and its capacity check) is "
+                                "pretrained once like the committed one, under OUT/artifacts-FAMILY (~10 min).")
 
     def __post_init__(self) -> None:
         checks = [(self.seeds >= 1, "seeds must be >= 1"), (self.world_seed >= 0, "world_seed must be >= 0"),
@@ -93,6 +100,25 @@ class DemoConfig:
         if missing:
             raise FileNotFoundError(f"toy artifacts {missing} missing in {self.artifacts}; build them with "
                                     f"`python -m lavit.toyworld.artifacts --out {self.artifacts}`")
+        family = family_named(self.family)
+        if family.is_hybrid(family.tiny_config(build_tiny_tokenizer(), TOY_STUDENT_SPEC).text_config):
+            raise ValueError(f"student family {self.family}: the demo's masked-latent diagnostic (Table 3's 'w/o "
+                             "latent tokens') cannot hide latents from linear-attention layers; train and evaluate "
+                             "hybrid students with `lavit train` / `lavit eval` instead")
+
+    @property
+    def family(self) -> str:
+        """The students' model family: as set, else the committed base's."""
+        if self.student_family:
+            return self.student_family
+        return json.loads((Path(self.artifacts) / "base" / "config.json").read_text())["model_type"]
+
+    @property
+    def student_artifacts(self) -> Path:
+        """Where the students' base and capacity record live: the committed artifacts for their family, else
+        OUT/artifacts-FAMILY (built by `run_demo` when missing)."""
+        committed = json.loads((Path(self.artifacts) / "base" / "config.json").read_text())["model_type"]
+        return Path(self.artifacts) if self.family == committed else Path(self.out) / f"artifacts-{self.family}"
 
     @property
     def world(self) -> WorldConfig:
@@ -113,12 +139,12 @@ def evaluate(path: str, split: Path, mode: str | None = None, image_override: Pa
 
 def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: Path, out: Path, seed: int,
                    **overrides) -> LavitTrainConfig:
-    values = dict(model=str(Path(cfg.artifacts) / "base"), method=method, data=[str(d) for d in data],
+    values = dict(model=str(cfg.student_artifacts / "base"), method=method, data=[str(d) for d in data],
                   image_root=str(image_root), output_dir=str(out), max_steps=cfg.steps, global_batch_size=cfg.batch_size,
                   learning_rate=cfg.learning_rate, warmup_ratio=0.05,
                   gate_warmup_steps=round(cfg.steps * cfg.gate_warmup_fraction), gradient_checkpointing=False,
                   system_prompt="", logging_steps=max(cfg.steps // 20, 1), save_steps=cfg.steps, save_total_limit=1,
-                  seed=seed, min_pixels=TOY_PIXELS, max_pixels=TOY_PIXELS)
+                  seed=seed, min_pixels=toy_pixels(cfg.family), max_pixels=toy_pixels(cfg.family))
     values.update(cfg.student_overrides)
     values.update(overrides)
     return LavitTrainConfig(**values)
@@ -207,12 +233,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     world = cfg.world
     say(f"lavit demo: world {cfg.world_seed}, {cfg.seeds} seeds, pool {cfg.pool_samples}, {cfg.steps} steps "
         f"→ {out}")
+    students = student_artifacts(cfg)
     val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=world)
     test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=world)
     blank = blank_image(out / "data" / "images" / BLANK_IMAGE)
     say("fixed models: teacher, base and text-only on val and test")
-    fixed = {name: {"val": evaluate(str(art / name), val), "test": evaluate(str(art / name), test)}
-             for name in ("teacher", "base")}
+    fixed = {name: {"val": evaluate(str(where / name), val), "test": evaluate(str(where / name), test)}
+             for name, where in (("teacher", art), ("base", students))}
     fixed["text_only"] = {"val": evaluate(str(art / "text_only"), val, image_override=blank)}
     extract(cfg, test, out / "test_signals", 0)
     diagnostics = boxed_samples(test, cfg.diagnostic_samples)
@@ -243,13 +270,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     say("analysis: answer-token attention of teacher, base and seed 0's students on test")
     first = seeds[0]["runs"]
-    models = {"teacher": str(art / "teacher"), "base": str(art / "base"), "naive_sft": first["naive_sft"]["dir"],
+    models = {"teacher": str(art / "teacher"), "base": str(students / "base"), "naive_sft": first["naive_sft"]["dir"],
               "lavit": first["lavit"]["dir"]}
     correct = {"teacher": fixed["teacher"]["test"]["correct"], "base": fixed["base"]["test"]["correct"],
                "naive_sft": first["naive_sft"]["test"]["correct"], "lavit": first["lavit"]["test"]["correct"]}
     analysis = analyze(test, test.parent / "images", models, out / "analysis", correct=correct,
                        max_samples=cfg.analysis_samples)
-    results = summarise(cfg, world, fixed, seeds, analysis, art)
+    results = summarise(cfg, world, fixed, seeds, analysis, students)
     figures = {f"dynamics_{m}": f"analysis/dynamics_{m}.png" for m in STUDENTS}
     for m in STUDENTS:
         dynamics_figure(out / figures[f"dynamics_{m}"], {s["seed"]: s["runs"][m]["dynamics"] for s in seeds},
@@ -261,11 +288,24 @@ def run_demo(cfg: DemoConfig) -> dict:
     return results
 
 
+def student_artifacts(cfg: DemoConfig) -> Path:
+    """`cfg.student_artifacts`, the base (+ capacity record) pretrained there first if it is not yet: the same
+    recipe and budget as the committed base, in the students' family, on the committed models' world."""
+    where = cfg.student_artifacts
+    record = where / "artifacts.json"
+    built = record.is_file() and json.loads(record.read_text()).get("student_family") == cfg.family
+    if not (built and (where / "base" / "config.json").is_file()):
+        say(f"pretraining a {cfg.family} base student and measuring its capacity → {where} (once)")
+        build_artifacts(where, world=cfg.world, roles=("base", "capacity"), student_family=cfg.family)
+    return where
+
+
 def world_grid(world: WorldConfig) -> tuple[int, int, int]:
     return 1, world.grid, world.grid
 
 
-def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict], analysis: dict, art: Path) -> dict:
+def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict], analysis: dict,
+              students: Path) -> dict:
     def per_seed(method: str, split: str = "test", key: str | None = None) -> list[float | None]:
         scores = [s["runs"][method][split] for s in seeds]
         return [sc["accuracy"] if key is None else sc["per_prior"][key] for sc in scores]
@@ -295,7 +335,8 @@ def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict
     latent["per_seed"] = [{who: {k: v for k, v in s["runs"]["lavit"]["latent_map"][who].items() if k != "per_sample"}
                            for who in ("lavit", "base")} for s in seeds]
     latent["samples"] = cfg.diagnostic_samples
-    artifacts = json.loads((art / "artifacts.json").read_text()) if (art / "artifacts.json").is_file() else None
+    record = students / "artifacts.json"  # the students' family: its base and its capacity check
+    artifacts = json.loads(record.read_text()) if record.is_file() else None
     per_model = analysis["per_model"]
     naive_val = student_scores("naive_sft", "val")
     validity = check_validity(
@@ -324,7 +365,9 @@ def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict
         "dynamics": {m: {str(s["seed"]): s["runs"][m]["dynamics"] for s in seeds} for m in STUDENTS},
         "seeds": [{"seed": s["seed"], "extract": s["extract"], "filter": s["filter"],
                    "train_loss": {m: s["runs"][m]["train_loss"] for m in STUDENTS}} for s in seeds],
-        "settings": asdict(cfg) | {"world": asdict(world)},
+        "settings": asdict(cfg) | {"world": asdict(world), "student_family": cfg.family,
+                                   "teacher_family": json.loads((Path(cfg.artifacts) / "teacher" / "config.json")
+                                                                .read_text())["model_type"]},
         "student_settings": asdict(seeds[0]["runs"]["lavit"]["config"]) | {"seed": "per seed"},
         "artifacts": artifacts,
     }

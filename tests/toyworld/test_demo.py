@@ -170,3 +170,31 @@ def test_analyze_cli_on_the_committed_toy_models(tmp_path, capsys):
         assert (tmp_path / "an" / analysis["figures"][name]).is_file()
     assert main(["analyze", "--samples", str(samples), "--image-root", str(tmp_path / "data" / "images"),
                  "--model", f"base={ARTIFACTS_DIR / 'base'}", "--out", str(tmp_path / "x")]) == 2  # no teacher
+
+
+@pytest.mark.slow
+def test_demo_with_students_of_another_family(tmp_path):
+    """`--student-family qwen3_vl`: a Qwen3-VL base (pretrained here at a tiny budget, where the demo would build it
+    at the committed one) distilled from the Qwen2.5-VL toy teacher, end to end."""
+    budget = ArtifactBudget(student_vision_steps=10, base_steps=5, capacity_steps=5, val_samples=16)
+    built = build_artifacts(tmp_path / "artifacts-qwen3_vl", budget, DemoConfig().world, roles=("base", "capacity"),
+                            student_family="qwen3_vl")
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--student-family", "qwen3_vl", *SMALL]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (results["settings"]["student_family"], results["settings"]["teacher_family"]) == ("qwen3_vl", "qwen2_5_vl")
+    for method in ("naive_sft", "lavit"):
+        config = json.loads((tmp_path / "seed0" / method / "student" / "config.json").read_text())
+        assert config["model_type"] == "qwen3_vl"
+    assert results["student_settings"]["model"] == str(tmp_path / "artifacts-qwen3_vl" / "base")
+    # the capacity check is the Qwen3-VL student's, not the committed Qwen2.5-VL one's
+    capacity = results["validity"]["student_capacity_val_accuracy"]["value"]
+    assert capacity == built["models"]["capacity"]["val_accuracy"]
+    assert _number(results["latent_map"]["lavit"]["kl_target_vs_latent"])
+    assert _number(results["accuracy"]["test"]["base"]["overall"])
+
+
+def test_demo_refuses_unknown_and_hybrid_student_families():
+    with pytest.raises(ValueError, match="not supported by lavit"):
+        DemoConfig(student_family="llava")
+    with pytest.raises(ValueError, match="linear-attention"):
+        DemoConfig(student_family="qwen3_5")

@@ -3,6 +3,7 @@ capacity (committed under `src/lavit/toyworld/artifacts/` so `lavit demo` need n
 
     python -m lavit.toyworld.artifacts --out src/lavit/toyworld/artifacts            # ~20 min on 2 cores
     python -m lavit.toyworld.artifacts --out DIR --prior-strength 0.8 --roles base,text_only
+    python -m lavit.toyworld.artifacts --out DIR --roles base,capacity --student-family qwen3_vl
 
 Recipes (`lavit.toyworld.pretrain`: a vision phase with a per-token colour/shape probe, then a language
 phase that keeps the probe's loss; scenes drawn fresh every step from world 0's streams):
@@ -13,6 +14,8 @@ phase that keeps the probe's loss; scenes drawn fresh every step from world 0's 
 * capacity  — the same vision phase, a full language phase on unbiased colours: its val accuracy shows
               that perception is learnable at the student's size (recorded, not kept);
 * text_only — student architecture, no vision phase, language phase with every image blank.
+The teacher is a Qwen2.5-VL; `--student-family` builds base, capacity and text_only in another family
+(`lavit demo --student-family` does this for its base student).
 `artifacts.json` records the world, the budget and every model's val accuracy (overall, per kind,
 prior-consistent / prior-violating) on world 0's val split at the world's prior strength.
 """
@@ -29,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lavit.console import quiet_libraries
+from lavit.models.families import DEFAULT_FAMILY
 from lavit.toyworld.models import (
     BLANK_IMAGE,
     TOY_STUDENT_SPEC,
@@ -76,7 +80,7 @@ def _save(model, processor, directory: Path) -> Path:
 
 
 def build_artifacts(out: str | Path, budget: ArtifactBudget = ArtifactBudget(), world: WorldConfig = WorldConfig(),
-                    roles: tuple[str, ...] = ROLES) -> dict:
+                    roles: tuple[str, ...] = ROLES, student_family: str = DEFAULT_FAMILY) -> dict:
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise ValueError(f"unknown roles {unknown}; choose from {ROLES}")
@@ -90,7 +94,13 @@ def build_artifacts(out: str | Path, budget: ArtifactBudget = ArtifactBudget(), 
         if stale:
             raise ValueError(f"{out} holds models of another world ({report['world']}); retrain them too "
                              f"(roles {stale}) or use a new --out")
+    if report.get("student_family", DEFAULT_FAMILY) != student_family:
+        stale = sorted({"base", "text_only"} & set(report["models"]) - set(roles))
+        if stale:
+            raise ValueError(f"{out} holds {report.get('student_family', DEFAULT_FAMILY)} student models ({stale}); "
+                             "retrain them too or use a new --out")
     report["world"] = asdict(world)
+    report["student_family"] = student_family
     unbiased = replace(world, prior_strength=UNBIASED)
     language = PhaseConfig(0, budget.learning_rate, budget.batch_size)
     vision = PhaseConfig(0, budget.vision_learning_rate, budget.batch_size)
@@ -117,7 +127,7 @@ def build_artifacts(out: str | Path, budget: ArtifactBudget = ArtifactBudget(), 
             record("teacher", model, processor, log)
             _save(model, processor, out / "teacher")
         if {"base", "capacity"} & set(roles):
-            model, processor = new_toy_model(TOY_STUDENT_SPEC, budget.seed)
+            model, processor = new_toy_model(TOY_STUDENT_SPEC, budget.seed, student_family)
             probe, seen = train_vision(model, processor, replace(vision, steps=budget.student_vision_steps), world,
                                        rng=stream("pretrain", 0, 0), seed=budget.seed, desc="student vision")
             for role, steps, prior_world, draw in (("base", budget.base_steps, world, 1),
@@ -133,7 +143,7 @@ def build_artifacts(out: str | Path, budget: ArtifactBudget = ArtifactBudget(), 
                 if role in KEPT:
                     _save(branch, processor, out / role)
         if "text_only" in roles:
-            model, processor = new_toy_model(TOY_STUDENT_SPEC, budget.seed)
+            model, processor = new_toy_model(TOY_STUDENT_SPEC, budget.seed, student_family)
             log = {"language": train_language(model, processor, replace(language, steps=budget.text_only_steps), world,
                                               rng=stream("pretrain", 0, 3), blank_images=True, seed=budget.seed,
                                               desc="text_only language")}
@@ -142,7 +152,7 @@ def build_artifacts(out: str | Path, budget: ArtifactBudget = ArtifactBudget(), 
     wall = report.get("wall_seconds") if isinstance(report.get("wall_seconds"), dict) else {}
     report["wall_seconds"] = {**wall, "+".join(roles): time.time() - start}
     report["command"] = (f"python -m lavit.toyworld.artifacts --out {out} --prior-strength {world.prior_strength} "
-                         f"--roles {','.join(roles)} (budget flags: see --help)")
+                         f"--roles {','.join(roles)} --student-family {student_family} (budget flags: see --help)")
     (out / "artifacts.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -151,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ARTIFACTS_DIR), help="where teacher/, base/, text_only/ go")
     parser.add_argument("--roles", default=",".join(ROLES), help=f"comma list of roles to (re)train, of {ROLES}")
+    parser.add_argument("--student-family", default=DEFAULT_FAMILY,
+                        help="model family of the base, capacity and text-only models (the teacher is qwen2_5_vl)")
     parser.add_argument("--prior-strength", type=float, default=WorldConfig().prior_strength,
                         help="how often a shape takes its prior colour (the base, text-only and val worlds)")
     for name, value in asdict(ArtifactBudget()).items():
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     budget = ArtifactBudget(**{k: getattr(args, k) for k in asdict(ArtifactBudget())})
     build_artifacts(args.out, budget, WorldConfig(prior_strength=args.prior_strength),
-                    roles=tuple(r for r in args.roles.split(",") if r))
+                    roles=tuple(r for r in args.roles.split(",") if r), student_family=args.student_family)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Toy models of the toy world: real `Qwen2_5_VLForConditionalGeneration`s at small sizes.
+"""Toy models of the toy world: real Qwen-VL models at small sizes (Qwen2.5-VL by default; the students can
+be of any supported family, `lavit demo --student-family`).
 
 * teacher     — larger (hidden 192, 3 layers, vision hidden 64), trained on unbiased colours until it
                 perceives (a real 32B teacher sees far better than a 3B student);
@@ -22,10 +23,11 @@ from PIL import Image
 from lavit.data.samples import open_rgb
 from lavit.eval.matching import answers_match
 from lavit.inference.generate import generate_answers
+from lavit.models.families import DEFAULT_FAMILY, family_named
 from lavit.models.tiny import STUDENT_SPEC, TinyModelSpec, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 from lavit.toyworld.world import BACKGROUND, WorldConfig
 
-TOY_PIXELS = 36 * 28 * 28  # every toy image is 168 × 168 = 6 × 6 merged tokens
+TOY_TOKENS = 36  # every toy image is 6 × 6 merged tokens (168 × 168 pixels at 14-pixel patches, 192 × 192 at 16)
 TOY_TEACHER_SPEC = TinyModelSpec(hidden_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                  intermediate_size=384, vision_hidden_size=64, vision_depth=2, vision_heads=2,
                                  tie_word_embeddings=False)
@@ -33,10 +35,16 @@ TOY_STUDENT_SPEC = STUDENT_SPEC
 BLANK_IMAGE = "blank.png"
 
 
-def new_toy_model(spec: TinyModelSpec, seed: int):
-    """A randomly initialised toy model and its processor (every toy image is exactly TOY_PIXELS)."""
-    processor = build_tiny_processor(build_tiny_tokenizer(), min_pixels=TOY_PIXELS, max_pixels=TOY_PIXELS)
-    return build_tiny_model(processor.tokenizer, spec, seed=seed), processor
+def toy_pixels(family: str = DEFAULT_FAMILY) -> int:
+    """The image processor's pixel budget that puts every toy image on the world's 6 × 6 grid in `family`."""
+    return TOY_TOKENS * family_named(family).pixels_per_token
+
+
+def new_toy_model(spec: TinyModelSpec, seed: int, family: str = DEFAULT_FAMILY):
+    """A randomly initialised toy model of `family` and its processor (every toy image is TOY_TOKENS tokens)."""
+    pixels = toy_pixels(family)
+    processor = build_tiny_processor(build_tiny_tokenizer(), family=family, min_pixels=pixels, max_pixels=pixels)
+    return build_tiny_model(processor.tokenizer, spec, seed=seed, family=family), processor
 
 
 def blank_image(path: Path) -> Path:

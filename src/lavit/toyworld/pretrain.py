@@ -33,6 +33,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from lavit.data.collator import LavitCollator
 from lavit.data.examples import TrainingSample, build_example
+from lavit.models.families import family_of
 from lavit.toyworld.world import BACKGROUND, COLORS, SHAPES, WorldConfig, cell_labels, make_sample
 
 
@@ -85,7 +86,7 @@ def train_vision(model, processor, phase: PhaseConfig, world: WorldConfig, *, rn
                  seed: int = 0, desc: str = "vision") -> tuple[CellProbe, dict]:
     """Phase 1: the vision tower and a per-token colour/shape probe. Returns the probe and a log."""
     torch.manual_seed(seed)
-    visual = model.model.visual
+    visual = family_of(model).vision_tower(model)
     probe = CellProbe(model.config.text_config.hidden_size)
     visual.requires_grad_(True).train()
     params = [*visual.parameters(), *probe.parameters()]
@@ -96,8 +97,8 @@ def train_vision(model, processor, phase: PhaseConfig, world: WorldConfig, *, rn
     for _ in bar:
         samples = [next(scenes) for _ in range(phase.batch_size)]
         pixels = processor.image_processor([s.image for s in samples], return_tensors="pt")
-        tokens = torch.cat(model.model.get_image_features(pixels["pixel_values"], pixels["image_grid_thw"]
-                                                          ).pooler_output)  # [B*g*g, D]
+        tokens = torch.cat(family_of(model).backbone(model).get_image_features(
+            pixels["pixel_values"], pixels["image_grid_thw"]).pooler_output)  # [B*g*g, D]
         loss, acc = probe.loss_and_accuracy(tokens, *_cell_targets(samples, world))
         optimiser.zero_grad()
         loss.backward()
@@ -121,10 +122,12 @@ def train_language(model, processor, phase: PhaseConfig, world: WorldConfig, *, 
         raise ValueError("a blank-image model has no scene for the cell probe to read")
     torch.manual_seed(seed)
     model.train()
-    model.model.visual.requires_grad_(probe is not None)
+    visual = family_of(model).vision_tower(model)
+    visual.requires_grad_(probe is not None)
     if probe is None:
-        model.model.visual.eval()
-    params = [p for name, p in model.named_parameters() if probe is not None or not name.startswith("model.visual.")]
+        visual.eval()
+    tower = {id(p) for p in visual.parameters()}
+    params = [p for p in model.parameters() if probe is not None or id(p) not in tower]
     for p in params:
         p.requires_grad_(True)
     params += list(probe.parameters()) if probe is not None else []
@@ -132,7 +135,7 @@ def train_language(model, processor, phase: PhaseConfig, world: WorldConfig, *, 
     collate = LavitCollator(processor.tokenizer.pad_token_id)
     blank = Image.new("RGB", (world.image_size, world.image_size), BACKGROUND)
     tokens: list[torch.Tensor] = []
-    hook = (model.model.visual.register_forward_hook(lambda m, i, o: tokens.append(o.pooler_output))
+    hook = (visual.register_forward_hook(lambda m, i, o: tokens.append(o.pooler_output))
             if probe is not None else None)
     scenes = _scenes(rng, world)
     start, losses = time.time(), []
@@ -161,6 +164,6 @@ def train_language(model, processor, phase: PhaseConfig, world: WorldConfig, *, 
         if hook is not None:
             hook.remove()
     model.eval()
-    model.model.visual.requires_grad_(False)
+    visual.requires_grad_(False)
     return {"steps": phase.steps, "answer_loss_last_50": float(np.mean(losses[-50:])) if losses else None,
             "vision_trained": probe is not None, "wall_seconds": time.time() - start}
