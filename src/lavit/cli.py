@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="score a model on MMVP / BLINK / V* / MMStar from their published files",
                         description="lavit eval --model PATH_OR_SPEC --benchmark NAME --data-root DIR --out DIR")
-    ev.add_argument("--model", required=True, help="student or Qwen2.5-VL directory / hub id, 'tiny', or "
-                    "constant:<letter>")
+    ev.add_argument("--model", required=True, help="student or Qwen-VL (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5) "
+                    "directory / hub id, 'tiny[:FAMILY]', or constant:<letter>")
     ev.add_argument("--benchmark", default="", help="mmvp | blink:<Task> | vstar[:category] | mmstar")
     ev.add_argument("--suite", default="", choices=["", "paper"], help="paper: Table 1's seven columns")
     ev.add_argument("--data-root", required=True, help="the benchmark's directory (for --suite: the directory "

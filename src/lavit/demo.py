@@ -43,7 +43,7 @@ from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.extractor import run_extract
 from lavit.teacher.filter import run_filter
 from lavit.teacher.filter_config import FilterConfig
-from lavit.toyworld.artifacts import ARTIFACTS_DIR, build_artifacts
+from lavit.toyworld.artifacts import ARTIFACTS_DIR, budget_for, build_artifacts
 from lavit.toyworld.models import BLANK_IMAGE, TOY_STUDENT_SPEC, blank_image, toy_accuracy, toy_pixels
 from lavit.toyworld.report import write_report
 from lavit.toyworld.validity import check_validity
@@ -289,14 +289,20 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def student_artifacts(cfg: DemoConfig) -> Path:
-    """`cfg.student_artifacts`, the base (+ capacity record) pretrained there first if it is not yet: the same
-    recipe and budget as the committed base, in the students' family, on the committed models' world."""
+    """`cfg.student_artifacts`, with a base of this family's budget (`budget_for`) and a capacity record: what is
+    missing there, or a base of another budget, is pretrained first, on the committed models' world."""
     where = cfg.student_artifacts
+    if where == Path(cfg.artifacts):  # the committed models' own family: used as they are
+        return where
     record = where / "artifacts.json"
-    built = record.is_file() and json.loads(record.read_text()).get("student_family") == cfg.family
-    if not (built and (where / "base" / "config.json").is_file()):
-        say(f"pretraining a {cfg.family} base student and measuring its capacity → {where} (once)")
-        build_artifacts(where, world=cfg.world, roles=("base", "capacity"), student_family=cfg.family)
+    models = json.loads(record.read_text()).get("models", {}) if record.is_file() else {}
+    budget = budget_for(cfg.family)
+    todo = [role for role in ("base", "capacity") if role not in models]
+    if "base" in models and (models["base"]["budget"] != asdict(budget) or not (where / "base" / "config.json").is_file()):
+        todo.insert(0, "base")
+    if todo:
+        say(f"pretraining the {cfg.family} student artifacts {todo} → {where} (once)")
+        build_artifacts(where, budget, cfg.world, roles=tuple(todo), student_family=cfg.family)
     return where
 
 

@@ -201,3 +201,11 @@ def test_sigkill_at_several_points_then_rerun_equals_uninterrupted(tmp_path):
     assert stored(out) == stored(reference)
     ids = [r["id"] for r in stored(out)]
     assert len(ids) == len(set(ids)) == 16 + len(BAD)
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[2] / "recipes").glob("extract_*.yaml")))
+def test_extract_recipes_load(recipe):
+    from lavit.config import load_config
+
+    cfg = load_config(ExtractConfig, str(recipe), ["samples=s.jsonl"])
+    assert cfg.teacher.startswith("Qwen/") and cfg.dtype == "bfloat16" and cfg.layers == "all"

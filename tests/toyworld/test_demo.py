@@ -173,12 +173,15 @@ def test_analyze_cli_on_the_committed_toy_models(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_with_students_of_another_family(tmp_path):
-    """`--student-family qwen3_vl`: a Qwen3-VL base (pretrained here at a tiny budget, where the demo would build it
-    at the committed one) distilled from the Qwen2.5-VL toy teacher, end to end."""
+def test_demo_with_students_of_another_family(tmp_path, monkeypatch):
+    """`--student-family qwen3_vl`: a Qwen3-VL base (pretrained at a tiny budget, where the demo would use the
+    family's full one) distilled from the Qwen2.5-VL toy teacher, end to end."""
+    import lavit.demo
+
     budget = ArtifactBudget(student_vision_steps=10, base_steps=5, capacity_steps=5, val_samples=16)
-    built = build_artifacts(tmp_path / "artifacts-qwen3_vl", budget, DemoConfig().world, roles=("base", "capacity"),
+    built = build_artifacts(tmp_path / "artifacts-qwen3_vl", budget, DemoConfig().world, roles=("capacity",),
                             student_family="qwen3_vl")
+    monkeypatch.setattr(lavit.demo, "budget_for", lambda family: budget)
     assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--student-family", "qwen3_vl", *SMALL]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert (results["settings"]["student_family"], results["settings"]["teacher_family"]) == ("qwen3_vl", "qwen2_5_vl")
@@ -186,11 +189,20 @@ def test_demo_with_students_of_another_family(tmp_path):
         config = json.loads((tmp_path / "seed0" / method / "student" / "config.json").read_text())
         assert config["model_type"] == "qwen3_vl"
     assert results["student_settings"]["model"] == str(tmp_path / "artifacts-qwen3_vl" / "base")
-    # the capacity check is the Qwen3-VL student's, not the committed Qwen2.5-VL one's
+    # the demo pretrained the missing base and kept the capacity record; the check is the Qwen3-VL student's
+    record = json.loads((tmp_path / "artifacts-qwen3_vl" / "artifacts.json").read_text())
+    assert record["student_family"] == "qwen3_vl" and record["models"]["base"]["budget"]["base_steps"] == 5
     capacity = results["validity"]["student_capacity_val_accuracy"]["value"]
-    assert capacity == built["models"]["capacity"]["val_accuracy"]
+    assert capacity == built["models"]["capacity"]["val_accuracy"] == record["models"]["capacity"]["val_accuracy"]
     assert _number(results["latent_map"]["lavit"]["kl_target_vs_latent"])
     assert _number(results["accuracy"]["test"]["base"]["overall"])
+
+
+def test_family_budgets():
+    from lavit.toyworld.artifacts import BASE_STEPS, budget_for
+
+    assert budget_for("qwen2_5_vl") == ArtifactBudget()  # the committed models' budget
+    assert budget_for("qwen3_vl").base_steps == BASE_STEPS["qwen3_vl"] < ArtifactBudget().base_steps
 
 
 def test_demo_refuses_unknown_and_hybrid_student_families():

@@ -1,4 +1,5 @@
-"""What `lavit eval --model` can name: a trained student, a plain Qwen2.5-VL, or `constant:<letter>`."""
+"""What `lavit eval --model` can name: a trained student, a plain Qwen-VL of a supported family, or
+`constant:<letter>`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from lavit.eval.items import EvalItem
 from lavit.inference.generate import LATENT_MODES, generate_answers
-from lavit.models.checkpoint import TINY, TINY_TEACHER, load_for_inference, read_lavit_meta
+from lavit.models.checkpoint import load_for_inference, read_lavit_meta, tiny_name
 
 
 @dataclass
@@ -24,7 +25,7 @@ class ConstantModel:
 
 
 class GenerativeModel:
-    """A Qwen2.5-VL checkpoint answering greedily, with or without latent tokens (DESIGN §2 modes)."""
+    """A Qwen-VL checkpoint answering greedily, with or without latent tokens (DESIGN §2 modes)."""
 
     def __init__(self, name: str, *, latent_tokens: list[str] | None = None, mode: str | None = None,
                  system_prompt: str | None = None, max_new_tokens: int = 32, dtype: str = "auto",
@@ -77,12 +78,12 @@ class GenerativeModel:
 
 
 def load_eval_model(spec: str, **kwargs):
-    """`constant:<letter>`, 'tiny' / 'tiny-teacher', or a Qwen2.5-VL path / hub id."""
+    """`constant:<letter>`, 'tiny[:FAMILY]' / 'tiny-teacher[:FAMILY]', or a Qwen-VL path / hub id."""
     if spec.startswith("constant:"):
         letter = spec.split(":", 1)[1].strip().upper()
         if len(letter) != 1 or not letter.isalpha():
             raise ValueError(f"constant model needs one letter, e.g. constant:A, got {spec!r}")
         return ConstantModel(letter)
-    if spec not in (TINY, TINY_TEACHER) and not Path(spec).is_dir() and spec.count("/") != 1:
+    if tiny_name(spec) is None and not Path(spec).is_dir() and spec.count("/") != 1:
         raise FileNotFoundError(f"model {spec!r} is neither a directory, a hub id (org/name), 'tiny' nor constant:<X>")
     return GenerativeModel(spec, **kwargs)

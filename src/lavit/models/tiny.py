@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor
 
 from lavit.models.families import DEFAULT_FAMILY, family_named
-from lavit.models.families.layout import QWEN_DEFAULT_SYSTEM_PROMPT, mrope_section
+from lavit.models.families.layout import QWEN_DEFAULT_SYSTEM_PROMPT
 # Qwen's control tokens, in Qwen's order; `<|image_pad|>` is the per-merged-patch placeholder.
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -74,9 +74,6 @@ class TinyModelSpec:
     patch_size: int | None = None  # None: the family's (14 for Qwen2/2.5-VL, 16 for Qwen3-VL/3.5)
     tie_word_embeddings: bool = True
 
-    def mrope_section(self) -> list[int]:
-        return mrope_section(self.hidden_size // self.num_attention_heads)
-
 
 TEACHER_SPEC = TinyModelSpec(hidden_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                              intermediate_size=384, tie_word_embeddings=False)
@@ -121,14 +118,11 @@ def build_tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None, *, fa
                                chat_template=template)
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec = STUDENT_SPEC, family: str = DEFAULT_FAMILY):
-    return family_named(family).tiny_config(tokenizer, spec)
-
-
 def build_tiny_model(tokenizer: PreTrainedTokenizerFast, spec: TinyModelSpec = STUDENT_SPEC, *, seed: int = 0,
                      family: str = DEFAULT_FAMILY, attn_implementation: str | dict = "sdpa"):
     """A randomly initialised tiny model of `family` (fp32, eval mode)."""
     torch.manual_seed(seed)
-    model = family_named(family).model_class._from_config(tiny_config(tokenizer, spec, family),
-                                                          attn_implementation=attn_implementation, dtype=torch.float32)
+    fam = family_named(family)
+    model = fam.model_class._from_config(fam.tiny_config(tokenizer, spec), attn_implementation=attn_implementation,
+                                         dtype=torch.float32)
     return model.eval()

@@ -20,8 +20,9 @@ class ExtractConfig:
     input_format: Literal["auto", "jsonl", "visual_cot"] = field("auto", "Reader; auto picks by file extension.")
     image_root: str = field("", "Directory the samples' relative image paths start from.")
     out: str = field("runs/signals", "Output store (Parquet shards + manifest.json). Rerunning resumes it.")
-    teacher: str = field("Qwen/Qwen2.5-VL-32B-Instruct", "Teacher: Hugging Face path or id, or 'tiny-teacher' for "
-                         "the built-in random tiny teacher (smoke tests).")
+    teacher: str = field("Qwen/Qwen2.5-VL-32B-Instruct", "Teacher: Hugging Face path or id of any supported family "
+                         "(it may differ from the student's), or 'tiny-teacher' / 'tiny-teacher:FAMILY' for a "
+                         "built-in random tiny teacher (smoke tests).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field("auto", "auto = bfloat16 on GPU, float32 on CPU.")
     device_map: str = field("", "'' = one device (this worker's GPU, else CPU); 'auto' splits the teacher over all "
                             "visible GPUs.")

@@ -18,7 +18,7 @@ class FilterConfig:
     matcher: str = field("default", "Answer matcher for correctness and difficulty: 'default' (letters, numbers, "
                          "yes/no, normalised text), 'exact', or 'package.module:function'.")
     text_model: str = field("teacher", "Text-only model of the difficulty stage: 'teacher' (the store's teacher, "
-                            "asked without the image), a Qwen2.5-VL path/id, or 'tiny'.")
+                            "asked without the image), a Qwen-VL path/id, or 'tiny'.")
     text_only_image: str = field("", "Image file shown to the text-only model with every question (e.g. a blank "
                                  "canvas for a model trained on blank images); empty = no image at all.")
     min_s_focus: float = field(0.2, "Alignment stage: keep samples with S_focus >= this (paper: 0.2).")

@@ -17,8 +17,9 @@ PAPER_MAX_PIXELS = 1280 * 28 * 28
 @dataclass
 class LavitTrainConfig:
     # what to train
-    model: str = field(TINY, "Student to start from: a Hugging Face path or id (e.g. "
-                       "Qwen/Qwen2.5-VL-3B-Instruct), or 'tiny' for the built-in tiny student (tests, CPU).")
+    model: str = field(TINY, "Student to start from: a Hugging Face path or id of a Qwen2-VL, Qwen2.5-VL, Qwen3-VL "
+                       "or Qwen3.5 model (e.g. Qwen/Qwen2.5-VL-3B-Instruct), or 'tiny' / 'tiny:FAMILY' (e.g. "
+                       "tiny:qwen3_vl) for a built-in tiny student (tests, CPU).")
     method: Literal["lavit", "naive_sft"] = field("lavit", "'lavit': latent tokens, gating and both distillation "
                                                   "losses; 'naive_sft': same data and recipe, text loss only, no latents.")
     data: list[str] = field([], "LaViT-SFT Parquet files or directories of shards.")
