@@ -81,7 +81,8 @@ class DemoConfig:
     student_family: str = field("", "Model family of the base and both students: qwen2_vl, qwen2_5_vl, qwen3_vl "
                                 "('' = the committed base's, qwen2_5_vl). Another family is distilled from the "
                                 "Qwen2.5-VL toy teacher across families; its base (and its capacity check) is "
-                                "pretrained once like the committed one, under OUT/artifacts-FAMILY (~10 min).")
+                                "pretrained once like the committed one, under OUT/artifacts-FAMILY (~15 min on 2 "
+                                "cores).")
 
     def __post_init__(self) -> None:
         checks = [(self.seeds >= 1, "seeds must be >= 1"), (self.world_seed >= 0, "world_seed must be >= 0"),
@@ -298,7 +299,8 @@ def student_artifacts(cfg: DemoConfig) -> Path:
     models = json.loads(record.read_text()).get("models", {}) if record.is_file() else {}
     budget = budget_for(cfg.family)
     todo = [role for role in ("base", "capacity") if role not in models]
-    if "base" in models and (models["base"]["budget"] != asdict(budget) or not (where / "base" / "config.json").is_file()):
+    stale_base = models.get("base", {}).get("budget") != asdict(budget) or not (where / "base" / "config.json").is_file()
+    if "base" in models and stale_base:
         todo.insert(0, "base")
     if todo:
         say(f"pretraining the {cfg.family} student artifacts {todo} → {where} (once)")

@@ -40,7 +40,8 @@ def test_each_family_is_found_from_its_config_and_describes_its_model(name):
 
 
 def test_an_unsupported_model_is_a_clear_error_naming_the_supported_ones(tmp_path):
-    with pytest.raises(ValueError, match="'llava' is not supported by lavit; supported: qwen2_vl, qwen2_5_vl, qwen3_vl"):
+    supported = "'llava' is not supported by lavit; supported: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5"
+    with pytest.raises(ValueError, match=supported):
         family_named("llava")
     LlavaConfig().save_pretrained(tmp_path / "llava")
     with pytest.raises(ValueError, match="'llava' is not supported"):

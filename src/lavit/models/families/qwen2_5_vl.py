@@ -1,6 +1,11 @@
 """Qwen2.5-VL (the paper's pair: 32B teacher, 3B student): 14-pixel patches, windowed ViT, mRoPE."""
 
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLVideoProcessor,
+)
 
 from lavit.models.families.base import ModelFamily
 from lavit.models.families.layout import QWEN_DEFAULT_SYSTEM_PROMPT, text_config_kwargs, token_ids
