@@ -42,7 +42,8 @@ def s_focus(a_traj: np.ndarray, grid: Sequence[int], bbox: Sequence[float], imag
 
 def merged_grid(image_size: tuple[int, int], patch_size: int = 14, merge_size: int = 2,
                 min_pixels: int = 4 * 28 * 28, max_pixels: int = 64 * 28 * 28) -> tuple[int, int, int]:
-    """The (t, h, w) merged-token grid Qwen2.5-VL's processor gives an image of this (width, height)."""
+    """The (t, h, w) merged-token grid a Qwen-VL processor gives an image of this (width, height) (patch_size 14:
+    Qwen2/2.5-VL, 16: Qwen3-VL/3.5)."""
     width, height = image_size
     factor = patch_size * merge_size
     h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
