@@ -108,18 +108,21 @@ class DemoConfig:
                              "hybrid students with `lavit train` / `lavit eval` instead")
 
     @property
+    def committed_family(self) -> str:
+        """The model family of the committed base student."""
+        return json.loads((Path(self.artifacts) / "base" / "config.json").read_text())["model_type"]
+
+    @property
     def family(self) -> str:
         """The students' model family: as set, else the committed base's."""
-        if self.student_family:
-            return self.student_family
-        return json.loads((Path(self.artifacts) / "base" / "config.json").read_text())["model_type"]
+        return self.student_family or self.committed_family
 
     @property
     def student_artifacts(self) -> Path:
         """Where the students' base and capacity record live: the committed artifacts for their family, else
-        OUT/artifacts-FAMILY (built by `run_demo` when missing)."""
-        committed = json.loads((Path(self.artifacts) / "base" / "config.json").read_text())["model_type"]
-        return Path(self.artifacts) if self.family == committed else Path(self.out) / f"artifacts-{self.family}"
+        OUT/artifacts-FAMILY (built by `prepare_student_artifacts` when missing)."""
+        family = self.family
+        return Path(self.artifacts) if family == self.committed_family else Path(self.out) / f"artifacts-{family}"
 
     @property
     def world(self) -> WorldConfig:
@@ -234,7 +237,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     world = cfg.world
     say(f"lavit demo: world {cfg.world_seed}, {cfg.seeds} seeds, pool {cfg.pool_samples}, {cfg.steps} steps "
         f"→ {out}")
-    students = student_artifacts(cfg)
+    students = prepare_student_artifacts(cfg)
     val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=world)
     test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=world)
     blank = blank_image(out / "data" / "images" / BLANK_IMAGE)
@@ -289,7 +292,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     return results
 
 
-def student_artifacts(cfg: DemoConfig) -> Path:
+def prepare_student_artifacts(cfg: DemoConfig) -> Path:
     """`cfg.student_artifacts`, with a base of this family's budget (`budget_for`) and a capacity record: what is
     missing there, or a base of another budget, is pretrained first, on the committed models' world."""
     where = cfg.student_artifacts
@@ -298,10 +301,8 @@ def student_artifacts(cfg: DemoConfig) -> Path:
     record = where / "artifacts.json"
     models = json.loads(record.read_text()).get("models", {}) if record.is_file() else {}
     budget = budget_for(cfg.family)
-    todo = [role for role in ("base", "capacity") if role not in models]
-    stale_base = models.get("base", {}).get("budget") != asdict(budget) or not (where / "base" / "config.json").is_file()
-    if "base" in models and stale_base:
-        todo.insert(0, "base")
+    base_ready = models.get("base", {}).get("budget") == asdict(budget) and (where / "base" / "config.json").is_file()
+    todo = [role for role, ready in (("base", base_ready), ("capacity", "capacity" in models)) if not ready]
     if todo:
         say(f"pretraining the {cfg.family} student artifacts {todo} → {where} (once)")
         build_artifacts(where, budget, cfg.world, roles=tuple(todo), student_family=cfg.family)

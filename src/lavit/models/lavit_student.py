@@ -44,8 +44,9 @@ class LavitStudent(nn.Module):
         self.latent_token_ids = list(latent_token_ids)
         self.trajectory_loss = trajectory_loss and bool(latent_token_ids)
         self.gamma = 1.0
-        self.family = family_of(base_model(model))
-        self.attention_layers = self.family.attention_layers(base_model(model).config.text_config)
+        hf = base_model(model)
+        self.family = family_of(hf)
+        self.attention_layers = self.family.attention_layers(hf.config.text_config)
 
     @property
     def hf_model(self) -> nn.Module:

@@ -86,7 +86,8 @@ def train_vision(model, processor, phase: PhaseConfig, world: WorldConfig, *, rn
                  seed: int = 0, desc: str = "vision") -> tuple[CellProbe, dict]:
     """Phase 1: the vision tower and a per-token colour/shape probe. Returns the probe and a log."""
     torch.manual_seed(seed)
-    visual = family_of(model).vision_tower(model)
+    family = family_of(model)
+    backbone, visual = family.backbone(model), family.vision_tower(model)
     probe = CellProbe(model.config.text_config.hidden_size)
     visual.requires_grad_(True).train()
     params = [*visual.parameters(), *probe.parameters()]
@@ -97,8 +98,8 @@ def train_vision(model, processor, phase: PhaseConfig, world: WorldConfig, *, rn
     for _ in bar:
         samples = [next(scenes) for _ in range(phase.batch_size)]
         pixels = processor.image_processor([s.image for s in samples], return_tensors="pt")
-        tokens = torch.cat(family_of(model).backbone(model).get_image_features(
-            pixels["pixel_values"], pixels["image_grid_thw"]).pooler_output)  # [B*g*g, D]
+        tokens = torch.cat(backbone.get_image_features(pixels["pixel_values"], pixels["image_grid_thw"]
+                                                       ).pooler_output)  # [B*g*g, D]
         loss, acc = probe.loss_and_accuracy(tokens, *_cell_targets(samples, world))
         optimiser.zero_grad()
         loss.backward()

@@ -76,13 +76,14 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
     autocast with fp32 weights (precision=bf16), and of forced K-latent generation over plain generation (same
     32-token answers), on a BENCH_SPEC-sized model of `family`."""
     torch.manual_seed(seed)
-    pixels = IMAGE_TOKENS * family_named(family).pixels_per_token
+    fam = family_named(family)
+    pixels = IMAGE_TOKENS * fam.pixels_per_token
     processor = build_tiny_processor(build_tiny_tokenizer(), family=family, min_pixels=pixels, max_pixels=pixels)
     model = build_tiny_model(processor.tokenizer, BENCH_SPEC, seed=seed, family=family,
                              attn_implementation={"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"})
     names = latent_token_names(num_latents)
     latent_ids = add_latent_tokens(processor.tokenizer, model, names)
-    family_named(family).vision_tower(model).requires_grad_(False)
+    fam.vision_tower(model).requires_grad_(False)
     teacher_dim = 2 * BENCH_SPEC.hidden_size
     lavit = LavitStudent(model, latent_ids, ProjectionHead(BENCH_SPEC.hidden_size, teacher_dim), trajectory_loss=True)
     sft = LavitStudent(model, [], None, trajectory_loss=False)

@@ -23,14 +23,13 @@ class ModelFamily:
     """One Qwen-VL family as `transformers` implements it.
 
     The text decoder of every supported family sits at `model.model.language_model` with its layers in
-    `.layers` and its final norm in `.norm`, and the vision tower at `model.model.visual`; mRoPE
+    `.layers`, and the vision tower at `model.model.visual`; mRoPE
     positions come from `model.model.get_rope_index` given `mm_token_type_ids` and `image_grid_thw`.
     What differs is recorded here.
     """
 
     model_type: str  # config.model_type
     model_class: type  # the *ForConditionalGeneration class
-    config_class: type
     processor_class: type
     video_processor_class: type
     patch_size: int  # ViT patch side in pixels; one merged image token covers (patch_size · merge_size)² pixels
@@ -55,29 +54,28 @@ class ModelFamily:
         return model.model.language_model.layers
 
     @staticmethod
-    def final_norm(model: nn.Module) -> nn.Module:
-        return model.model.language_model.norm
-
-    @staticmethod
     def vision_tower(model: nn.Module) -> nn.Module:
         return model.model.visual
 
     # -- attention layers ----------------------------------------------------------------------------------
     @staticmethod
-    def attention_layers(text_config) -> list[int]:
+    def layer_types(text_config) -> list[str]:
+        """Each decoder layer's attention type ('full_attention' throughout where the config names none)."""
+        return list(getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers)
+
+    def attention_layers(self, text_config) -> list[int]:
         """Decoder layers with softmax attention over keys: where A_traj (eq. 2), the student map (eq. 7) and
         the gate (eq. 4) live. Linear-attention layers (Qwen3.5's Gated DeltaNet) have no per-key weights."""
-        types = getattr(text_config, "layer_types", None) or ["full_attention"] * text_config.num_hidden_layers
+        types = self.layer_types(text_config)
         unknown = sorted(set(types) - set(SOFTMAX_LAYER_TYPES) - set(LINEAR_LAYER_TYPES))
         if unknown:
             raise ValueError(f"decoder layer types {unknown} are not supported (sliding-window attention would need "
                              "the window in the gated mask); supported: full_attention, linear_attention")
         return [i for i, t in enumerate(types) if t in SOFTMAX_LAYER_TYPES]
 
-    @staticmethod
-    def is_hybrid(text_config) -> bool:
+    def is_hybrid(self, text_config) -> bool:
         """True where some decoder layers are linear attention (the gate does not reach those)."""
-        return any(t in LINEAR_LAYER_TYPES for t in getattr(text_config, "layer_types", None) or [])
+        return any(t in LINEAR_LAYER_TYPES for t in self.layer_types(text_config))
 
     # -- a 4-D-masked forward ------------------------------------------------------------------------------
     @staticmethod
@@ -94,9 +92,9 @@ class ModelFamily:
         linear-attention layers keep the 2-D padding mask `attention_mask` [B, S] (they have no keys to bias)."""
         if not self.mask_by_layer_type:
             return mask_4d
-        types = getattr(text_config, "layer_types", None) or ["full_attention"]
         self.attention_layers(text_config)  # rejects layer types the gated mask cannot serve
-        return {t: (mask_4d if t in SOFTMAX_LAYER_TYPES else attention_mask) for t in set(types)}
+        types = set(self.layer_types(text_config))
+        return {t: (mask_4d if t in SOFTMAX_LAYER_TYPES else attention_mask) for t in types}
 
     # -- chat layout -------------------------------------------------------------------------------------
     def with_default_system_prompt(self, template: str, system_prompt: str) -> str:

@@ -15,6 +15,6 @@ def tiny_config(tokenizer, spec) -> Qwen2VLConfig:
         tie_word_embeddings=spec.tie_word_embeddings, **token_ids(tokenizer))
 
 
-FAMILY = ModelFamily(model_type="qwen2_vl", model_class=Qwen2VLForConditionalGeneration, config_class=Qwen2VLConfig,
+FAMILY = ModelFamily(model_type="qwen2_vl", model_class=Qwen2VLForConditionalGeneration,
                      processor_class=Qwen2VLProcessor, video_processor_class=Qwen2VLVideoProcessor, patch_size=14,
                      default_system_prompt=QWEN_DEFAULT_SYSTEM_PROMPT, tiny_config=tiny_config)

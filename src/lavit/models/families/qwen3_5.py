@@ -29,6 +29,6 @@ def tiny_config(tokenizer, spec) -> Qwen3_5Config:
                          tie_word_embeddings=spec.tie_word_embeddings, **token_ids(tokenizer))
 
 
-FAMILY = ModelFamily(model_type="qwen3_5", model_class=Qwen3_5ForConditionalGeneration, config_class=Qwen3_5Config,
+FAMILY = ModelFamily(model_type="qwen3_5", model_class=Qwen3_5ForConditionalGeneration,
                      processor_class=Qwen3VLProcessor, video_processor_class=Qwen3VLVideoProcessor, patch_size=16,
                      default_system_prompt=None, tiny_config=tiny_config)

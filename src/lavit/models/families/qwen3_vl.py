@@ -24,6 +24,6 @@ def tiny_config(tokenizer, spec) -> Qwen3VLConfig:
         tie_word_embeddings=spec.tie_word_embeddings, **token_ids(tokenizer))
 
 
-FAMILY = ModelFamily(model_type="qwen3_vl", model_class=Qwen3VLForConditionalGeneration, config_class=Qwen3VLConfig,
+FAMILY = ModelFamily(model_type="qwen3_vl", model_class=Qwen3VLForConditionalGeneration,
                      processor_class=Qwen3VLProcessor, video_processor_class=Qwen3VLVideoProcessor, patch_size=16,
                      default_system_prompt=None, tiny_config=tiny_config, mask_by_layer_type=False)
