@@ -10,6 +10,12 @@ TRANSFORMERS_LOWEST := transformers==$(TRANSFORMERS_LOWEST_VERSION)
 # interface and registry, so the test environment installs it without dependencies plus the three it imports.
 LMMS_EVAL := lmms-eval==0.7.3
 LMMS_EVAL_DEPS := loguru pytz sqlitedict
+# DeepSpeed for the ZeRO-2/3 bf16 tests, run on its CPU accelerator (DS_ACCELERATOR=cpu, no compiled ops; tested
+# version). GPU users install it themselves (`pip install deepspeed`); its tests skip where it is absent.
+DEEPSPEED := deepspeed==0.19.8
+# Both cores: the multi-process tests pick free ports (torchrun --standalone, accelerate --main_process_port).
+# The real-width rehearsal of a first run (tests/test_rehearsal.py, several minutes) has its own target.
+PYTEST := python -m pytest -q -n 2 --dist worksteal
 
 # $(call venv,DIR,EXTRA PIP ARGS): create DIR if missing and install the package with its test extras
 define venv
@@ -19,6 +25,7 @@ define venv
 	$(1)/bin/pip install --quiet -e ".[test]" $(2)
 	$(1)/bin/pip install --quiet --no-deps $(LMMS_EVAL)
 	$(1)/bin/pip install --quiet $(LMMS_EVAL_DEPS)
+	$(1)/bin/pip install --quiet $(DEEPSPEED)
 	touch $(1)/bin/lavit
 endef
 
@@ -28,21 +35,24 @@ endef
 .venv-lowest/bin/lavit: pyproject.toml Makefile
 	$(call venv,.venv-lowest,"$(TRANSFORMERS_LOWEST)")
 
-.PHONY: install demo test test-fast test-lowest bench
+.PHONY: install demo test test-fast test-rehearsal test-lowest bench
 install: .venv/bin/lavit
 
 demo: .venv/bin/lavit
 	.venv/bin/lavit demo --out runs/demo
 
 test: .venv/bin/lavit
-	.venv/bin/python -m pytest -q
+	.venv/bin/$(PYTEST) -m "not rehearsal"
 
 test-fast: .venv/bin/lavit
-	.venv/bin/python -m pytest -q -m "not slow"
+	.venv/bin/$(PYTEST) -m "not slow and not rehearsal"
+
+test-rehearsal: .venv/bin/lavit
+	.venv/bin/python -m pytest -q -m rehearsal
 
 test-lowest: .venv-lowest/bin/lavit
 	.venv-lowest/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_LOWEST_VERSION)', transformers.__version__"
-	.venv-lowest/bin/python -m pytest -q
+	.venv-lowest/bin/$(PYTEST) -m "not rehearsal"
 
 bench: .venv/bin/lavit
 	.venv/bin/lavit bench train --json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,19 @@ from lavit.data.examples import LAVIT_SYSTEM_PROMPT, TrainingSample, build_examp
 from lavit.models.attention import LAVIT_ATTENTION
 from lavit.models.checkpoint import export_student
 from lavit.models.families import DEFAULT_FAMILY, FAMILIES
+from lavit.models.grid import merged_grid
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.tiny import STUDENT_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from lavit.toyworld.shapes import box_map, merged_grid
+from lavit.toyworld.shapes import box_map
 
 TEACHER_DIM = 192
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` runs two workers on two cores: torch's default of one thread per core in each worker (and in
+    # the processes a test starts) would oversubscribe them, and spinning OpenMP threads slow both several-fold.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 class Tiny:

@@ -66,3 +66,20 @@ def test_bench_extract_reports_the_ratios_and_agrees_with_eager(capsys):
         assert result[key] > 0
     assert result["a_traj_matches_eager"] and result["image_tokens"] == 702
     assert result["model"]["config"] == "tiny" and result["bytes_per_sample"] < 16384
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(capsys, monkeypatch):
+    import errno
+
+    import lavit.cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/data/part.parquet")
+
+    parser = lavit.cli.build_parser()
+    monkeypatch.setattr(lavit.cli, "build_parser", lambda: parser)
+    parser.parse_args(["train"])  # the subparser exists; swap its handler for one whose disk is full
+    parser._subparsers._group_actions[0].choices["train"].set_defaults(run=full)
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "disk full" in err and "No space left" in err and err.count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -57,7 +58,7 @@ def _import_official(args: argparse.Namespace) -> int:
 def eval_pixel_limits(args: argparse.Namespace) -> dict[str, int]:
     """The resolution to evaluate at: as given; for --suite paper the paper's training limits for every model
     (Table 1 compares models at one resolution); otherwise 0 = the model's training limits, else its processor's."""
-    from lavit.training.lavit_config import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
+    from lavit.models.grid import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
 
     if args.suite:
         return {"min_pixels": args.min_pixels or PAPER_MIN_PIXELS, "max_pixels": args.max_pixels or PAPER_MAX_PIXELS}
@@ -110,6 +111,10 @@ def _bench(args: argparse.Namespace) -> int:
 
         result = bench_train(batch_size=args.batch_size or 8, repeats=args.repeats,
                              families=tuple(args.family or ()))
+    elif args.what == "dataset":
+        from lavit.training.bench import bench_dataset
+
+        result = bench_dataset(rows=args.rows, teacher_dim=args.teacher_dim, traj_cells=args.traj_cells)
     else:
         from lavit.teacher.bench import bench_extract
 
@@ -163,12 +168,13 @@ def _analyze(args: argparse.Namespace) -> int:
     models = dict(item.split("=", 1) for item in args.model)
     correct = None
     if args.correct:
-        correct = json.loads(Path(args.correct).read_text())
+        correct = json.loads(Path(args.correct).read_text(encoding="utf-8-sig"))  # a BOM, as every reader accepts
     result = analyze(args.samples, args.image_root, models, args.out, teacher=args.teacher, correct=correct,
                      max_samples=args.max_samples, heatmaps=args.heatmaps)
     summary = {n: {k: round(v["mean"], 4) for k, v in m.items() if isinstance(v, dict) and "mean" in v}
                for n, m in result["per_model"].items()}
-    print(json.dumps({"per_model": summary, "figures": result["figures"]}, indent=2))
+    print(json.dumps({"per_model": summary, "rejected": result["rejected_by_reason"], "figures": result["figures"]},
+                     indent=2))
     return 0
 
 
@@ -230,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     official.set_defaults(run=_import_official)
 
     bench = sub.add_parser("bench", help="performance against the plain model, as JSON")
-    bench.add_argument("what", choices=["train", "extract"],
-                       help="train: LaViT step and latent generation overheads; extract: probe vs forward vs eager")
+    bench.add_argument("what", choices=["train", "extract", "dataset"],
+                       help="train: LaViT step and latent generation overheads; extract: probe vs forward vs eager; "
+                            "dataset: host memory of the training set, rows read from Arrow vs to_pylist")
     bench.add_argument("--json", action="store_true", help="one-line JSON")
     bench.add_argument("--family", action="append", default=None,
                        help="train only: a model family to measure, e.g. qwen3_vl (repeatable; default: every "
@@ -243,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extract only: the teacher text config (qwen2.5-vl-32b: real dims, random weights)")
     bench.add_argument("--num-layers", type=int, default=0, help="extract only: keep this many decoder layers "
                        "(0 = all), to fit the real config on one GPU")
+    bench.add_argument("--rows", type=int, default=1000, help="dataset only: rows in the measured set")
+    bench.add_argument("--teacher-dim", type=int, default=5120, help="dataset only: V_sem width (32B teacher: 5120)")
+    bench.add_argument("--traj-cells", type=int, default=1280, help="dataset only: A_traj cells per row (1 280: "
+                       "a ~1 MP image on 28-pixel merged tokens)")
     bench.set_defaults(run=_bench)
 
     def world_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -293,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"lavit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # what was written before is complete (atomic renames, checkpoint markers): free space and rerun to resume
+        print(f"lavit {args.command}: error: disk full ({err}); free space and rerun to resume", file=sys.stderr)
         return 2
 
 

@@ -1,11 +1,14 @@
 """Typed configs: dataclasses whose fields carry help text, filled from a YAML recipe plus
-`key=value` overrides (values parsed as YAML scalars, then checked against the field's type).
+`key=value` overrides, then checked against each field's type.
 
-Every bad value is a `ValueError` naming the key, which the CLI prints as one line."""
+An override is text: a `str` field takes it as written (surrounding quotes optional), any other field
+parses it as a YAML scalar or list (`1e-4`, `true`, `[a, b]`). Numbers must be finite and integers (counts,
+sizes, seeds) non-negative. Every bad value is a `ValueError` naming the key, which the CLI prints as one line."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,7 +26,35 @@ def field(default: Any, help: str, **kwargs) -> Any:  # noqa: A002 - mirrors arg
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+class OverrideText(str):
+    """The text of a `key=value` override, before the field's type says how to read it."""
+
+
+def _takes_text(annotation: Any) -> bool:
+    """Fields whose values are text as written: `str` and Literals of strings."""
+    if annotation is str:
+        return True
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) is typing.Literal and all(isinstance(a, str) for a in args)
+
+
+def _read_override(name: str, text: OverrideText, annotation: Any) -> Any:
+    raw = str(text).strip()
+    if _takes_text(annotation):
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+            return raw[1:-1]
+        return raw
+    if not raw:
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{name}: cannot read {raw!r} ({str(err).splitlines()[0]})") from None
+
+
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    if isinstance(value, OverrideText):
+        value = _read_override(name, value, annotation)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Literal:
@@ -51,19 +82,27 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name} must be an integer, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
         return value
     if annotation is float:
         # YAML 1.1 reads `1e-4` (no dot) as a string; a number is what the user meant.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ValueError(f"{name} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
         return float(value)
     if annotation is str:
-        return "" if value is None else str(value)
+        if value is None:
+            return ""
+        if isinstance(value, (bool, list, dict)):  # YAML read `on`, `no`, `a: b` or `[x]` in a recipe
+            raise ValueError(f"{name} must be text, got {value!r}: quote it in the recipe")
+        return str(value)
     return value
 
 
@@ -76,13 +115,14 @@ def build_config(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+def parse_overrides(overrides: list[str]) -> dict[str, OverrideText]:
+    """`key=value` items → {key: the value's text}; `build_config` reads each as its field's type."""
     values = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
-        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        values[key.strip()] = OverrideText(raw)
     return values
 
 
@@ -93,7 +133,12 @@ def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[
         if not Path(recipe).is_file():
             raise FileNotFoundError(f"recipe {recipe} does not exist (the first argument, if it has no '=', is a YAML "
                                     "recipe; settings are key=value)")
-        loaded = yaml.safe_load(Path(recipe).read_text())
+        try:
+            loaded = yaml.safe_load(Path(recipe).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ValueError(f"recipe {recipe} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe {recipe} must be a YAML mapping of config keys")
         values.update(loaded)

@@ -30,7 +30,7 @@ from lavit.analysis.analyze import analyze
 from lavit.analysis.figures import dynamics_figure
 from lavit.analysis.latent_maps import BoxedSample, DynamicsCallback, build_probe_set, latent_map_stats
 from lavit.analysis.stats import paired_summary, verdict
-from lavit.config import field
+from lavit.config import build_config, field
 from lavit.console import quiet_libraries, say
 from lavit.data.samples import open_rgb
 from lavit.data.signal_store import read_store
@@ -148,10 +148,11 @@ def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: P
                   learning_rate=cfg.learning_rate, warmup_ratio=0.05,
                   gate_warmup_steps=round(cfg.steps * cfg.gate_warmup_fraction), gradient_checkpointing=False,
                   system_prompt="", logging_steps=max(cfg.steps // 20, 1), save_steps=cfg.steps, save_total_limit=1,
-                  seed=seed, min_pixels=toy_pixels(cfg.family), max_pixels=toy_pixels(cfg.family))
+                  seed=seed, min_pixels=toy_pixels(cfg.family), max_pixels=toy_pixels(cfg.family),
+                  overwrite=True)  # a rerun of the demo trains every student again, as its filter runs do
     values.update(cfg.student_overrides)
     values.update(overrides)
-    return LavitTrainConfig(**values)
+    return build_config(LavitTrainConfig, values)  # the overrides are text: read them as their fields' types
 
 
 def boxed_samples(split: Path, n: int) -> list[BoxedSample]:

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from lavit.analysis.latent_maps import BoxedSample, build_probe_set, latent_map_stats, snapshot
+from lavit.models.grid import box_cells
 from lavit.models.lavit_student import LavitStudent
-from lavit.teacher.signals import box_cells
 
 
 def samples(n=3):

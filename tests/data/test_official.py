@@ -12,7 +12,7 @@ from PIL import Image
 from lavit.cli import main
 from lavit.data.official import import_official
 from lavit.data.signal_store import read_manifest, read_store
-from lavit.teacher.signals import merged_grid
+from lavit.models.grid import merged_grid
 
 MIN_PIXELS, MAX_PIXELS, DIM = 3136, 16 * 28 * 28, 16
 SETTINGS = {"teacher_dim": DIM, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS}

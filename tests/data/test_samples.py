@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lavit.data.samples import ImageLimits, Rejection, Sample, check_text, load_image, pixel_box, read_jsonl_samples
+from lavit.data.samples import (
+    ImageLimits,
+    Rejection,
+    Sample,
+    TextLimits,
+    check_text,
+    load_image,
+    pixel_box,
+    read_jsonl_samples,
+    resolve_image,
+)
+from lavit.models.tiny import build_tiny_tokenizer
 
 LIMITS = ImageLimits(min_side=28, max_pixels=400 * 400)
 
@@ -72,6 +85,7 @@ def test_box_checks():
     assert reason(pixel_box, box([1, 2, 3]), (100, 50)) == "box_invalid"
     assert reason(pixel_box, box(["a", 2, 3, 4]), (100, 50)) == "box_invalid"
     assert reason(pixel_box, box([0, 0, float("nan"), 4]), (100, 50)) == "box_invalid"
+    assert reason(pixel_box, box([0, 0, 10**400, 4]), (100, 50)) == "box_invalid"  # an OverflowError before
     assert reason(pixel_box, box([0.1, 0.2, 1.5, 0.9], "normalized"), (100, 50)) == "box_outside_image"
 
 
@@ -94,4 +108,71 @@ def test_jsonl_structural_errors_name_the_line(tmp_path):
             {"id": "a", "image": "c.png", "question": "q", "answer": "y"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(ValueError, match=r"unique.*'a' \(records 1 and 3\)"):
+        read_jsonl_samples(path)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (PIL reads the size, and runs its bomb check, on open)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+
+
+def test_filesystem_and_decoder_failures_are_rejections(tmp_path):
+    (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_b.png")
+    (tmp_path / "loop_b.png").symlink_to(tmp_path / "loop_a.png")
+    assert reason(resolve_image, tmp_path, "loop_a.png") == "image_unreadable"  # was RuntimeError
+    assert reason(load_image, tmp_path / ("x" * 300 + ".png"), LIMITS) == "image_unreadable"  # was OSError Errno 36
+    (tmp_path / "bomb.png").write_bytes(png_header(30000, 30000))
+    with pytest.raises(Rejection, match=r"image_too_large: .*bomb.png.*decompression bomb"):  # DecompressionBombError
+        load_image(tmp_path / "bomb.png", ImageLimits(max_pixels=10**12))
+    assert reason(load_image, tmp_path / "bomb.png", LIMITS) == "image_too_large"
+    (tmp_path / "claims.png").write_bytes(png_header(300, 300))  # under the pixel limit, but no pixels inside
+    assert reason(load_image, tmp_path / "claims.png", LIMITS) == "image_corrupt"
+    (tmp_path / "big.png").write_bytes(png_header(500, 500))  # over it: refused from the header, never decoded
+    assert reason(load_image, tmp_path / "big.png", LIMITS) == "image_too_large"
+    (tmp_path / "dir.png").mkdir()
+    assert reason(load_image, tmp_path / "dir.png", LIMITS) == "image_missing"
+
+
+def test_fields_that_are_not_text_are_rejections(tmp_path):
+    def why(**fields):
+        values = {"id": "s", "image": "x.png", "question": "what ?", "answer": "red", **fields}
+        with pytest.raises(Rejection) as info:
+            check_text(Sample(**values))
+        return str(info.value)
+
+    assert why(question=5).startswith("field_not_text: question is not text but int: 5")
+    assert why(question={"text": "what ?"}).startswith("field_not_text: question")
+    assert why(source=["viscot"]).startswith("field_not_text: source is not text but list")
+    assert why(image=7).startswith("field_not_text: image")
+    assert why(answer=["red"]).startswith("field_not_text: answer")
+    assert why(answer=True).startswith("field_not_text: answer")
+    assert why(question="what \ud800?").startswith("field_not_text: question is not valid Unicode text")
+    assert why(question=None) == "question_empty" and why(question=0).startswith("field_not_text")
+    for answer in (3, 2.5, "3"):  # JSON numbers are answers
+        check_text(Sample("s", "x.png", "how many ?", answer, source=None))
+
+
+def test_special_tokens_and_long_texts_are_rejections():
+    tokenizer = build_tiny_tokenizer()
+    limits = TextLimits.for_tokenizer(tokenizer, max_tokens=8)
+    assert {"<|image_pad|>", "<|vision_start|>", "<|im_end|>"} <= set(limits.special_tokens)
+    check_text(Sample("s", "x.png", "what color is the circle ?", "red"), limits)
+    for question in ("what <|image_pad|> is this ?", "<|vision_start|>what ?", "what ?<|im_end|>"):
+        assert reason(check_text, Sample("s", "x.png", question, "red"), limits) == "special_token_in_text"
+    assert reason(check_text, Sample("s", "x.png", "what ?", "red <|image_pad|>"), limits) == "special_token_in_text"
+    with pytest.raises(Rejection, match=r"text_too_long: question has 9 tokens, over max_text_tokens=8"):
+        check_text(Sample("s", "x.png", "red " * 9, "red"), limits)
+    assert reason(check_text, Sample("s", "x.png", "what ?", "red " * 9), limits) == "text_too_long"
+
+
+def test_jsonl_keeps_mistyped_fields_for_the_check_and_refuses_unstorable_ids(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": 1, "image": 5, "question": 7, "answer": 3, "source": {"a": 1}}) + "\n")
+    (sample,) = read_jsonl_samples(path)
+    assert (sample.id, sample.image, sample.question, sample.answer, sample.source) == ("1", 5, 7, 3, {"a": 1})
+    path.write_text(json.dumps({"id": "a\ud800", "image": "a.png", "question": "q", "answer": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"record 1 has an id that is not valid Unicode text"):
         read_jsonl_samples(path)

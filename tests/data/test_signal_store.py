@@ -1,20 +1,34 @@
-"""A store's shard folder holds only shards: stock readers load it without lavit; old layouts get a clear error."""
+"""A store's shard folder holds only shards: stock readers load it without lavit; old layouts get a clear error;
+one writer of record: exclusive creation, locked manifest updates, one writer per shard prefix, stale locks cleared."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import datasets
 import pyarrow.parquet as pq
 import pytest
 
+from lavit.data import signal_store
 from lavit.data.signal_store import (
     MANIFEST,
+    MANIFEST_LOCK,
     SCHEMA_VERSION,
     ShardWriter,
+    StoreBusy,
+    StoreLock,
+    create_store,
     pending_row,
+    read_manifest,
     read_store,
     shard_files,
+    store_counts,
+    temp_path,
+    update_manifest,
     write_json_atomic,
     write_manifest,
 )
@@ -56,3 +70,119 @@ def test_a_version_1_store_is_refused_with_the_fix(tmp_path):
     write_json_atomic({"schema_version": 1, "kind": "teacher_signals"}, store / MANIFEST)
     with pytest.raises(ValueError, match="schema version 1 .* mv "):
         read_store(store)
+
+
+def test_manifest_read_errors_name_the_file(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / MANIFEST).write_text('{"schema_version": 2,')  # torn by hand or by a full disk
+    with pytest.raises(ValueError, match=rf"{store / MANIFEST}: not a readable manifest"):
+        read_manifest(store)
+    (store / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=rf"{store / MANIFEST}: .*JSON list, not an object"):
+        read_manifest(store)
+    with pytest.raises(FileNotFoundError, match="no manifest.json: not a lavit store"):
+        read_manifest(tmp_path)
+
+
+def test_create_store_is_exclusive_and_temporary_files_are_hidden_and_unique(tmp_path):
+    first = {"schema_version": SCHEMA_VERSION, "kind": "teacher_signals", "teacher": "a", "settings": {"k": 1}}
+    assert create_store(tmp_path / "s", first) == (first, True)
+    manifest, created = create_store(tmp_path / "s", {**first, "teacher": "b", "settings": {"k": 2}})
+    assert (manifest, created) == (first, False)  # the existing store's, for the caller to compare
+    assert "Teacher: a." in (tmp_path / "s" / "README.md").read_text()
+    names = {temp_path(tmp_path / "manifest.json").name for _ in range(50)}
+    assert len(names) == 50 and all(n.startswith(".manifest.json.") and n.endswith(".tmp") for n in names)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["README.md", MANIFEST]  # nothing left behind
+
+
+def test_update_manifest_refusal_leaves_it_unchanged(tmp_path):
+    make_store(tmp_path / "s")
+
+    def refuse(manifest):
+        manifest["teacher"] = "changed"
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        update_manifest(tmp_path / "s", refuse)
+    assert read_manifest(tmp_path / "s")["teacher"] == "t"
+    assert update_manifest(tmp_path / "s", lambda m: m.update(counts=store_counts(tmp_path / "s")))["counts"] == {
+        "rows": 5, "ok": 0, "rejected": 5, "rejected_by_reason": {}}
+    assert not (tmp_path / "s" / MANIFEST_LOCK).exists()
+
+
+def test_rows_with_fields_that_are_not_text_are_still_storable(tmp_path):
+    rows = [pending_row(0, "a", 5, {"q": 1}, ["x"], 7), pending_row(1, "b", "b.png", "q\ud800", 3, None)]
+    assert [(r["image"], r["question"], r["answer"], r["source"]) for r in rows] == [
+        (None, None, None, None), ("b.png", None, "3", None)]
+    make_store(tmp_path / "s", n=0)
+    with ShardWriter(tmp_path / "s", "signals-w000of001") as writer:  # an ArrowTypeError before: the batch died
+        writer.write(rows)
+    assert read_store(tmp_path / "s").column("id").to_pylist() == ["a", "b"]
+
+
+def holder(tmp_path, **fields) -> dict:
+    return {"machine": signal_store._this_machine(), "host": "here", "pid": os.getpid(), "token": "other",
+            "since": "then", **fields}
+
+
+def write_lock(path, content: dict, age: float = 0.0) -> None:
+    path.write_text(json.dumps(content))
+    then = time.time() - age
+    os.utime(path, (then, then))
+
+
+def dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_a_live_holder_keeps_its_lock(tmp_path):
+    path = tmp_path / ".lock"
+    write_lock(path, holder(tmp_path))  # this very process, under another token: alive
+    with pytest.raises(StoreBusy, match="held by here pid"):
+        StoreLock(path, "the thing").acquire(wait=False)
+    write_lock(path, holder(tmp_path, machine="another host ns", pid=1))  # another machine, refreshed just now
+    with pytest.raises(StoreBusy):
+        StoreLock(path, "the thing").acquire(wait=False)
+    assert json.loads(path.read_text())["token"] == "other"
+
+
+def test_stale_locks_are_cleared_and_said(tmp_path, caplog):
+    path = tmp_path / ".lock"
+    write_lock(path, holder(tmp_path, pid=dead_pid()))  # killed on this machine: stale at once
+    with caplog.at_level("WARNING"), StoreLock(path, "the thing").acquire(wait=False) as lock:
+        assert lock.owned() and json.loads(path.read_text())["token"] == lock.token
+    assert "cleared a stale lock on the thing" in caplog.text and not path.exists()
+    # another machine's holder that stopped refreshing its lock (its clock is not ours: the filesystem's is used)
+    write_lock(path, holder(tmp_path, machine="another host ns", pid=1), age=signal_store.LOCK_STALE_SECONDS + 60)
+    with StoreLock(path, "the thing").acquire(wait=False) as lock:
+        assert lock.owned()
+    path.write_bytes(b"")  # not even a holder: only its age counts
+    with pytest.raises(StoreBusy):
+        StoreLock(path, "the thing").acquire(wait=False)
+
+
+def test_a_lost_lock_is_noticed_and_never_removed(tmp_path):
+    path = tmp_path / ".lock"
+    lock = StoreLock(path, "the thing").acquire(wait=False)
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    lock.beat()  # the heartbeat refreshes it
+    assert path.stat().st_mtime > old + 50 and not lock.lost
+    write_lock(path, holder(tmp_path, token="taker"))  # judged dead and taken over meanwhile
+    lock.beat()
+    with pytest.raises(StoreBusy, match="lost the lock on the thing"):
+        lock.check()
+    lock.release()
+    assert json.loads(path.read_text())["token"] == "taker"
+
+
+def test_one_writer_per_shard_prefix(tmp_path):
+    make_store(tmp_path / "s", n=0)
+    with ShardWriter(tmp_path / "s", "signals-w000of002"):
+        with pytest.raises(StoreBusy, match="shard prefix signals-w000of002"):
+            ShardWriter(tmp_path / "s", "signals-w000of002")
+        ShardWriter(tmp_path / "s", "signals-w001of002").close()  # other prefixes write alongside
+    ShardWriter(tmp_path / "s", "signals-w000of002").close()
+    assert not list((tmp_path / "s").glob(".writer-*"))

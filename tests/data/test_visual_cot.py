@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from lavit.data.samples import Rejection, Sample, pixel_box
+from lavit.data.samples import Rejection, Sample, check_text, pixel_box
 from lavit.data.visual_cot import read_visual_cot
 
 # Verbatim from viscot_363k.json; the image is 2200x1700 (W x H).
@@ -210,3 +210,19 @@ def test_pixel_box_rejections(bbox, fmt, reason):
 def test_pixel_box_tolerates_one_pixel_and_clips():
     s = Sample("x", "x.png", "q", "a", [-0.5, 0, 100.8, 80], "pixels")
     assert pixel_box(s, (100, 80)) == [0.0, 0.0, 100.0, 80.0]
+
+
+def test_values_that_are_not_text_reach_check_text_as_read(tmp_path):
+    raw, lvr = copy.deepcopy(RAW), copy.deepcopy(LVR)
+    raw["conversations"][0]["value"] = 12  # an AttributeError on .replace before
+    raw["dataset"] = ["docvqa"]
+    lvr["conversations"][1]["value"] = {"answer": "shorts"}  # a TypeError in the answer pattern before
+    lvr["question_id"] = 2
+    raw_sample, lvr_sample = read_visual_cot(write(tmp_path, [raw, lvr]))
+    assert raw_sample.question == 12 and lvr_sample.answer == {"answer": "shorts"}
+    for sample, field in ((raw_sample, "question"), (lvr_sample, "answer")):
+        with pytest.raises(Rejection, match=f"field_not_text: {field}"):
+            check_text(sample)
+    raw["conversations"][0]["value"] = "<image>\nwhat ?"
+    with pytest.raises(Rejection, match="field_not_text: source"):
+        check_text(read_one(tmp_path, raw))

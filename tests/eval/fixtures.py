@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,17 @@ def image_bytes(size: tuple[int, int], seed: int, fmt: str = "JPEG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def png_claiming(size: tuple[int, int]) -> bytes:
+    """A PNG whose header claims `size` (1-bit grey) while it holds 16 bytes of pixel data: PIL's size checks see
+    the claim without anything being decoded, and decoding would fail as truncated."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", size[0], size[1], 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(16)))
+            + chunk(b"IEND", b""))
 
 
 def save_image(path: Path, size: tuple[int, int], seed: int) -> None:
@@ -95,7 +108,8 @@ def write_blink_task(root: Path, task: str, rows: list[dict], split: str = "val"
             cells[k - 1] = cell
         records.append({"idx": f"{split}_{task}_{i}", "question": question, "sub_task": task.replace("_", " "),
                         **{f"image_{k}": cells[k - 1] for k in range(1, 5)}, "choices": row["choices"],
-                        "answer": row["answer"], "prompt": row.get("prompt", blink_prompt(question, row["choices"])),
+                        "answer": row["answer"],
+                        "prompt": row["prompt"] if "prompt" in row else blink_prompt(question, row["choices"]),
                         "explanation": ""})
     table = pa.Table.from_pylist(records, schema=blink_schema())
     (root / task).mkdir(parents=True, exist_ok=True)
@@ -159,14 +173,19 @@ def vstar_size(i: int) -> tuple[int, int]:
     return 64 + i, 48 + 2 * i
 
 
-def write_vstar(root: Path, rows=VSTAR_ROWS, int_ids: bool = False) -> Path:
+def write_vstar(root: Path, rows=VSTAR_ROWS, int_ids: bool = False, cells: dict | None = None,
+                raw_lines: tuple[str, ...] = (), bom: bool = False) -> Path:
+    """`test_questions.jsonl` and its images; `cells` maps a row number to fields overriding the generated ones
+    (images are made for the generated paths only), `raw_lines` are appended as written."""
     root.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, row in enumerate(rows):
-        lines.append(json.dumps({"image": row["image"], "text": row["text"], "category": row["category"],
-                                 "question_id": i if int_ids else str(i), "label": row["label"]}))
+        record = {"image": row["image"], "text": row["text"], "category": row["category"],
+                  "question_id": i if int_ids else str(i), "label": row["label"]}
+        lines.append(json.dumps({**record, **(cells or {}).get(i, {})}))
         save_image(root / row["image"], vstar_size(i), 300 + i)
-    (root / "test_questions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "test_questions.jsonl").write_text("\n".join([*lines, *raw_lines]) + "\n",
+                                               encoding="utf-8-sig" if bom else "utf-8")
     return root
 
 
@@ -198,8 +217,10 @@ def mmstar_schema(binary_image: bool) -> pa.Schema:
                       ("category", pa.string()), ("l2_category", pa.string()), ("meta_info", meta)])
 
 
-def write_mmstar(root: Path, rows=MMSTAR_ROWS, binary_image: bool = False, images: dict | None = None) -> Path:
-    """`mmstar.parquet`; `images` maps a row number to an explicit image cell."""
+def write_mmstar(root: Path, rows=MMSTAR_ROWS, binary_image: bool = False, images: dict | None = None,
+                 cells: dict | None = None) -> Path:
+    """`mmstar.parquet`; `images` maps a row number to an explicit image cell, `cells` to other fields overriding
+    the generated ones."""
     root.mkdir(parents=True, exist_ok=True)
     records = []
     for i, (category, l2, question, answer) in enumerate(rows):
@@ -209,7 +230,8 @@ def write_mmstar(root: Path, rows=MMSTAR_ROWS, binary_image: bool = False, image
             cell = images[i]
         records.append({"index": i, "question": question, "image": cell, "answer": answer, "category": category,
                         "l2_category": l2, "meta_info": {"source": "MMBench", "split": "val",
-                                                         "image_path": [f"images/{i}.jpg"]}})
+                                                         "image_path": [f"images/{i}.jpg"]},
+                        **(cells or {}).get(i, {})})
     pq.write_table(pa.Table.from_pylist(records, schema=mmstar_schema(binary_image)), root / "mmstar.parquet")
     return root
 

@@ -8,6 +8,7 @@ no network, no real model.
 from __future__ import annotations
 
 import json
+import struct
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,6 +25,7 @@ from fixtures import (
     mmstar_schema,
     mmstar_size,
     mmvp_size,
+    png_claiming,
     vstar_size,
     write_blink,
     write_blink_task,
@@ -34,6 +36,7 @@ from fixtures import (
 )
 from PIL import Image
 
+import lavit.eval.items as items_module
 from lavit.cli import main
 from lavit.eval.benchmarks import get_benchmark
 from lavit.eval.items import ANSWER_DIRECTLY
@@ -382,6 +385,165 @@ def test_empty_or_multi_letter_answer_is_a_recorded_skip(tmp_path, answer):
     # A B A A scored → 3 of 4; the fifth skipped
     assert summary["skipped_by_reason"] == {"answer_not_in_choices": 1}
     assert summary["n"] == 4 and summary["accuracy"] == 3 / 4
+
+
+def skips(out, name) -> dict[str, str]:
+    return {r["id"]: r["skipped"] for r in predictions(out, name) if "skipped" in r}
+
+
+def test_null_cells_in_mmstar_are_recorded_skips(tmp_path):
+    # question null (row 1), index null (row 2), category null (row 4): once a crash in the loader, in the loader
+    # (no: "None" became an id) and in the per-category summary after every prediction was written
+    root = write_mmstar(tmp_path / "MMStar", cells={1: {"question": None}, 2: {"index": None}, 4: {"category": None}})
+    model = CannedModel({str(i): "A" for i in range(6)})
+    summary = run_eval(model, "mmstar", root, tmp_path / "out")
+    assert model.asked == ["0", "3", "5"]
+    # A | C D scored → 1 of 3; coarse perception 1/1, math 0/2
+    assert summary["n"] == 3 and summary["accuracy"] == 1 / 3
+    assert summary["per_category"] == {"coarse perception": 1.0, "math": 0.0}
+    assert summary["per_l2_category"] == {"geometry": 0.0, "image scene and topic": 1.0, "numeric commonsense": 0.0}
+    assert summary["skipped"] == 3 and summary["skipped_by_reason"] == {"cell_invalid": 3}
+    assert skips(tmp_path / "out", "mmstar") == {
+        "1": "cell_invalid: 'question' is null, expected text",
+        "row 3": "cell_invalid: 'index' is null, expected an id",  # named by its place when the id is null
+        "4": "cell_invalid: 'category' is null, expected text"}
+
+
+def test_a_scored_record_with_a_null_category_gives_way_to_its_skip(tmp_path):
+    """The predictions an older loader wrote (row 4 scored with category null, then the summary crashed): a rerun
+    records that item's skip instead, and the summary is written."""
+    root = write_mmstar(tmp_path / "MMStar")
+    run_eval(ConstantModel("A"), "mmstar", root, tmp_path / "out")
+    path = tmp_path / "out" / "mmstar" / "predictions.jsonl"
+    records = predictions(tmp_path / "out", "mmstar")
+    records[4]["category"] = None
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_mmstar(root, cells={4: {"category": None}})
+    summary = run_eval(ConstantModel("A"), "mmstar", root, tmp_path / "out")
+    # A B A | C D → 2 of 5; coarse perception 2/3, math 0/2
+    assert summary["n"] == 5 and summary["accuracy"] == 2 / 5
+    assert summary["per_category"] == {"coarse perception": 2 / 3, "math": 0.0}
+    assert skips(tmp_path / "out", "mmstar") == {"4": "cell_invalid: 'category' is null, expected text"}
+    assert len(predictions(tmp_path / "out", "mmstar")) == 6
+
+
+def test_null_cells_in_blink_are_recorded_skips(tmp_path):
+    rows = [DEPTH_ROWS[0], {**DEPTH_ROWS[1], "choices": None}, {**DEPTH_ROWS[2], "prompt": None}, *DEPTH_ROWS[3:]]
+    root = write_blink(tmp_path / "BLINK", {"Relative_Depth": rows}, with_test=False)
+    summary = run_eval(ConstantModel("A"), "blink:Relative_Depth", root, tmp_path / "out")
+    # A · · A B → 2 of 3
+    assert summary["n"] == 3 and summary["accuracy"] == 2 / 3 and summary["skipped_by_reason"] == {"cell_invalid": 2}
+    assert skips(tmp_path / "out", "blink:Relative_Depth") == {
+        "val_Relative_Depth_2": "cell_invalid: 'choices' is null, expected a list of option texts",
+        "val_Relative_Depth_3": "cell_invalid: 'prompt' is null, expected text"}
+
+
+def test_null_cells_and_bad_lines_in_vstar_are_recorded_skips(tmp_path):
+    # text null (row 1), category null (row 4), question_id null (row 6), a JSON list, a torn line
+    root = write_vstar(tmp_path / "vstar_bench", cells={1: {"text": None}, 4: {"category": None},
+                                                        6: {"question_id": None}},
+                       raw_lines=('["direct_attributes/sa_4690.jpg", "a list"]', '{"image": "x.jpg", "te'))
+    summary = run_eval(ConstantModel("A"), "vstar", root, tmp_path / "out")
+    # direct_attributes 0 (A) and 3 (C) scored → 1 of 2
+    assert summary["n"] == 2 and summary["accuracy"] == 1 / 2
+    assert summary["skipped_by_reason"] == {"cell_invalid": 3, "row_invalid": 2}
+    expected = {"4": "cell_invalid: 'category' is null, expected text",
+                "line 8": "row_invalid: line 8 is a list, not an object",
+                "line 9": "row_invalid: line 9 is not valid JSON (Unterminated string starting at)"}
+    assert skips(tmp_path / "out", "vstar") == {**expected, "1": "cell_invalid: 'text' is null, expected text",
+                                                "line 7": "cell_invalid: 'question_id' is null, expected an id"}
+    # the lines whose category is unknown are skipped in the other category's run too, never lost unseen
+    summary = run_eval(ConstantModel("A"), "vstar:relative_position", root, tmp_path / "out")
+    assert summary["n"] == 2 and summary["accuracy"] == 1.0
+    assert skips(tmp_path / "out", "vstar:relative_position") == expected
+
+
+def test_bad_cells_in_mmvp_are_recorded_skips(tmp_path):
+    root = write_mmvp(tmp_path / "MMVP")
+    lines = (root / "Questions.csv").read_text().splitlines()
+    lines[3] = "3,Is the dog facing left or right?"  # a short row: Options and Correct Answer missing
+    lines[5] = "five," + lines[5].split(",", 1)[1]
+    lines[7] = "7,Are there any words on the sign?,(a) Yes,(b)"  # one option only
+    (root / "Questions.csv").write_text("\n".join(lines) + "\n")
+    summary = run_eval(ConstantModel("A"), "mmvp", root, tmp_path / "out")
+    # 1 2 4 6 8 scored, truths a b a a a → 4 of 5; pairs: only (1,2) complete, and wrong
+    assert summary["n"] == 5 and summary["accuracy"] == 4 / 5 and summary["pairs"] == 1
+    assert skips(tmp_path / "out", "mmvp") == {
+        "3": "cell_invalid: 'Options' is null, expected text",
+        "five": "cell_invalid: 'lndex' is 'five', expected a number",
+        "7": "cell_invalid: cannot read options '(a) Yes': expected '(a) … (b) …'"}
+
+
+def test_image_paths_outside_the_benchmark_folder_are_recorded_skips(tmp_path):
+    secret = tmp_path / "secret.png"  # a readable image outside every benchmark folder
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(secret)
+    vroot = write_vstar(tmp_path / "vstar_bench", cells={0: {"image": "../secret.png"}, 1: {"image": str(secret)},
+                                                         3: {"image": "direct_attributes/link.png"}})
+    (vroot / "direct_attributes" / "link.png").symlink_to(secret)  # followed, and outside too
+    model = CannedModel({str(i): "A" for i in range(7)})
+    summary = run_eval(model, "vstar", vroot, tmp_path / "out")
+    assert model.asked == ["4", "6"] and summary["skipped_by_reason"] == {"path_outside_root": 3}
+    assert all(str(secret.parent.resolve()) not in r.get("prompt", "") for r in predictions(tmp_path / "out", "vstar"))
+    assert "'../secret.png' is not under the image root" in skips(tmp_path / "out", "vstar")["0"]
+
+    broot = write_blink(tmp_path / "BLINK", {"Relative_Depth": [
+        DEPTH_ROWS[0], {**DEPTH_ROWS[1], "images": {1: {"bytes": None, "path": str(secret)}}},
+        {**DEPTH_ROWS[2], "images": {1: {"bytes": None, "path": "../../secret.png"}}}]}, with_test=False)
+    summary = run_eval(ConstantModel("A"), "blink:Relative_Depth", broot, tmp_path / "out")
+    assert summary["n"] == 1 and summary["skipped_by_reason"] == {"path_outside_root": 2}
+
+    mroot = write_mmstar(tmp_path / "MMStar", images={2: {"bytes": None, "path": "../secret.png"}})
+    summary = run_eval(ConstantModel("A"), "mmstar", mroot, tmp_path / "out")
+    assert summary["n"] == 5 and summary["skipped_by_reason"] == {"path_outside_root": 1}
+
+    # the file mended, a rerun decides those skips again and scores only them
+    write_vstar(vroot)
+    again = CannedModel({str(i): "A" for i in range(7)})
+    summary = run_eval(again, "vstar", vroot, tmp_path / "out")
+    assert again.asked == ["0", "1", "3"] and summary["n"] == 5 and summary["skipped"] == 0
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns above its limit; we refuse
+def test_image_failures_are_recorded_skips_and_the_run_goes_on(tmp_path, monkeypatch):
+    root = write_mmvp(tmp_path / "MMVP")
+    # 30000² is over PIL's own bomb limit (raised while opening), 10000² over ours (checked before decoding);
+    # each file holds 16 bytes of pixels, so decoding either would fail as truncated instead
+    (root / "MMVP Images" / "3.jpg").write_bytes(png_claiming((30000, 30000)))
+    (root / "MMVP Images" / "5.jpg").write_bytes(png_claiming((10000, 10000)))
+    model = CannedModel({str(n): "A" for n in range(1, 9)})
+    summary = run_eval(model, "mmvp", root, tmp_path / "out")
+    assert model.asked == ["1", "2", "4", "6", "7", "8"] and summary["n"] == 6
+    reasons = skips(tmp_path / "out", "mmvp")
+    assert set(reasons) == {"3", "5"} and all(r.startswith("image_too_large: ") for r in reasons.values())
+    assert "900000000 pixels" in reasons["3"] and "10000x10000 exceeds 89478485 pixels" in reasons["5"]
+
+    vroot = write_vstar(tmp_path / "vstar_bench", cells={0: {"image": "direct_attributes/loop.png"},
+                                                         1: {"image": "direct_attributes/" + "x" * 300 + ".jpg"},
+                                                         4: {"image": "direct_attributes/a\x00b.jpg"}})
+    (vroot / "direct_attributes" / "loop.png").symlink_to("loop.png")
+    # any other error while decoding one image (PIL's plugins raise EOFError, struct.error, …)
+    real_open = items_module.open_rgb
+
+    def open_rgb(source, limits=None):
+        if "sa_4692" in str(source):
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return real_open(source, limits)
+
+    monkeypatch.setattr(items_module, "open_rgb", open_rgb)
+    summary = run_eval(ConstantModel("A"), "vstar", vroot, tmp_path / "out")
+    assert summary["n"] == 1 and summary["skipped_by_reason"] == {"image_unreadable": 4}
+    reasons = skips(tmp_path / "out", "vstar")
+    assert "Symlink loop" in reasons["0"] and "File name too long" in reasons["1"]
+    assert "embedded null byte" in reasons["4"]
+    assert reasons["3"].endswith("sa_4692.jpg: error: unpack requires a buffer of 4 bytes")
+
+
+def test_a_bom_is_dropped_by_every_reader(tmp_path):
+    # MMVP's in test_mmvp_loader; V* refused it (JSONDecodeError on line 1) while MMVP accepted it
+    plain = load("vstar", write_vstar(tmp_path / "plain"))
+    with_bom = load("vstar", write_vstar(tmp_path / "bom", bom=True))
+    assert [it.id for it in with_bom] == [it.id for it in plain] == ["0", "1", "3", "4", "6"]
+    assert all(it.invalid is None for it in with_bom)
 
 
 # ----------------------------------------------------------------------------------------------- resume

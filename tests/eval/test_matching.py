@@ -1,10 +1,24 @@
-"""Option-letter extraction on real-looking model outputs, and the filter's answer matcher."""
+"""Option-letter extraction on real-looking model outputs, and the filter's answer matcher: three-way rule
+verdicts (certain match, certain mismatch, defer to a judge), checked against hand-labelled pairs."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
-from lavit.eval.matching import answers_match, extract_option_letter, get_matcher, normalize_answer
+from lavit.eval.matching import (
+    answers_match,
+    extract_option_letter,
+    get_matcher,
+    get_verdict_matcher,
+    normalize_answer,
+    rule_verdict,
+)
+
+LABELLED = Path(__file__).parent / "data" / "free_text_pairs.jsonl"
 
 LETTER_CASES = [
     ("A", "ABCD", "A"),
@@ -47,6 +61,28 @@ LETTER_CASES = [
     ("The answer is A or B.", "ABCD", None),  # hedged
     ("A and B", "ABCD", None),
     ("The answer is (A) or (C).", "ABCD", None),
+    # sentence-form outputs: the article 'A' is never an option
+    ("A dog is sitting on the bench.", "ABCD", None),
+    ("A red car", "ABCD", None),
+    ("A man.", "ABCD", None),
+    ("A Red Car", "ABCD", None),
+    ("A cat and a dog", "ABCD", None),
+    ("Answer: A dog.", "ABCD", None),
+    ("the answer is A", "ABCD", "A"),
+    ("A) red", "ABCD", "A"),
+    ("A is correct.", "ABCD", "A"),
+    ("A\nA dog sits on the bench.", "ABCD", "A"),
+    ("A. A dog is on the bench.", "ABCD", "A"),
+    ("The letter A", "ABCD", "A"),
+    ("The letter is C.", "ABCD", "C"),
+    ("It's B.", "ABCD", "B"),
+    # a negated option is not a commitment; the one affirmed next to it is
+    ("A is not correct, B is.", "ABCD", "B"),
+    ("A is not correct.", "ABCD", None),
+    ("B isn't right.", "ABCD", None),
+    ("Not A.", "ABCD", None),
+    ("(B) is wrong, (C) is right.", "ABCD", "C"),
+    ("B is wrong, it's A.", "ABCD", "A"),
 ]
 
 
@@ -56,7 +92,7 @@ def test_extract_option_letter(output, letters, expected):
 
 
 def test_table_is_large_enough():
-    assert len(LETTER_CASES) >= 30
+    assert len(LETTER_CASES) >= 60
 
 
 @pytest.mark.parametrize(("prediction", "truth", "expected"), [
@@ -86,6 +122,107 @@ def test_answers_match(prediction, truth, expected):
     assert answers_match(prediction, truth) is expected
 
 
+VERDICT_CASES = [  # (prediction, truth, True / False / None = the rules defer)
+    # letters
+    ("The letter A", "A", True),
+    ("A dog is sitting on the bench.", "A", None),  # may name option A's text: only the question shows
+    ("A or B", "A", False),
+    ("A is not correct, B is.", "B", True),
+    ("A is not correct, B is.", "A", False),
+    ("B is wrong.", "A", None),
+    # numbers
+    ("1,000", "1000", True),
+    ("1000", "1,000", True),
+    ("1 000", "1000", True),
+    ("There are 1 000 people.", "1000", None),  # inside a sentence '1 000' may be two numbers
+    ("3.0", "3", True),
+    ("$5", "5", True),
+    ("5", "$5", True),
+    ("-$5", "5", False),
+    ("It costs 5.99 dollars.", "$5.99", True),
+    ("The total amount is $1250.", "$1,250.00", True),
+    ("45 percent", "45%", True),
+    ("50%", "0.5", True),
+    ("0.08", "8%", True),
+    ("8", "8%", True),
+    ("9%", "8%", False),
+    ("3 or 4", "3", False),
+    ("3-4", "3", False),
+    ("There are 7 birds and 2 cats.", "7", None),
+    ("I count 2 dogs and 3 cats; the answer is 3.", "3", True),
+    ("thirty-one", "31", None),
+    ("a couple of horses", "2", None),
+    ("The one on the left.", "1", None),
+    ("One of the dogs is brown.", "1", True),
+    ("I cannot count them without the image.", "4", False),
+    ("5 meters", "5", True),
+    # yes / no
+    ("yes and no", "yes", False),
+    ("Yes and no.", "no", False),
+    ("Maybe.", "yes", False),
+    ("Probably yes.", "yes", False),
+    ("I'm not sure.", "no", False),
+    ("It is hard to say without a closer look.", "yes", False),
+    ("Yes, he is wearing a black hat.", "yes", True),
+    ("Yes, probably.", "yes", True),
+    ("No, he is not.", "yes", False),
+    ("I think yes.", "yes", True),
+    ("No cars are visible on the street.", "yes", None),  # 'No' as a determiner commits to nothing
+    ("There is no dog in the image.", "no", None),
+    ("Yes.", "Yes, the cat is on the sofa.", True),
+    ("No, the cat is on the floor.", "Yes, the cat is on the sofa.", False),
+    ("Yes, it is sleeping there.", "Yes, the cat is on the sofa.", None),
+    # closed classes
+    ("The bus is red.", "red", True),
+    ("It is not white, it is gray.", "white", False),
+    ("It is not white, it is gray.", "gray", True),
+    ("grey", "gray", True),
+    ("green or yellow", "green", False),
+    ("The red car is next to the blue bus.", "blue", None),
+    ("crimson", "red", None),
+    ("The sign is an octagon.", "octagon", True),
+    ("It is round.", "circle", None),
+    ("red", "triangle", False),  # a colour where a shape is asked
+    # free text
+    ("an umbrella", "umbrella", True),
+    ("This is a kitchen.", "kitchen", True),
+    ("He is holding an umbrella.", "umbrella", None),
+    ("It is not a dog.", "dog", False),
+    ("a dog or a cat", "dog", False),
+    ("I cannot determine what food it is without the image.", "pizza", False),
+    ("The man wears a red shirt.", "The man is wearing a red shirt.", None),
+    ("", "red", False),
+    (None, "red", False),
+]
+
+
+@pytest.mark.parametrize(("prediction", "truth", "expected"), VERDICT_CASES)
+def test_rule_verdict(prediction, truth, expected):
+    verdict = rule_verdict(prediction, truth)
+    assert verdict.match is expected, verdict
+    assert answers_match(prediction, truth) is (expected is True)  # the bool API: a deferred pair is no match
+
+
+def read_labelled() -> list[dict]:
+    return [json.loads(line) for line in LABELLED.read_text().splitlines()]
+
+
+def test_rules_agree_with_every_hand_label_they_decide():
+    """Hand-labelled Visual-CoT-style pairs: on each pair the rules decide, they must agree with the label
+    (a rule is certain or it defers); the pairs they defer go to the judge."""
+    pairs = read_labelled()
+    assert len(pairs) >= 80 and {p["label"] for p in pairs} == {True, False}
+    verdicts = [rule_verdict(p["prediction"], p["truth"]) for p in pairs]
+    wrong = [(p, v) for p, v in zip(pairs, verdicts) if v.match is not None and v.match != p["label"]]
+    assert wrong == []
+    decided = Counter(p["kind"] for p, v in zip(pairs, verdicts) if v.match is not None)
+    deferred = Counter(p["kind"] for p, v in zip(pairs, verdicts) if v.match is None)
+    # letters, numbers and yes/no are mostly decided; paraphrased sentences are the judge's
+    assert decided["number"] >= 15 and decided["yes_no"] >= 10 and decided["letter"] >= 8
+    assert deferred["sentence"] >= 6 and decided["sentence"] <= 3
+    assert sum(decided.values()) >= len(pairs) // 2
+
+
 def test_normalize_and_plugins():
     assert normalize_answer("The  Two red cars!") == "2 red cars"
     assert get_matcher("exact")("red", " red ") is True
@@ -94,3 +231,13 @@ def test_normalize_and_plugins():
         get_matcher("lavit.eval.matching:nope")
     with pytest.raises(ValueError, match="one of"):
         get_matcher("fuzzy")
+
+
+def test_verdict_matchers():
+    assert get_verdict_matcher("default") is rule_verdict
+    assert get_verdict_matcher("exact")("red", "red").match is True
+    assert get_verdict_matcher("exact")("The car is red.", "red").match is False
+    # a plugin may defer (None); any other return value is an error, not a silent truthiness test
+    assert get_verdict_matcher("lavit.eval.matching:answers_match")("1,000", "1000").match is True
+    with pytest.raises(ValueError, match="returned 'yes'"):
+        get_verdict_matcher("builtins:max")("yes", "no")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from lavit.teacher.signals import box_cells
+from lavit.models.grid import box_cells
 from lavit.toyworld.world import COLORS, PRIOR_COLOR, SHAPES, WorldConfig, cell_labels, generate, write_split
 
 

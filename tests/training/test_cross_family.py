@@ -16,13 +16,13 @@ from lavit.data.sft_dataset import LavitSftDataset, read_sft_table
 from lavit.data.targets import TIE_TOLERANCE
 from lavit.models.checkpoint import read_lavit_meta
 from lavit.models.families import family_named
+from lavit.models.grid import merged_grid
 from lavit.models.projection_head import HEAD_WEIGHTS
 from lavit.models.tiny import TEACHER_SPEC, build_tiny_processor, build_tiny_tokenizer
 from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.extractor import run_extract
 from lavit.teacher.filter import run_filter
 from lavit.teacher.filter_config import FilterConfig
-from lavit.teacher.signals import merged_grid
 from lavit.training.lavit_config import LavitTrainConfig
 from lavit.training.train import run_training
 from tests.eval.test_eval_e2e import write_mmvp
@@ -36,26 +36,31 @@ def pixel_limits(family: str) -> dict[str, int]:
     return {"min_pixels": TOKENS[0] * unit, "max_pixels": TOKENS[1] * unit}
 
 
-def bilinear_by_hand(values: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
-    """Half-pixel-centre bilinear resampling written out cell by cell (what paper C.2 and PyTorch's
-    `align_corners=False` mean), independent of `lavit.data.targets`."""
-    grid = values.reshape(src)
-    out = np.zeros(dst)
-    for i in range(dst[0]):
-        for j in range(dst[1]):
-            y = max((i + 0.5) * src[0] / dst[0] - 0.5, 0.0)
-            x = max((j + 0.5) * src[1] / dst[1] - 0.5, 0.0)
-            y0, x0 = int(y), int(x)
-            y1, x1 = min(y0 + 1, src[0] - 1), min(x0 + 1, src[1] - 1)
-            wy, wx = y - y0, x - x0
-            out[i, j] = ((1 - wy) * (1 - wx) * grid[y0, x0] + (1 - wy) * wx * grid[y0, x1]
-                         + wy * (1 - wx) * grid[y1, x0] + wy * wx * grid[y1, x1])
-    return out.reshape(-1)
+def axis_by_hand(src: int, dst: int) -> np.ndarray:
+    """[dst, src] weights of one axis, written out cell by cell independently of `lavit.data.targets`: where the
+    axis shrinks, the overlap of destination cell [j/dst, (j+1)/dst] with source cell [i/src, (i+1)/src] in
+    source cells (area, mass-conserving); where it grows or stays, half-pixel-centre linear interpolation (what
+    paper C.2 and PyTorch's `align_corners=False` mean)."""
+    w = np.zeros((dst, src))
+    for j in range(dst):
+        if dst < src:
+            for i in range(src):
+                w[j, i] = max(0.0, min((j + 1) / dst, (i + 1) / src) - max(j / dst, i / src)) * src
+        else:
+            x = max((j + 0.5) * src / dst - 0.5, 0.0)
+            x0 = int(x)
+            w[j, x0] += 1 - (x - x0)
+            w[j, min(x0 + 1, src - 1)] += x - x0
+    return w
+
+
+def resample_by_hand(values: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    return (axis_by_hand(src[0], dst[0]) @ values.reshape(src) @ axis_by_hand(src[1], dst[1]).T).reshape(-1)
 
 
 def target_by_hand(a_traj: np.ndarray, src: tuple[int, int], dst: tuple[int, int], top_k: int) -> np.ndarray:
     """Resample, min-max (eq. 3), keep the Top-K values (ties at the k-th kept), renormalise."""
-    mapped = bilinear_by_hand(np.asarray(a_traj, dtype=np.float64), src, dst)
+    mapped = resample_by_hand(np.asarray(a_traj, dtype=np.float64), src, dst)
     scaled = (mapped - mapped.min()) / (mapped.max() - mapped.min())
     kth = np.sort(scaled)[::-1][top_k - 1]
     kept = np.where(scaled >= kth - TIE_TOLERANCE, scaled, 0.0)
@@ -117,8 +122,12 @@ def test_cross_family_extract_filter_train_eval(tmp_path, teacher_family, studen
 
 
 def test_target_by_hand_agrees_with_a_known_case():
-    """The hand reference itself, on a 2 × 2 → 4 × 4 upsampling small enough to check on paper."""
-    up = bilinear_by_hand(np.array([0.0, 1.0, 2.0, 3.0]), (2, 2), (4, 4)).reshape(4, 4)
+    """The hand reference itself, on a 2 × 2 → 4 × 4 upsampling and a 3 × 3 → 2 × 2 downsampling small enough
+    to check on paper."""
+    up = resample_by_hand(np.array([0.0, 1.0, 2.0, 3.0]), (2, 2), (4, 4)).reshape(4, 4)
     assert up[0].tolist() == [0.0, 0.25, 0.75, 1.0] and up[:, 0].tolist() == [0.0, 0.5, 1.5, 2.0]
+    # [[0, 1, 2], [3, 4, 5], [6, 7, 8]]: the middle row and column split in half, the centre in quarters
+    down = resample_by_hand(np.arange(9.0), (3, 3), (2, 2)).reshape(2, 2)
+    np.testing.assert_allclose(down, [[0 + 0.5 * 1 + 0.5 * 3 + 0.25 * 4, 6.0], [12.0, 15.0]], atol=1e-12)
     assert torch.allclose(torch.tensor(target_by_hand(np.array([0.0, 1.0, 2.0, 3.0]), (2, 2), (2, 2), 2)),
                           torch.tensor([0.0, 0.0, 2 / 5, 3 / 5], dtype=torch.float64))

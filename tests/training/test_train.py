@@ -1,6 +1,7 @@
 """End-to-end training on CPU: losses fall, resume is exact, NaN stops, the export is a plain HF model."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -190,3 +191,58 @@ def test_the_projection_head_stays_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = head(torch.randn(2, 16, dtype=torch.bfloat16))
     assert out.dtype == torch.float32
+
+
+def test_a_folder_holding_another_run_is_refused_unless_told(sft_set, tmp_path):
+    out = tmp_path / "run"
+    first = run_training(config(sft_set, out, max_steps=2, gate_warmup_steps=1))
+    (out / "notes.txt").write_text("mine")
+    # one after another with other settings: refused, nothing of the first run touched
+    with pytest.raises(ValueError, match=r"holds another run \(checkpoint-2, run_settings.json, student, "
+                                         r"train_log.jsonl, train_results.json\): resume=latest continues it, "
+                                         "overwrite=true deletes it first"):
+        run_training(config(sft_set, out, max_steps=2, gate_warmup_steps=1, learning_rate=5e-4))
+    assert json.loads((out / "train_results.json").read_text())["log_history"] == first["log_history"]
+    # overwrite=true: the old run's files go first, then this run is the folder's only one
+    second = run_training(config(sft_set, out, max_steps=1, gate_warmup_steps=0, learning_rate=5e-4,
+                                 save_steps=1, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "notes.txt", "run_settings.json", "student",
+                                                     "train_log.jsonl", "train_results.json"]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log if "loss" in line] == [1]
+    assert json.loads((out / "run_settings.json").read_text())["learning_rate"] == 5e-4 == second["settings"][
+        "learning_rate"]
+
+
+def test_a_folder_in_use_by_a_running_train_is_refused(sft_set, tmp_path):
+    from lavit.data.run_dir import RunLock
+
+    with RunLock(tmp_path / "run"):  # another `lavit train` holding the folder
+        with pytest.raises(ValueError, match=rf"run is in use by another run \(pid {os.getpid()} on host"):
+            run_training(config(sft_set, tmp_path / "run", max_steps=1, gate_warmup_steps=0))
+    assert not (tmp_path / "run" / "run_settings.json").exists()
+
+
+def test_an_output_dir_that_is_or_holds_an_input_is_refused_before_anything_is_deleted(sft_set, tmp_path):
+    data = sft_set.parent
+    before = sorted(p.name for p in data.rglob("*"))
+    for out in (data, data.parent):
+        with pytest.raises(ValueError, match=r"output_dir .* (is|contains) the input (data|image_root)"):
+            run_training(config(sft_set, out, max_steps=1, gate_warmup_steps=0, overwrite=True))
+    assert sorted(p.name for p in data.rglob("*")) == before
+    with pytest.raises(ValueError, match="overwrite=true deletes the run that resume= continues"):
+        config(sft_set, tmp_path, overwrite=True, resume="latest")
+
+
+def test_an_image_that_does_not_decode_stops_before_the_first_step_or_is_dropped_and_recorded(tmp_path):
+    # once: a corrupt PNG stopped training at step 4 of 12 with a `Rejection: image_corrupt` traceback
+    data = write_sft_set(tmp_path / "sft", 8, seed=1)
+    (data.parent / "images" / "00003.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    with pytest.raises(ValueError, match=r"image does not decode \(1 rows\): shape-00003"):
+        run_training(config(data, tmp_path / "stop", max_steps=2))
+    assert not (tmp_path / "stop" / "checkpoint-1").exists()
+    with pytest.warns(RuntimeWarning, match="bad_rows=drop: 1 of 8 rows left out"):
+        result = run_training(config(data, tmp_path / "drop", max_steps=2, bad_rows="drop"))
+    assert result["global_step"] == 2 and result["dropped_rows"] == {"image_corrupt": 1}
+    (record,) = [json.loads(line) for line in (tmp_path / "drop" / "dropped_rows.jsonl").read_text().splitlines()]
+    assert record["id"] == "shape-00003" and record["reason"] == "image_corrupt" and "00003.png" in record["detail"]

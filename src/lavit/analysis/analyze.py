@@ -12,18 +12,26 @@ category of the produced token (functional / object / attribute), KL(teacher ‖
 the cosine distance of the producing query's hidden-state similarity row (Fig. 3; rows, not raw
 states, because teacher and student widths differ). With per-sample
 correctness (`--correct`), accuracy over S_focus thresholds (Fig. 2). Figures are PNG, numbers JSON.
+
+Samples are checked before any model runs, as extraction checks them: one the analysis cannot use (no box,
+an image outside `--image-root`, missing, undecodable or too large, …) is left out and listed in
+`analysis.json` under `rejected` (id, reason code, detail) and `rejected_by_reason`; malformed lines and
+duplicate ids, or no usable sample at all, stop before any work. An `--out` holding an analysis of other
+settings (`run.json`) or one of the inputs is refused, and one analysis holds its folder at a time.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import hashlib
+import json
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lavit.analysis import figures
-from lavit.analysis.collect import CATEGORIES, image_sizes, read_records, token_category, trace_model
+from lavit.analysis.collect import CATEGORIES, read_records, token_category, trace_model
 from lavit.analysis.metrics import (
     accuracy_by_threshold,
     attention_entropy,
@@ -34,6 +42,7 @@ from lavit.analysis.metrics import (
     similarity_rows,
     summary_stats,
 )
+from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
 from lavit.data.signal_store import write_json_atomic
 from lavit.data.targets import resample_map
 from lavit.teacher.signals import s_focus
@@ -52,11 +61,26 @@ def analyze(samples: str | Path, image_root: str | Path, models: dict[str, str],
             heatmaps: int = 4, batch_size: int = 16) -> dict:
     if teacher not in models:
         raise ValueError(f"the models must include the teacher under the name {teacher!r} (got {sorted(models)})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     image_root = Path(image_root)
-    records = read_records(samples, max_samples)
-    sizes = image_sizes(records, image_root)
+    records, rejected = read_records(samples, image_root, max_samples)
+    if not records:
+        raise ValueError(f"{samples}: no sample the analysis can use; {len(rejected)} rejected, e.g. "
+                         + "; ".join(f"{r['id']}: {r['reason']}: {r['detail']}" for r in rejected[:3]))
+    out = Path(out)
+    refuse_inputs_inside(out, {"samples": samples, "image_root": image_root, **models})
+    # what the results depend on; a local model is one model however its path is spelled
+    flags = hashlib.sha256(json.dumps(correct, sort_keys=True).encode()).hexdigest() if correct else None
+    settings = {"samples": str(Path(samples).resolve()), "image_root": str(image_root.resolve()),
+                "models": {n: str(Path(m).resolve()) if Path(m).exists() else str(m) for n, m in models.items()},
+                "teacher": teacher, "max_samples": max_samples, "heatmaps": heatmaps, "correct_sha256": flags}
+    with RunLock(out):  # one analysis per folder at a time: two would interleave their figures
+        record_settings(out / "run.json", settings, hint="use another --out")
+        return _analyze(records, rejected, image_root, models, out, teacher, correct, heatmaps, batch_size)
+
+
+def _analyze(records: list, rejected: list[dict], image_root: Path, models: dict[str, str], out: Path, teacher: str,
+             correct: dict[str, dict[str, bool]] | None, heatmaps: int, batch_size: int) -> dict:
+    sizes = [r.size for r in records]
     traces = {name: trace_model(path, records, image_root, batch_size=batch_size, desc=name)
               for name, path in models.items()}
 
@@ -103,7 +127,9 @@ def analyze(samples: str | Path, image_root: str | Path, models: dict[str, str],
                                                      for c in CATEGORIES},
                      "tokens_by_category": {c: len(kl[c]) for c in CATEGORIES}, "misaligned_samples": misaligned}
 
-    result = {"samples": len(records), "models": {k: str(v) for k, v in models.items()}, "teacher": teacher,
+    result = {"samples": len(records), "rejected": rejected,
+              "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
+              "models": {k: str(v) for k, v in models.items()}, "teacher": teacher,
               "per_model": per_model, "perception_gap": gap}
     result["figures"] = figures.write_all(out, per_model, gap, answer_maps, records, sizes, image_root,
                                           {n: [t.grid for t in traces[n][0]] for n in traces}, heatmaps)

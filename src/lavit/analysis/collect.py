@@ -6,14 +6,22 @@ teacher and a student line up token by token, as in the paper's Perception-Gap s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
-from lavit.data.samples import open_rgb
+from lavit.data.samples import (
+    ImageLimits,
+    Rejection,
+    Sample,
+    check_text,
+    load_image,
+    open_rgb,
+    pixel_box,
+    read_jsonl_samples,
+    resolve_image,
+)
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
 from lavit.teacher.extractor import SignalExtractor, TokenTrace
 
@@ -38,21 +46,44 @@ def token_category(token: str) -> str:
 @dataclass
 class SampleRecord:
     id: str
-    image: str
+    image: str  # relative to the image root, checked to stay under it
     question: str
     answer: str
-    bbox: list[float]
+    bbox: list[float]  # source-image pixels, checked against the image
+    size: tuple[int, int]  # the image's (width, height)
 
 
-def read_records(jsonl: str | Path, max_samples: int = 0) -> list[SampleRecord]:
-    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
-    rows = rows[:max_samples] if max_samples else rows
-    records = []
-    for r in rows:
-        if r.get("bbox") is None:
-            raise ValueError(f"sample {r['id']}: the analysis needs a bounding box")
-        records.append(SampleRecord(str(r["id"]), r["image"], r["question"], str(r["answer"]), list(r["bbox"])))
-    return records
+def read_records(jsonl: str | Path, image_root: str | Path, max_samples: int = 0) -> tuple[list[SampleRecord],
+                                                                                           list[dict]]:
+    """The first `max_samples` (0 = all) samples of a JSONL file in lavit's sample format, checked as extraction
+    checks them, and a rejection `{id, reason, detail}` for each one the analysis cannot use: empty question,
+    missing answer, no or a bad box (`box_missing`, `box_invalid`, …), an image outside the image root
+    (`path_outside_root`), missing, undecodable or beyond the pixel limits (checked before decoding). Malformed
+    lines, missing and duplicate ids stop before any work, naming the line (`read_jsonl_samples`)."""
+    samples = read_jsonl_samples(jsonl)
+    samples = samples[:max_samples] if max_samples else samples
+    records, rejected = [], []
+    for sample in samples:
+        try:
+            records.append(check_record(sample, Path(image_root)))
+        except Rejection as rej:
+            rejected.append({"id": sample.id, "reason": rej.reason, "detail": rej.detail})
+    return records, rejected
+
+
+def check_record(sample: Sample, image_root: Path) -> SampleRecord:
+    check_text(sample)
+    if sample.bbox is None:
+        raise Rejection("box_missing", "S_focus needs the sample's bounding box")
+    try:
+        path = resolve_image(image_root, sample.image)
+        with load_image(path, ImageLimits()) as image:
+            size = image.size
+    except Rejection:
+        raise
+    except Exception as err:  # a NUL byte in the path, an error past the decoder, …: this sample's, not the run's
+        raise Rejection("image_unreadable", f"{sample.image!r}: {type(err).__name__}: {err}") from None
+    return SampleRecord(sample.id, sample.image, sample.question, str(sample.answer), pixel_box(sample, size), size)
 
 
 def trace_model(path: str, records: list[SampleRecord], image_root: Path, *, batch_size: int = 16,
@@ -73,10 +104,3 @@ def trace_model(path: str, records: list[SampleRecord], image_root: Path, *, bat
     tokens = [processor.tokenizer.convert_ids_to_tokens(t.token_ids.tolist()) for t in traces]
     return traces, tokens
 
-
-def image_sizes(records: list[SampleRecord], image_root: Path) -> list[tuple[int, int]]:
-    sizes = []
-    for r in records:
-        with Image.open(image_root / r.image) as img:
-            sizes.append(img.size)
-    return sizes

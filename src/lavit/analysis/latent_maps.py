@@ -19,8 +19,8 @@ from transformers import TrainerCallback
 
 from lavit.data.collator import LavitCollator
 from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
+from lavit.models.grid import box_cells
 from lavit.models.lavit_student import LavitStudent, latent_image_distribution
-from lavit.teacher.signals import box_cells
 
 
 @dataclass

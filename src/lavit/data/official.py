@@ -28,17 +28,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from lavit.data.samples import Rejection, resolve_image
+from lavit.data.samples import Rejection, Sample, check_text, resolve_image
 from lavit.data.signal_store import (
-    MANIFEST,
     SCHEMA_VERSION,
     ShardWriter,
+    create_store,
     pending_row,
-    read_manifest,
     store_counts,
-    write_manifest,
+    update_manifest,
 )
-from lavit.teacher.signals import merged_grid
+from lavit.models.grid import merged_grid
 
 QWEN_MIN_PIXELS = 3136
 QWEN_MAX_PIXELS = 12845056
@@ -49,7 +48,7 @@ def read_official_records(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"official training file {path} does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is dropped, as every reader here does
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg})") from None
     records = data.get("results") if isinstance(data, dict) else None
@@ -111,18 +110,20 @@ def convert_record(record: dict, index: int, image_root: Path, features_root: Pa
     row = pending_row(index, record_id(record, index), record["image_relative_path"], record["question"],
                       record["ground_truth_enriched"], record.get("dataset"))
     try:
-        if not str(record["question"]).strip():
-            raise Rejection("question_empty")
-        if not str(record["ground_truth_enriched"] or "").strip():
-            raise Rejection("answer_missing")
+        check_text(Sample(row["id"], record["image_relative_path"], record["question"], record["ground_truth_enriched"],
+                          source=record.get("dataset")))
         image_path = resolve_image(image_root, record["image_relative_path"])
-        if not image_path.is_file():
-            raise Rejection("image_missing", str(image_path))
         try:
-            with Image.open(image_path) as img:
+            with Image.open(image_path) as img:  # the size only: the header, no decoding
                 size = img.size
-        except (UnidentifiedImageError, OSError) as err:
+        except FileNotFoundError:
+            raise Rejection("image_missing", str(image_path)) from None
+        except Image.DecompressionBombError as err:
+            raise Rejection("image_too_large", f"{image_path}: {err}") from None
+        except UnidentifiedImageError as err:
             raise Rejection("image_corrupt", f"{image_path}: {err}") from None
+        except OSError as err:  # a name over the filesystem's limit, a permission, a directory, an I/O error
+            raise Rejection("image_unreadable", f"{image_path}: {err}") from None
         v_sem, n_tokens = load_v_top(_resolve(record["v_top_path_abs"], features_root), teacher_dim)
         p_t = load_p_t(_resolve(record["attention_path_abs"], features_root))
         grid = merged_grid(size, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -146,31 +147,27 @@ def import_official(data: str, image_root: str, out: str, *, features_root: str 
         raise ValueError(f"{data}: duplicate sample ids (dataset + question_id)")
     settings = {"data": str(Path(data).resolve()), "teacher_dim": teacher_dim, "min_pixels": min_pixels, "max_pixels": max_pixels}
     out_dir = Path(out)
-    if (out_dir / MANIFEST).is_file():
-        if read_manifest(out_dir).get("settings") != settings:
-            raise ValueError(f"{out_dir} was imported with different settings; choose a new --out")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest({"schema_version": SCHEMA_VERSION, "kind": "teacher_signals",
-                        "teacher": "official LaViT-15k (Qwen2.5-VL-32B-Instruct)", "settings": settings,
-                        "note": "imported; already filtered by the authors; V_sem is their pre-norm V_top mean; "
-                                "a_traj is their last-8-layer p_t renormalised"}, out_dir)
-    writer = ShardWriter(out_dir, "official")
-    done = writer.stored_ids()
+    manifest, _ = create_store(out_dir, {
+        "schema_version": SCHEMA_VERSION, "kind": "teacher_signals",
+        "teacher": "official LaViT-15k (Qwen2.5-VL-32B-Instruct)", "settings": settings,
+        "note": "imported; already filtered by the authors; V_sem is their pre-norm V_top mean; "
+                "a_traj is their last-8-layer p_t renormalised"})
+    if manifest.get("settings") != settings:
+        raise ValueError(f"{out_dir} was imported with different settings; choose a new --out")
     roots = (Path(image_root), Path(features_root) if features_root else None)
     pending, counts = [], {"ok": 0, "rejected": 0}
-    for i, record in enumerate(tqdm(records, desc="import", unit="sample")):
-        if ids[i] in done:
-            continue
-        row = convert_record(record, i, *roots, teacher_dim, min_pixels, max_pixels)
-        counts[row["status"]] += 1
-        pending.append(row)
-        if len(pending) >= rows_per_file:
+    with ShardWriter(out_dir, "official") as writer:
+        done = writer.stored_ids()
+        for i, record in enumerate(tqdm(records, desc="import", unit="sample")):
+            if ids[i] in done:
+                continue
+            row = convert_record(record, i, *roots, teacher_dim, min_pixels, max_pixels)
+            counts[row["status"]] += 1
+            pending.append(row)
+            if len(pending) >= rows_per_file:
+                writer.write(pending)
+                pending = []
+        if pending:
             writer.write(pending)
-            pending = []
-    if pending:
-        writer.write(pending)
-    manifest = read_manifest(out_dir)
-    manifest["counts"] = store_counts(out_dir)
-    write_manifest(manifest, out_dir)
+        update_manifest(out_dir, lambda m: m.update(counts=store_counts(out_dir)))
     return {"records": len(records), "skipped_already_stored": len(done & set(ids)), **counts}

@@ -2,7 +2,7 @@
 
 A sample is `id`, `image` (path relative to an image root), `question`, `answer`, optional `bbox`
 and optional `source`. Readers (`read_jsonl_samples`, `lavit.data.visual_cot`) turn files into
-`Sample`s; `check_sample` + `load_image` turn a sample into a checked RGB image and a pixel box, or a
+`Sample`s; `check_text` + `load_image` turn a sample into a checked RGB image and a pixel box, or a
 `Rejection` whose `reason` is recorded in the output — a bad sample is never silently altered.
 """
 
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 # Qwen2.5-VL's smart_resize refuses aspect ratios above this.
 MAX_ASPECT_RATIO = 200
@@ -24,6 +26,8 @@ BOX_FORMATS = ("pixels", "normalized", "normalized_square")
 
 @dataclass
 class Sample:
+    """Fields as read (only `id` is made text); `check_text` rejects the ones that are not text."""
+
     id: str
     image: str
     question: str
@@ -52,6 +56,42 @@ class ImageLimits:
     max_pixels: int = 89_478_485  # PIL's decompression-bomb warning limit
 
 
+@dataclass
+class TextLimits:
+    """The text checks that need the tokenizer. Its special tokens may not occur in a question or answer: the
+    tokenizer would read them as control tokens (an `<|image_pad|>` asks for an image that is not there, an
+    `<|im_end|>` ends the turn). Stripping them would alter the sample, so it is rejected instead."""
+
+    special_tokens: tuple[str, ...] = ()
+    max_tokens: int = 0  # 0 = no limit
+    count_tokens: Callable[[str], int] | None = None
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, max_tokens: int = 0) -> TextLimits:
+        special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        return cls(tuple(sorted(special | set(tokenizer.all_special_tokens))), max_tokens,
+                   lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+
+def text_value(value: Any) -> str | None:
+    """`value` if it is text a Parquet string column can hold (valid Unicode: JSON admits lone surrogates),
+    else None. Numbers are not text here: only an answer may be one (`answer_text`)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def answer_text(answer: Any) -> str | None:
+    """The answer as stored: text as given, a JSON number (`3`, `2.5`) as its text, anything else None."""
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        return str(answer)
+    return text_value(answer)
+
+
 def read_jsonl_samples(path: str | Path) -> list[Sample]:
     """Our JSONL format: one object per line with `id`, `image`, `question`, `answer`, optional `bbox`, `source`.
 
@@ -60,7 +100,7 @@ def read_jsonl_samples(path: str | Path) -> list[Sample]:
     """
     path = Path(path)
     samples: list[Sample] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # a BOM is dropped
         if not line.strip():
             continue
         try:
@@ -72,16 +112,20 @@ def read_jsonl_samples(path: str | Path) -> list[Sample]:
         for key in ("id", "image"):
             if record.get(key) in (None, ""):
                 raise ValueError(f"{path}:{lineno}: missing '{key}'")
-        samples.append(Sample(id=str(record["id"]), image=str(record["image"]), question=record.get("question") or "",
+        question = "" if record.get("question") is None else record["question"]
+        samples.append(Sample(id=str(record["id"]), image=record["image"], question=question,
                               answer=record.get("answer"), bbox=record.get("bbox"), source=record.get("source")))
     check_unique_ids(samples, str(path))
     return samples
 
 
 def check_unique_ids(samples: list[Sample], where: str) -> None:
+    """Ids are the store's keys: unique, and text it can hold (a rejected row needs its id too)."""
     seen: dict[str, int] = {}
     dups = []
     for i, s in enumerate(samples):
+        if text_value(s.id) is None:
+            raise ValueError(f"{where}: record {i + 1} has an id that is not valid Unicode text: {s.id!r}")
         if s.id in seen:
             dups.append(f"'{s.id}' (records {seen[s.id] + 1} and {i + 1})")
         seen.setdefault(s.id, i)
@@ -94,15 +138,24 @@ def resolve_image(image_root: str | Path, relative: str) -> Path:
     """`image_root / relative`, refused (`Rejection` 'path_outside_root') unless it stays under the root:
     a sample's image may not be an absolute path or climb out with '..' (symbolic links are followed)."""
     root = Path(image_root).resolve()
-    path = (root / relative).resolve()
-    if Path(relative).is_absolute() or root not in path.parents:
+    if Path(relative).is_absolute():
+        raise Rejection("path_outside_root", f"{relative!r} is not under the image root {root}")
+    try:
+        path = (root / relative).resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # a symbolic-link loop; a NUL byte in the name
+        raise Rejection("image_unreadable", f"{relative!r}: {err}") from None
+    if root not in path.parents:
         raise Rejection("path_outside_root", f"{relative!r} is not under the image root {root}")
     return path
 
 
 def load_image(path: Path, limits: ImageLimits) -> Image.Image:
     """Open, check and convert an image to 8-bit RGB (`open_rgb`), or raise `Rejection`."""
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # e.g. a file name over the filesystem's 255 bytes
+        raise Rejection("image_unreadable", str(err)) from None
+    if not found:
         raise Rejection("image_missing", str(path))
     return open_rgb(path, limits)
 
@@ -113,22 +166,31 @@ def open_rgb(source: str | Path | BinaryIO, limits: ImageLimits | None = None) -
 
     Grayscale and palette images are expanded; 16-/32-bit integer images are scaled (not clipped) to
     8 bits; transparent images are composited on white. EXIF orientation is *not* applied, because
-    published boxes refer to the stored pixel array. With `limits`, sizes are checked before decoding.
-    An unreadable file raises `Rejection` ('image_corrupt').
+    published boxes refer to the stored pixel array. With `limits`, sizes are checked before decoding (PIL's
+    own bomb check, which fires on open, is 'image_too_large' too). Bytes PIL cannot decode raise `Rejection`
+    ('image_corrupt'), a file the filesystem will not read 'image_unreadable'.
     """
     name = source if isinstance(source, (str, Path)) else "embedded bytes"
     try:
         image = Image.open(source)
-    except (UnidentifiedImageError, OSError) as err:
-        raise Rejection("image_corrupt", f"{name}: {err}") from None
+    except Image.DecompressionBombError as err:  # PIL's own check, at twice its limit, fires on open: before ours
+        raise Rejection("image_too_large", f"{name}: {err}") from None
+    except Exception as err:  # PIL's parsers raise many kinds on bad bytes; all are this file's problem
+        raise _unreadable(name, err) from None
     with image:
         if limits is not None:
             check_size(image.size, limits)
         try:
             image.load()
-        except (OSError, ValueError, SyntaxError) as err:
-            raise Rejection("image_corrupt", f"{name}: {err}") from None
+        except Exception as err:
+            raise _unreadable(name, err) from None
         return to_rgb(image)
+
+
+def _unreadable(name, err: Exception) -> Rejection:
+    """'image_unreadable' for a filesystem error (permission, I/O), else 'image_corrupt' (the bytes)."""
+    reason = "image_unreadable" if isinstance(err, OSError) and err.errno else "image_corrupt"
+    return Rejection(reason, f"{name}: {err}" if isinstance(err, OSError) else f"{name}: {type(err).__name__}: {err}")
 
 
 def check_size(size: tuple[int, int], limits: ImageLimits) -> None:
@@ -165,7 +227,7 @@ def pixel_box(sample: Sample, image_size: tuple[int, int], tolerance: float = 1.
         raise Rejection("box_invalid", f"expected [x1, y1, x2, y2], got {box!r}")
     try:
         x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer too large for a float
         raise Rejection("box_invalid", f"non-numeric box {box!r}") from None
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
         raise Rejection("box_invalid", f"non-finite box {box!r}")
@@ -188,8 +250,34 @@ def pixel_box(sample: Sample, image_size: tuple[int, int], tolerance: float = 1.
     return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
 
 
-def check_text(sample: Sample) -> None:
-    if not isinstance(sample.question, str) or not sample.question.strip():
+def check_text(sample: Sample, limits: TextLimits | None = None) -> None:
+    """The sample's text, or `Rejection`: a question and an answer (`question_empty`, `answer_missing`); question,
+    answer, image path and source that are text (`field_not_text`: an answer may be a number); and with `limits`
+    no special token in question or answer (`special_token_in_text`), neither over `limits.max_tokens`
+    (`text_too_long`), which keeps one sample from filling the memory of its whole batch."""
+    question, answer = sample.question, sample.answer
+    if question is None or (isinstance(question, str) and not question.strip()):
         raise Rejection("question_empty")
-    if sample.answer is None or (isinstance(sample.answer, str) and not sample.answer.strip()):
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
         raise Rejection("answer_missing")
+    fields = {"question": (question, text_value(question)), "answer": (answer, answer_text(answer)),
+              "image": (sample.image, text_value(sample.image)),
+              "source": (sample.source, "" if sample.source is None else text_value(sample.source))}
+    for name, (value, text) in fields.items():
+        if text is None:
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "…"
+            kind = "not valid Unicode text" if isinstance(value, str) else f"not text but {type(value).__name__}"
+            raise Rejection("field_not_text", f"{name} is {kind}: {shown}")
+    if limits is None:
+        return
+    texts = {"question": question, "answer": fields["answer"][1]}
+    if limits.special_tokens:
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(limits.special_tokens, key=len, reverse=True)))
+        for name, text in texts.items():
+            if found := pattern.search(text):
+                raise Rejection("special_token_in_text", f"{name} holds the special token {found.group()!r} "
+                                f"at character {found.start()}")
+    if limits.max_tokens:
+        for name, text in texts.items():
+            if (n := limits.count_tokens(text)) > limits.max_tokens:
+                raise Rejection("text_too_long", f"{name} has {n} tokens, over max_text_tokens={limits.max_tokens}")

@@ -8,18 +8,36 @@ them. Rows keep their position in the input list (`index`), and `read_store` ret
 order, so the stored set does not depend on how often a run was interrupted. Loadable without lavit:
 `pyarrow.parquet.read_table(STORE/data)`, `datasets.load_dataset("parquet", data_dir=STORE/data)` or
 `datasets.load_dataset(STORE)` (the card names the shards).
+
+One writer of record, also across machines on a shared filesystem: a store is created by an exclusive
+create of its manifest (`create_store`: of several runs starting at one instant exactly one writes it, the
+others compare their settings with it); the manifest is changed only under the store's lock
+(`update_manifest`), and its counts are derived from the shards, never accumulated; each shard prefix (one
+per extraction worker) has one writer, which holds that prefix's lock (`ShardWriter`). Temporary files have
+unique hidden names, so concurrent writers never rename each other's and stock readers never see them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import random
+import socket
+import threading
+import time
+import uuid
+import weakref
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lavit.data.samples import answer_text, text_value
 
 SCHEMA_VERSION = 2  # 2: shards moved from the store's root into data/
 MANIFEST = "manifest.json"
@@ -45,26 +63,65 @@ SIGNAL_SCHEMA = pa.schema([
 ])
 
 
-def pending_row(index: int, sample_id: str, image: str, question: str, answer, source: str | None) -> dict:
-    """A row with the sample's fields and no signals yet: status 'rejected' until signals are filled in."""
+def pending_row(index: int, sample_id: str, image, question, answer, source) -> dict:
+    """A row with the sample's fields and no signals yet: status 'rejected' until signals are filled in. A field
+    that is not storable text is stored as null; `samples.check_text` rejects such a sample ('field_not_text')."""
     row = dict.fromkeys(SIGNAL_SCHEMA.names)
-    row.update(index=index, id=sample_id, image=image, question=question,
-               answer=None if answer is None else str(answer), source=source, status="rejected")
+    row.update(index=index, id=sample_id, image=text_value(image), question=text_value(question),
+               answer=answer_text(answer), source=text_value(source), status="rejected")
     return row
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
+def temp_path(path: Path) -> Path:
+    """A unique hidden name beside `path`: concurrent writers never share one, and pyarrow's and datasets'
+    readers skip names starting with '.'."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    tmp = temp_path(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    tmp = temp_path(path)
+    try:
+        _write_durable(tmp, text.encode("utf-8"))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    _write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path)
+
+
+def _link_exclusive(source: Path, target: Path) -> bool:
+    """Make `target` a hard link to `source` unless `target` exists: an atomic, exclusive create of a complete
+    file, also on NFS (the method open(2) gives there: a link whose reply was lost shows in the link count)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        raise ValueError(f"cannot create {target} ({err}): a lavit store needs a filesystem with hard links and "
+                         "atomic renames (a local disk, NFS, Lustre, GPFS, BeeGFS)") from None
+    return os.stat(source).st_nlink == 2
 
 
 def shard_files(directory: Path) -> list[Path]:
@@ -72,16 +129,51 @@ def shard_files(directory: Path) -> list[Path]:
 
 
 def write_manifest(manifest: dict, directory: Path) -> None:
-    """`manifest.json` plus a dataset card whose `configs` entry points `datasets.load_dataset` at the shards."""
+    """`manifest.json` plus a dataset card whose `configs` entry points `datasets.load_dataset` at the shards.
+    For a store only this process writes; where others may, create with `create_store` and change with
+    `update_manifest`."""
     write_json_atomic(manifest, Path(directory) / MANIFEST)
+    _write_card(manifest, Path(directory))
+
+
+def _write_card(manifest: dict, directory: Path) -> None:
     card = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train",
             f"    path: {SHARD_DIR}/*.parquet", "---", "",
             f"# lavit store: {manifest.get('kind', 'unknown kind')}", "",
             f"Teacher: {manifest.get('teacher')}. Schema version {manifest.get('schema_version')}; "
             f"settings and counts in `{MANIFEST}`. Shards: `{SHARD_DIR}/*.parquet`.", ""]
-    tmp = Path(directory) / "README.md.tmp"
-    tmp.write_text("\n".join(card))
-    os.replace(tmp, Path(directory) / "README.md")
+    _write_text_atomic("\n".join(card), directory / "README.md")
+
+
+def create_store(directory: str | Path, manifest: dict) -> tuple[dict, bool]:
+    """(the store's manifest, whether this call created it). The manifest appears complete and exclusively:
+    of several processes creating one store at one instant exactly one writes `manifest`, and every other gets
+    the winner's, to compare its settings with (and refuse to write on a mismatch)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MANIFEST
+    tmp = temp_path(path)
+    try:
+        _write_durable(tmp, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+        created = _link_exclusive(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not created:
+        return read_manifest(directory), False
+    _write_card(manifest, directory)
+    return manifest, True
+
+
+def update_manifest(directory: str | Path, change: Callable[[dict], None]) -> dict:
+    """Read, `change` in place and write the manifest (and card) under the store's lock, so concurrent updates
+    never lose one another; `change` may raise to refuse, leaving the manifest as it was."""
+    directory = Path(directory)
+    with StoreLock(directory / MANIFEST_LOCK, f"the manifest of {directory}").acquire(wait=True) as lock:
+        manifest = read_manifest(directory)
+        change(manifest)
+        lock.check()
+        write_manifest(manifest, directory)
+    return manifest
 
 
 def read_store(directory: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -113,11 +205,182 @@ def read_manifest(directory: Path) -> dict:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {MANIFEST}: not a lavit store")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a readable manifest (a JSON {type(manifest).__name__}, not an object)")
+    return manifest
+
+
+MANIFEST_LOCK = ".manifest.lock"
+# A holder refreshes its lock's time every LOCK_HEARTBEAT_SECONDS; a lock not refreshed for LOCK_STALE_SECONDS
+# (by the filesystem's clock) is a dead holder's, on any machine. On the holder's own machine a lock whose
+# process has exited is stale at once.
+LOCK_HEARTBEAT_SECONDS = 15.0
+LOCK_STALE_SECONDS = 120.0
+_log = logging.getLogger(__name__)
+
+
+def _this_machine() -> str:
+    """Host name plus PID namespace: two containers on one host may share a name but not their process ids."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()} {namespace}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:  # a killed process its parent has not reaped yet still has a pid
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _read_lock(path: Path) -> tuple[bytes, dict, float] | None:
+    """(content, holder, mtime) of one lock file, read through one descriptor; None once it is gone."""
+    try:
+        with open(path, "rb") as f:
+            raw, mtime = f.read(), os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    try:
+        holder = json.loads(raw)
+    except ValueError:
+        holder = {}
+    return raw, holder if isinstance(holder, dict) else {}, mtime
+
+
+class StoreBusy(ValueError):
+    """The lock is held by a live process (or was lost to one that judged this one dead)."""
+
+
+class StoreLock:
+    """An exclusive lock file that holds on shared filesystems (NFS, Lustre, GPFS), where `fcntl`/`flock` locks
+    are unreliable or absent: a hard link (`_link_exclusive`) from a complete file naming the holder (machine,
+    pid, token). The holder refreshes the file's time from a background thread; a waiter clears a lock whose
+    holder has exited (same machine) or that went `LOCK_STALE_SECONDS` without a refresh, and says so."""
+
+    def __init__(self, path: str | Path, what: str):
+        self.path = Path(path)
+        self.what = what
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._stop: threading.Event | None = None
+        self._fs_offset: float | None = None
+
+    def acquire(self, wait: bool = True) -> StoreLock:
+        """Take the lock; while a live process holds it, wait (`wait`) or raise `StoreBusy`."""
+        holder = {"machine": _this_machine(), "host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "what": self.what}
+        mine = temp_path(self.path)
+        _write_durable(mine, json.dumps(holder).encode("utf-8"))
+        started, said = time.monotonic(), False
+        try:
+            while not _link_exclusive(mine, self.path):
+                found = _read_lock(self.path)
+                if found is None:
+                    continue
+                if self._stale(found[1], found[2]):
+                    self._clear(found)
+                    continue
+                other = found[1]
+                message = (f"{self.what} is held by {other.get('host', '?')} pid {other.get('pid', '?')} since "
+                           f"{other.get('since', '?')} ({self.path}; a lock whose process is gone is cleared "
+                           f"{LOCK_STALE_SECONDS:.0f} s after its last refresh, at once on its own machine)")
+                if not wait:
+                    raise StoreBusy(message)
+                if not said and time.monotonic() - started > 10:  # a manifest update takes a second or so
+                    _log.warning("waiting: %s", message)
+                    said = True
+                time.sleep(random.uniform(0.005, 0.05))
+        finally:
+            mine.unlink(missing_ok=True)
+        self._stop = threading.Event()
+        threading.Thread(target=self._heartbeat, args=(self._stop,), daemon=True, name=f"lock {self.path}").start()
+        return self
+
+    def _stale(self, holder: dict, mtime: float) -> bool:
+        if holder.get("machine") == _this_machine() and isinstance(holder.get("pid"), int):
+            if not _process_alive(holder["pid"]):
+                return True
+        if self._fs_offset is None:  # the filesystem's clock (its server's, on NFS) minus ours, measured once
+            probe = temp_path(self.path)
+            _write_durable(probe, b"")
+            self._fs_offset = probe.stat().st_mtime - time.time()
+            probe.unlink()
+        return time.time() + self._fs_offset - mtime > LOCK_STALE_SECONDS
+
+    def _clear(self, found: tuple[bytes, dict, float]) -> None:
+        """Remove the stale lock `found`; if another waiter cleared it first and a third process took the lock
+        meanwhile, the live lock moved aside by mistake is put back."""
+        moved = temp_path(self.path)
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return
+        taken = _read_lock(moved)
+        if taken is not None and taken[0] == found[0]:
+            holder = found[1]
+            _log.warning("cleared a stale lock on %s left by %s pid %s (since %s)", self.what, holder.get("host", "?"),
+                         holder.get("pid", "?"), holder.get("since", "?"))
+        else:
+            _link_exclusive(moved, self.path)
+        moved.unlink(missing_ok=True)
+
+    def owned(self) -> bool:
+        found = _read_lock(self.path)
+        return found is not None and found[1].get("token") == self.token
+
+    def beat(self) -> None:
+        """Refresh the lock's time, or note that it was lost (taken over by a process that judged this one dead)."""
+        try:
+            if self.owned():
+                os.utime(self.path)
+                return
+        except OSError:
+            pass
+        self.lost = True
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(LOCK_HEARTBEAT_SECONDS) and not self.lost:
+            self.beat()
+
+    def check(self) -> None:
+        """Raise `StoreBusy` unless this process still holds the lock."""
+        if self.lost or not self.owned():
+            self.lost = True
+            raise StoreBusy(f"lost the lock on {self.what} ({self.path}): another process took it over, judging "
+                            "this one dead; stopping so that two writers never mix their rows")
+
+    def release(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._stop = None
+        if self.owned():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> StoreLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class ShardWriter:
-    """Appends rows as numbered shards `data/<prefix>-NNNNN.parquet`; knows which ids are already stored."""
+    """Appends rows as numbered shards `data/<prefix>-NNNNN.parquet`; knows which ids are already stored.
+
+    The one writer of its prefix: it holds the prefix's lock (a second writer of the same prefix, e.g. a worker
+    started twice, raises `StoreBusy`) until `close()` (or the end of a `with` block, or garbage collection)."""
 
     def __init__(self, directory: str | Path, prefix: str, schema: pa.Schema = SIGNAL_SCHEMA):
         self.store = Path(directory)
@@ -125,10 +388,22 @@ class ShardWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         self.schema = schema
-        for stale in self.directory.glob(f"{prefix}-*.tmp"):  # left by this worker when killed; other
-            stale.unlink()  # workers' temporary files may be in flight, so only our own prefix is cleared
+        self.lock = StoreLock(self.store / f".writer-{prefix}.lock",
+                              f"shard prefix {prefix} of {self.store}").acquire(wait=False)
+        self._release = weakref.finalize(self, self.lock.release)
+        for stale in self.directory.glob(f".{prefix}-*.tmp"):  # left by a killed writer of this prefix; as its
+            stale.unlink()  # one writer now, nothing of this prefix can be in flight (other prefixes' may be)
         mine = sorted(self.directory.glob(f"{prefix}-*.parquet"))
         self.next_shard = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in mine), default=-1)
+
+    def close(self) -> None:
+        self._release()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def stored_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -137,6 +412,7 @@ class ShardWriter:
         return ids
 
     def write(self, rows: list[dict]) -> Path:
+        self.lock.check()
         path = self.directory / f"{self.prefix}-{self.next_shard:05d}.parquet"
         write_table_atomic(pa.Table.from_pylist(rows, schema=self.schema), path)
         self.next_shard += 1

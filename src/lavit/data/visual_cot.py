@@ -38,7 +38,7 @@ def read_visual_cot(path: str | Path, *, lvr_box_format: str = "normalized") -> 
     """Samples from a Visual-CoT JSON file (raw 4-turn or LVR-formatted form, detected per record)."""
     path = Path(path)
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is dropped, as every reader here does
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(records, list):
@@ -64,27 +64,31 @@ def _record_to_sample(record: dict, i: int, path: Path, lvr_box_format: str) -> 
     question = _strip_image_tag(turns[0].get("value", ""))
     if "bboxes" in record:
         answer = turns[1].get("value", "") if len(turns) > 1 else None
-        match = _ANSWER.search(answer or "")
-        answer = match.group(1).strip() if match else (answer or "").replace("<lvr>", "").strip() or None
+        if isinstance(answer, str):  # anything else is kept as read, for `check_text` to reject
+            match = _ANSWER.search(answer)
+            answer = match.group(1).strip() if match else answer.replace("<lvr>", "").strip() or None
         boxes = record["bboxes"] or []
         bbox = _enclosing(boxes) if boxes else None
         return Sample(sample_id, image, question, answer, bbox, lvr_box_format, record.get("dataset"))
     if len(turns) != 4:
         raise ValueError(f"{where}: raw Visual-CoT records have 4 turns, this one has {len(turns)}")
-    question = question.replace(BOX_REQUEST, "").strip()
+    question = question.replace(BOX_REQUEST, "").strip() if isinstance(question, str) else question
     answer = turns[3].get("value")
     pixel = _PIXEL_BOX.search(images[1]) if len(images) > 1 else None
     if pixel:
         return Sample(sample_id, image, question, answer, [float(v) for v in pixel.groups()], "pixels",
                       record.get("dataset"))
-    norm = _NORM_BOX.match(turns[1].get("value", "").strip())
+    box_turn = turns[1].get("value", "")
+    norm = _NORM_BOX.match(box_turn.strip()) if isinstance(box_turn, str) else None
     if not norm:
         raise ValueError(f"{where}: second turn is not a box: {turns[1].get('value')!r}")
     return Sample(sample_id, image, question, answer, [float(v) for v in norm.groups()], "normalized_square",
                   record.get("dataset"))
 
 
-def _strip_image_tag(text: str) -> str:
+def _strip_image_tag(text):
+    if not isinstance(text, str):
+        return text  # kept as read: `check_text` rejects it as 'field_not_text'
     return text.replace("<image>\n", "").replace("<image>", "").strip()
 
 

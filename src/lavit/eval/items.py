@@ -1,17 +1,23 @@
-"""One multiple-choice evaluation item, as every benchmark loader produces it."""
+"""One multiple-choice evaluation item, as every benchmark loader produces it, and the cell readers the
+loaders share: a null or mistyped cell, an image path outside the benchmark's folder or an undecodable
+image makes that item a recorded skip naming it, never a crash."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from lavit.data.samples import Rejection, open_rgb
+from lavit.data.samples import ImageLimits, Rejection, open_rgb, resolve_image
 
 # The instruction lmms-eval and the Qwen2.5-VL reports append to multiple-choice questions.
 ANSWER_DIRECTLY = "Answer with the option's letter from the given choices directly."
+# PIL's pixel limit, checked before decoding, and the aspect ratio Qwen's processor refuses mid-batch; no minimum
+# side: the processor scales small benchmark images up.
+EVAL_LIMITS = ImageLimits(min_side=1)
 
 
 @dataclass(frozen=True)
@@ -23,17 +29,19 @@ class ImageRef:
 
     def open(self) -> Image.Image:
         """The RGB pixels every stage sees (`open_rgb`: alpha on white, 16-bit scaled, no EXIF rotation)."""
-        return open_rgb(io.BytesIO(self.data) if self.data is not None else self.path)
+        return open_rgb(io.BytesIO(self.data) if self.data is not None else self.path, EVAL_LIMITS)
 
     def problem(self) -> str | None:
         """Why this image cannot be used, or None (decodes fully: a file truncated after its header fails here,
         not mid-batch)."""
-        if self.data is None and (self.path is None or not self.path.is_file()):
-            return f"image_missing: {self.path}"
         try:
+            if self.data is None and not self.path.is_file():
+                return f"image_missing: {self.path}"
             self.open()
         except Rejection as rej:
             return str(rej)
+        except Exception as err:  # PIL's decoders raise many kinds (EOFError, struct.error, …): each is this item's
+            return f"image_unreadable: {self.path or 'embedded bytes'}: {type(err).__name__}: {err}"
         return None
 
 
@@ -45,9 +53,12 @@ class EvalItem:
     letters: str  # the option letters this item offers, e.g. 'AB' or 'ABCD'
     answer: str  # the correct letter
     meta: dict = field(default_factory=dict)  # category, task, pair, ...
+    invalid: str | None = None  # why the loader could not build it ('cell_invalid: …'): a skip without a look
 
     def problem(self) -> str | None:
         """A reason to skip this item (recorded and counted), or None."""
+        if self.invalid is not None:
+            return self.invalid
         if not self.images:
             return "image_missing: the item has no image"
         for ref in self.images:
@@ -56,3 +67,83 @@ class EvalItem:
         if len(self.answer) != 1 or self.answer not in self.letters:
             return f"answer_not_in_choices: answer {self.answer!r}, choices {list(self.letters)}"
         return None
+
+
+def kind(value) -> str:
+    """How a cell's value reads in a skip reason: 'null', 'an int', 'a list', …"""
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def text(row: dict, key: str) -> str:
+    """A cell that must hold text."""
+    value = row.get(key)
+    if not isinstance(value, str):
+        raise Rejection("cell_invalid", f"{key!r} is {kind(value)}, expected text")
+    return value
+
+
+def image_at(root: Path, relative: str) -> ImageRef:
+    """An image file a benchmark row names, kept under the benchmark's folder as extraction keeps a sample's under
+    its image root (`resolve_image`: '../x.png' and absolute paths are 'path_outside_root')."""
+    if not relative:
+        raise Rejection("cell_invalid", "the image path is empty")
+    try:
+        return ImageRef(path=resolve_image(root, relative))
+    except ValueError as err:  # a NUL byte in the path (a link loop is `resolve_image`'s 'image_unreadable')
+        raise Rejection("image_unreadable", f"{relative!r}: {err}") from None
+
+
+def image_cell(cell, key: str, root: Path) -> ImageRef | None:
+    """A parquet image cell: a `{bytes, path}` struct, raw bytes, or null (no image). A path is used only without
+    bytes, and is relative to `root`, the parquet's folder."""
+    if cell is None:
+        return None
+    if isinstance(cell, (bytes, bytearray)):
+        return ImageRef(data=bytes(cell))
+    if not isinstance(cell, dict):
+        raise Rejection("cell_invalid", f"{key!r} is {kind(cell)}, expected image bytes or a {{bytes, path}} struct")
+    data, path = cell.get("bytes"), cell.get("path")
+    if data:
+        if not isinstance(data, (bytes, bytearray)):
+            raise Rejection("cell_invalid", f"{key!r}.bytes is {kind(data)}, expected bytes")
+        return ImageRef(data=bytes(data))
+    if path is None or path == "":
+        raise Rejection("image_missing", f"{key!r} has neither bytes nor a path")
+    if not isinstance(path, str):
+        raise Rejection("cell_invalid", f"{key!r}.path is {kind(path)}, expected text")
+    return image_at(root, path)
+
+
+def row_id(value) -> str | None:
+    """An item's id as its file spells it (text or an integer), or None."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def build_items(rows: Iterable[tuple[str, object]], id_key: str, build: Callable[[dict, str], EvalItem],
+                meta: Callable[[dict], dict] = lambda row: {}) -> list[EvalItem]:
+    """`build(row, id)` for each `(position, row)`; a row that is no object (or a `Rejection` met while reading
+    it), has no usable id, or whose cells `build` finds null or mistyped (`Rejection`) becomes a skipped item
+    named by its id — or by its position ('row 3', 'line 7') when the id itself is bad — so the run goes on and
+    the summary counts it."""
+    items = []
+    for position, row in rows:
+        ident = row_id(row.get(id_key)) if isinstance(row, dict) else None
+        try:
+            if isinstance(row, Rejection):
+                raise row
+            if not isinstance(row, dict):
+                raise Rejection("row_invalid", f"{position} is {kind(row)}, not an object")
+            if ident is None:
+                raise Rejection("cell_invalid", f"{id_key!r} is {kind(row.get(id_key))}, expected an id")
+            items.append(build(row, ident))
+        except Rejection as rej:
+            items.append(EvalItem(id=ident or position, images=[], prompt="", letters="", answer="",
+                                  meta=meta(row) if isinstance(row, dict) else {}, invalid=str(rej)))
+    return items

@@ -9,6 +9,7 @@ from pathlib import Path
 from lavit.eval.items import EvalItem
 from lavit.inference.generate import LATENT_MODES, generate_answers
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta, tiny_name
+from lavit.models.grid import processor_pixel_limits
 
 
 @dataclass
@@ -60,12 +61,12 @@ class GenerativeModel:
     @property
     def pixel_limits(self) -> dict[str, int]:
         """The image processor's pixel limits in force: the resolution every answer was produced at."""
-        size = self.processor.image_processor.size
-        return {"min_pixels": int(size["shortest_edge"]), "max_pixels": int(size["longest_edge"])}
+        return processor_pixel_limits(self.processor.image_processor)
 
     def describe(self) -> dict:
         return {"model": self.name, "latent_tokens": self.latent_tokens, "latent_mode": self.mode,
-                "system_prompt": self.system_prompt, "max_new_tokens": self.max_new_tokens, **self.pixel_limits}
+                "system_prompt": self.system_prompt, "max_new_tokens": self.max_new_tokens,
+                "dtype": str(self.model.dtype).removeprefix("torch."), **self.pixel_limits}
 
     def answer(self, items: list[EvalItem]) -> list[str]:
         return self.generate([[ref.open() for ref in item.images] for item in items], [item.prompt for item in items])

@@ -3,9 +3,11 @@
     lavit eval --model runs/lavit_3b/student --benchmark blink:Relative_Depth --data-root data/BLINK --out runs/eval
 
 Every item is either scored (prompt, raw output, extracted letter, truth, correct) or skipped with
-a recorded reason (missing image, answer not among the choices); both are counted in the summary.
-A rerun with the same model settings continues where the last one stopped, and tries again the items it
-skipped for a missing or unreadable image.
+a recorded reason (a null or mistyped cell, an image missing, unreadable or outside the benchmark's
+folder, an answer not among the choices); both are counted in the summary. A rerun with the same model
+settings continues where the last one stopped, and decides every skip again (an image may have been
+restored, a file mended); other settings are refused, each difference listed (`run.json`), and one eval
+holds its folder at a time.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
 from lavit.data.signal_store import write_json_atomic
 from lavit.eval.benchmarks import get_benchmark
 from lavit.eval.items import EvalItem
 from lavit.eval.matching import extract_option_letter
 
 PREDICTIONS = "predictions.jsonl"
-# Skips a rerun tries again: a missing or unreadable image file may have been restored since.
-RETRIED_SKIPS = ("image_missing", "image_corrupt")
 SUMMARY = "summary.json"
 
 
@@ -84,17 +85,25 @@ def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, m
     if max_samples:
         items = items[:max_samples]
     directory = output_dir(out, benchmark)
-    directory.mkdir(parents=True, exist_ok=True)
+    refuse_inputs_inside(directory, {"data_root": data_root}, key="output folder")
+    with RunLock(directory):  # one eval per folder at a time: two would append to one predictions file
+        return _score(model, bench, items, benchmark, data_root, directory, batch_size, start)
+
+
+def _score(model, bench, items: list[EvalItem], benchmark: str, data_root: str | Path, directory: Path,
+           batch_size: int, start: float) -> dict:
     settings = {"benchmark": benchmark, "data_root": str(Path(data_root).resolve()), **model.describe()}
-    run_file = directory / "run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()) != settings:
-        raise ValueError(f"{directory} holds predictions of different settings ({run_file}); use another --out")
-    write_json_atomic(settings, run_file)
+    if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
+        settings["model"] = str(Path(settings["model"]).resolve())
+    record_settings(directory / "run.json", settings, hint="use another --out")
 
     path = directory / PREDICTIONS
     records = read_predictions(path)
-    kept = [r for r in records if not str(r.get("skipped", "")).startswith(RETRIED_SKIPS)]
-    if len(kept) < len(records):  # the images may have been restored since: those items are tried again
+    # Skips are decided again (no model call: cheap); a scored record of an item the loader now refuses (an older
+    # loader scored a null category) gives way to its skip, so no unvalidated cell reaches the summary.
+    invalid = {item.id for item in items if item.invalid is not None}
+    kept = [r for r in records if "skipped" not in r and r["id"] not in invalid]
+    if len(kept) < len(records):
         records = kept
         write_predictions(path, records)
     done = {r["id"] for r in records}

@@ -47,10 +47,18 @@ class LavitStudent(nn.Module):
         hf = base_model(model)
         self.family = family_of(hf)
         self.attention_layers = self.family.attention_layers(hf.config.text_config)
+        # accelerate's FSDP wrap policy reads this when the engine config names no layer classes
+        self._no_split_modules = self.family.shard_units(hf)
 
     @property
     def hf_model(self) -> nn.Module:
         return base_model(self.model)
+
+    @property
+    def config(self):
+        """The Qwen-VL config: engines read it off the module they wrap (DeepSpeed's `auto` bucket sizes
+        come from its hidden size)."""
+        return self.hf_model.config
 
     def _decode(self, batch: dict, probe) -> torch.Tensor:
         """The decoder over `batch` under the current gate, `probe` recording attention rows: [B, S, D]."""

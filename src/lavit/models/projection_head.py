@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -14,7 +15,12 @@ HEAD_CONFIG = "projection_head.json"
 
 
 class ProjectionHead(nn.Module):
-    """D_student → D_student → D_teacher with GELU; kept in fp32 whatever the model's dtype."""
+    """D_student → D_student → D_teacher with GELU, computed in fp32 whatever the engine's precision policy.
+
+    Its weights are fp32 master weights, but an engine may hand them to the forward in bf16 (FSDP2's
+    `MixedPrecisionPolicy(param_dtype=bf16)` all-gathers them in bf16, DeepSpeed's bf16 mode casts the whole
+    module), so the forward upcasts input *and* weights rather than trusting either dtype.
+    """
 
     def __init__(self, student_dim: int, teacher_dim: int):
         super().__init__()
@@ -23,9 +29,11 @@ class ProjectionHead(nn.Module):
         self.net = nn.Sequential(nn.Linear(student_dim, student_dim), nn.GELU(), nn.Linear(student_dim, teacher_dim))
 
     def forward(self, latent_hidden: torch.Tensor) -> torch.Tensor:
-        # autocast off: under a bf16 run its matmuls would otherwise run in bf16 despite the fp32 weights
+        first, act, second = self.net
+        # autocast off: under a bf16 run its matmuls would otherwise run in bf16
         with torch.autocast(latent_hidden.device.type, enabled=False):
-            return self.net(latent_hidden.float())  # [B, D_teacher]
+            x = F.linear(latent_hidden.float(), first.weight.float(), first.bias.float())  # [B, D_student]
+            return F.linear(act(x), second.weight.float(), second.bias.float())  # [B, D_teacher]
 
     def save(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Weights and dimensions into `directory`; `state_dict` (gathered from a sharded run) replaces our own."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from lavit.config import field
+from lavit.data.run_dir import resolve_paths
 from lavit.teacher.probe import QUERY_CHOICES
 
 # Settings that do not change a single stored value; a resumed run may change them freely.
@@ -35,12 +36,17 @@ class ExtractConfig:
         "the question only, or 'answer': the queries that produce the teacher's answer tokens (where it looked "
         "while answering; the end-of-turn token excluded).")
     system_prompt: str = field("", "Teacher system prompt; empty = the chat template's default.")
-    min_pixels: int = field(0, "Image processor min pixels (0 = the teacher processor's default).")
-    max_pixels: int = field(0, "Image processor max pixels (0 = the teacher processor's default).")
+    min_pixels: int = field(0, "Image processor min pixels (0 = the teacher processor's default; the recipes set "
+                            "Table A1's 200704, the student's).")
+    max_pixels: int = field(0, "Image processor max pixels (0 = the teacher processor's default, 12845056 for "
+                            "Qwen2.5-VL; the recipes set Table A1's 1003520, so teacher and student see one area).")
     lvr_box_format: Literal["normalized", "normalized_square"] = field(
         "normalized", "How LVR-formatted Visual-CoT `bboxes` are normalised (see lavit.data.visual_cot).")
     min_image_side: int = field(28, "Reject images with a side shorter than this (px).")
-    max_image_pixels: int = field(89_478_485, "Reject images with more pixels than this (decompression-bomb guard).")
+    max_image_pixels: int = field(89_478_485, "Reject images with more pixels than this, checked on the file's header "
+                                  "before decoding (decompression-bomb guard; PIL itself refuses over 178956970).")
+    max_text_tokens: int = field(1024, "Reject samples whose question or answer is longer than this many teacher "
+                                 "tokens (text_too_long), so one sample cannot exhaust the memory of its batch.")
     shard: str = field("", "'i/n': process only this worker's share (batch groups g with g % n == i). Empty = "
                        "all, or RANK/WORLD_SIZE when launched by torchrun/accelerate.")
     rows_per_file: int = field(512, "Rows per Parquet shard (rounded up to whole batches).")
@@ -48,8 +54,15 @@ class ExtractConfig:
     seed: int = field(0, "Seed (weights of 'tiny-teacher'; generation is greedy).")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.rows_per_file < 1:
-            raise ValueError("batch_size, max_new_tokens and rows_per_file must be positive")
+        # The config layer refuses negative integers in recipes and overrides; this covers ExtractConfig(...) too.
+        negative = [f.name for f in fields(self) if isinstance(v := getattr(self, f.name), int) and v < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must be >= 0")
+        positive = ("batch_size", "max_new_tokens", "rows_per_file", "min_image_side", "max_image_pixels",
+                    "max_text_tokens")
+        zero = [name for name in positive if getattr(self, name) < 1]
+        if zero:
+            raise ValueError(f"{', '.join(zero)} must be at least 1")
         if self.queries not in QUERY_CHOICES:
             raise ValueError(f"queries must be one of {QUERY_CHOICES}")
         if self.min_pixels < 0 or self.max_pixels < 0 or (self.max_pixels and self.min_pixels > self.max_pixels):
@@ -66,5 +79,7 @@ class ExtractConfig:
         return int(match.group(1)), int(match.group(2))
 
     def signal_settings(self) -> dict:
-        """The settings every stored value depends on (must match to resume a store)."""
-        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_KEYS}
+        """The settings every stored value depends on (must match to resume a store); input paths resolved, so
+        a relative and an absolute spelling of one file resume each other."""
+        settings = {k: v for k, v in asdict(self).items() if k not in RESUMABLE_KEYS}
+        return resolve_paths(settings, ("samples", "image_root"))

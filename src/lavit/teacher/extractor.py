@@ -23,10 +23,12 @@ from tqdm import tqdm
 
 from lavit.data.collator import LavitCollator
 from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
+from lavit.data.run_dir import resolve_paths
 from lavit.data.samples import (
     ImageLimits,
     Rejection,
     Sample,
+    TextLimits,
     check_text,
     load_image,
     pixel_box,
@@ -34,19 +36,19 @@ from lavit.data.samples import (
     resolve_image,
 )
 from lavit.data.signal_store import (
-    MANIFEST,
     SCHEMA_VERSION,
     ShardWriter,
+    create_store,
     pending_row,
-    read_manifest,
     store_counts,
+    update_manifest,
     write_json_atomic,
-    write_manifest,
 )
 from lavit.data.visual_cot import read_visual_cot
 from lavit.inference.generate import generate_answers
 from lavit.models.checkpoint import load_for_inference
 from lavit.models.families import family_of
+from lavit.models.grid import processor_pixel_limits
 from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.probe import TrajectoryProbe, parse_layers, query_mask
 from lavit.teacher.signals import s_focus
@@ -192,21 +194,24 @@ def producing_queries(image_mask: torch.Tensor, latent_mask: torch.Tensor, atten
     return queries & (positions[None] > last_image)
 
 
-def prepare(index: int, sample: Sample, image_root: Path, limits: ImageLimits) -> Prepared:
-    """Checks text, image and box; raises `Rejection` with the reason."""
-    check_text(sample)
+def prepare(index: int, sample: Sample, image_root: Path, limits: ImageLimits,
+            text_limits: TextLimits | None = None) -> Prepared:
+    """Checks text (with the teacher tokenizer's `text_limits`), image and box; raises `Rejection` with the
+    reason. Every failure of reading, decoding or tokenising this one sample is a `Rejection`, so the other
+    samples of its batch go on and a rerun skips it (a stored row)."""
+    check_text(sample, text_limits)
     image = load_image(resolve_image(image_root, sample.image), limits)
     return Prepared(index, sample, image, pixel_box(sample, image.size))
 
 
 def process_group(extractor: SignalExtractor, group: list[tuple[int, Sample]], image_root: Path,
-                  limits: ImageLimits) -> list[dict]:
+                  limits: ImageLimits, text_limits: TextLimits | None = None) -> list[dict]:
     rows: dict[int, dict] = {}
     ready: list[Prepared] = []
     for index, sample in group:
         rows[index] = pending_row(index, sample.id, sample.image, sample.question, sample.answer, sample.source)
         try:
-            ready.append(prepare(index, sample, image_root, limits))
+            ready.append(prepare(index, sample, image_root, limits, text_limits))
         except Rejection as rej:
             rows[index]["reject_reason"] = str(rej)
     if ready:
@@ -233,68 +238,95 @@ def process_group(extractor: SignalExtractor, group: list[tuple[int, Sample]], i
 
 
 def open_store(cfg: ExtractConfig, num_inputs: int) -> ShardWriter:
+    """This worker's writer of the store `cfg.out`, which is created if absent — exclusively: of runs starting
+    at one instant one creates it and the others compare — and refused, before anything is written, if it holds
+    other signals, or if another live process writes this worker's shards."""
     out = Path(cfg.out)
     settings = cfg.signal_settings()
-    if (out / MANIFEST).is_file():
-        manifest = read_manifest(out)
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{out}: made with schema version {manifest.get('schema_version')}, this lavit writes "
-                             f"{SCHEMA_VERSION}; extract into a new directory")
-        differ = sorted(k for k in set(settings) | set(manifest["settings"])
-                        if settings.get(k) != manifest["settings"].get(k))
-        if differ:
-            raise ValueError(f"{out} was extracted with different settings ({', '.join(differ)}); resume needs the "
-                             "same settings, or choose a new out=")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_manifest({"schema_version": SCHEMA_VERSION, "kind": "teacher_signals", "teacher": cfg.teacher,
-                        "settings": settings, "num_input_samples": num_inputs}, out)
+    manifest, _ = create_store(out, {"schema_version": SCHEMA_VERSION, "kind": "teacher_signals",
+                                     "teacher": cfg.teacher, "settings": settings, "num_input_samples": num_inputs})
+    if manifest.get("kind") != "teacher_signals":
+        raise ValueError(f"{out} holds a {manifest.get('kind')!r} store, not teacher signals; choose a new out=")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{out}: made with schema version {manifest.get('schema_version')}, this lavit writes "
+                         f"{SCHEMA_VERSION}; extract into a new directory")
+    stored = manifest.get("settings") or {}
+    stored = resolve_paths(stored, [k for k in ("samples", "image_root") if k in stored])  # older stores: as typed
+    differ = sorted(k for k in set(settings) | set(stored) if settings.get(k) != stored.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} here" for k in differ[:6])
+        raise ValueError(f"{out} was extracted with different settings ({shown}{'; …' if len(differ) > 6 else ''}); "
+                         "resume needs the same settings, or choose a new out=")
     worker, workers = cfg.worker()
     return ShardWriter(out, f"signals-w{worker:03d}of{workers:03d}")
+
+
+def record_pixel_limits(out: Path, limits: dict[str, int]) -> None:
+    """The manifest's `pixel_limits`: those the teacher's processor applies (min/max_pixels = 0 leave its own
+    default in force). Every stored grid depends on them, so a resumed run must resize the same way."""
+    def change(manifest: dict) -> None:
+        if manifest.setdefault("pixel_limits", limits) != limits:
+            raise ValueError(f"{out} was extracted with pixel limits {manifest['pixel_limits']}, this teacher's "
+                             f"processor applies {limits}; resume with the same limits, or choose a new out=")
+
+    update_manifest(out, change)
+
+
+def record_counts(out: Path, num_inputs: int) -> dict:
+    """The manifest's counts, derived from the shards under the store's lock (so the last worker to finish
+    counts every worker's shards), and `num_input_samples`: the largest input any run asked this store for."""
+    def change(manifest: dict) -> None:
+        manifest["counts"] = store_counts(out)
+        manifest["num_input_samples"] = max(manifest.get("num_input_samples", 0), num_inputs)
+
+    return update_manifest(out, change)["counts"]
 
 
 def run_extract(cfg: ExtractConfig) -> dict:
     start = time.time()
     samples = read_samples(cfg.samples, cfg.input_format, cfg.lvr_box_format)
+    if not Path(cfg.image_root or ".").is_dir():  # else every sample would be stored as 'image_missing'
+        raise NotADirectoryError(f"image_root {cfg.image_root} is not a directory")
     indexed = list(enumerate(samples))
     # Batches are fixed groups of input positions, cut from the full list: a run limited by max_samples
     # (rounded up to whole groups) and its later continuation batch exactly as one uninterrupted run.
     groups = [indexed[g:g + cfg.batch_size] for g in range(0, len(indexed), cfg.batch_size)]
     if cfg.max_samples:
         groups = groups[:-(-cfg.max_samples // cfg.batch_size)]
-    writer = open_store(cfg, sum(len(g) for g in groups))
+    num_inputs = sum(len(g) for g in groups)
+    out = Path(cfg.out)
     worker, workers = cfg.worker()
-    done = writer.stored_ids()
-    todo = [grp for g, grp in enumerate(groups) if g % workers == worker and not all(s.id in done for _, s in grp)]
-    mine = sum(len(grp) for g, grp in enumerate(groups) if g % workers == worker)
-    processed = 0
-    if todo:
-        model, processor = load_for_inference(cfg.teacher, dtype=cfg.dtype, device_map=cfg.device_map,
-                                              min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, seed=cfg.seed)
-        extractor = SignalExtractor(model, processor, layers=cfg.layers, queries=cfg.queries,
-                                    system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
-        limits = ImageLimits(cfg.min_image_side, cfg.max_image_pixels)
-        pending: list[dict] = []
-        bar = tqdm(total=mine, initial=mine - sum(len(g) for g in todo), unit="sample", desc="extract")
-        for grp in todo:
-            grp = [(i, s) for i, s in grp if s.id not in done]
-            pending.extend(process_group(extractor, grp, Path(cfg.image_root), limits))
-            processed += len(grp)
-            bar.update(len(grp))
-            if len(pending) >= cfg.rows_per_file:
+    with open_store(cfg, num_inputs) as writer:
+        done = writer.stored_ids()
+        ours = [grp for g, grp in enumerate(groups) if g % workers == worker]
+        todo = [grp for grp in ours if not all(s.id in done for _, s in grp)]
+        mine = sum(len(grp) for grp in ours)
+        processed = 0
+        if todo:
+            model, processor = load_for_inference(cfg.teacher, dtype=cfg.dtype, device_map=cfg.device_map,
+                                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, seed=cfg.seed)
+            record_pixel_limits(out, processor_pixel_limits(processor.image_processor))
+            extractor = SignalExtractor(model, processor, layers=cfg.layers, queries=cfg.queries,
+                                        system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
+            limits = ImageLimits(cfg.min_image_side, cfg.max_image_pixels)
+            text_limits = TextLimits.for_tokenizer(processor.tokenizer, cfg.max_text_tokens)
+            pending: list[dict] = []
+            bar = tqdm(total=mine, initial=mine - sum(len(g) for g in todo), unit="sample", desc="extract")
+            for grp in todo:
+                grp = [(i, s) for i, s in grp if s.id not in done]
+                pending.extend(process_group(extractor, grp, Path(cfg.image_root), limits, text_limits))
+                processed += len(grp)
+                bar.update(len(grp))
+                if len(pending) >= cfg.rows_per_file:
+                    writer.write(pending)
+                    pending = []
+            if pending:
                 writer.write(pending)
-                pending = []
-        if pending:
-            writer.write(pending)
-        bar.close()
-    counts = store_counts(Path(cfg.out))
-    manifest = read_manifest(Path(cfg.out))
-    manifest["counts"] = counts
-    manifest["num_input_samples"] = sum(len(g) for g in groups)
-    write_manifest(manifest, Path(cfg.out))
-    wall = time.time() - start
-    results = {"worker": f"{worker}/{workers}", "processed_this_run": processed, "skipped_already_stored":
-               mine - processed, "wall_seconds": wall, "samples_per_second": processed / wall if wall else 0.0,
-               "store_counts": counts, "settings": asdict(cfg)}
-    write_json_atomic(results, Path(cfg.out) / f"extract_results-w{worker:03d}of{workers:03d}.json")
+            bar.close()
+        counts = record_counts(out, num_inputs)
+        wall = time.time() - start
+        results = {"worker": f"{worker}/{workers}", "processed_this_run": processed, "skipped_already_stored":
+                   mine - processed, "wall_seconds": wall, "samples_per_second": processed / wall if wall else 0.0,
+                   "store_counts": counts, "settings": asdict(cfg)}
+        write_json_atomic(results, out / f"extract_results-w{worker:03d}of{workers:03d}.json")
     return results

@@ -4,15 +4,17 @@
 
 Stages, in order: (1) correctness — the teacher's answer matches the ground truth; (2) difficulty —
 a text-only model asked the question without the image must get it wrong; (3) alignment —
-S_focus >= 0.2. Samples the extractor rejected, and rows whose stored signal is not finite, are
-dropped before the stages. Every drop is written to dropped.jsonl with its stage and reason;
-filter_report.json counts them. The kept rows are the training set (`lavit train data=OUT`).
+S_focus >= 0.2. Both answer stages decide a pair by the matcher's rules where they are certain and,
+with matcher=judge, by a judge model (`lavit.eval.judge`) for the rest; a pair left undecided (no
+judge, or an unparsable judge output) is dropped with its reason, never passed. Samples the extractor
+rejected, and rows whose stored signal is not finite, are dropped before the stages. Every drop is
+written to dropped.jsonl with its stage, reason and verdict; filter_report.json counts them and how
+each stage's pairs were decided. The kept rows are the training set (`lavit train data=OUT`).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -21,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
+from lavit.data.run_dir import prepare_output_folder
 from lavit.data.samples import open_rgb
 from lavit.data.signal_store import (
     SCHEMA_VERSION,
@@ -33,28 +36,61 @@ from lavit.data.signal_store import (
     write_manifest,
     write_table_atomic,
 )
-from lavit.eval.matching import get_matcher
+from lavit.eval.judge import JUDGE_PROMPT_VERSION, CachedJudge, Decision, JudgeQuery, decide, transformers_judge
+from lavit.eval.matching import get_verdict_matcher
 from lavit.inference.generate import generate_answers
-from lavit.models.checkpoint import load_for_inference
+from lavit.models.checkpoint import load_for_inference, tiny_name
 from lavit.teacher.filter_config import FilterConfig
 
 SFT_SCHEMA = pa.schema([*SIGNAL_SCHEMA, ("teacher_correct", pa.bool_()), ("text_only_answer", pa.string()),
                         ("text_only_correct", pa.bool_())])
 
 
-def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers) -> tuple[list[dict], list[dict]]:
-    """Split rows into kept rows and drop records {id, stage, reason, ...}.
+def _counts(decisions: list[Decision]) -> dict:
+    """How one stage's pairs were decided: by the rules (per rule), by the judge (per verdict), or not at all."""
+    rules = Counter(d.rule for d in decisions if d.by == "rules" and d.match is not None)
+    judged = [d for d in decisions if d.by == "judge"]
+    return {"pairs": len(decisions), "rules": sum(rules.values()), "judge": len(judged),
+            "undecided": sum(d.by == "rules" and d.match is None for d in decisions),
+            "rules_by_rule": dict(sorted(rules.items())),
+            "judge_verdicts": {"yes": sum(d.match is True for d in judged), "no": sum(d.match is False for d in judged),
+                               "unparsable": sum(d.match is None for d in judged)},
+            "judge_cached": sum(d.cached for d in judged)}
 
-    `text_only_answers(questions) -> answers` is the difficulty stage's model (called in batches).
+
+def _how(d: Decision) -> str:
+    return f"judge {JUDGE_PROMPT_VERSION}: {d.judge_output!r}" if d.by == "judge" else f"rules: {d.rule}"
+
+
+def _undecided(d: Decision) -> tuple[str, str]:
+    """(reason code, detail) of a pair neither the rules nor the judge decided."""
+    if d.by == "judge":
+        return "judge_unparsable", f"judge {JUDGE_PROMPT_VERSION} output {d.judge_output!r} is not yes/no"
+    return "rules_uncertain", f"the rules cannot decide ({d.rule}); matcher=judge asks a judge model"
+
+
+def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers,
+                 judge=None) -> tuple[list[dict], list[dict], dict]:
+    """Split rows into kept rows and drop records {id, stage, reason, ...}, with per-stage verdict counts.
+
+    `text_only_answers(questions) -> answers` is the difficulty stage's model (called in batches);
+    `judge(list[JudgeQuery]) -> list[JudgeVerdict]` (a `CachedJudge`) decides what the rules defer when
+    matcher=judge.
     """
-    match = get_matcher(cfg.matcher)
+    if cfg.matcher == "judge" and judge is None:
+        raise ValueError("matcher=judge needs a judge")
+    rules = get_verdict_matcher("default" if cfg.matcher == "judge" else cfg.matcher)
     dropped: list[dict] = []
+    verdicts: dict[str, dict] = {}
 
-    def drop(row: dict, stage: str, reason: str, detail: str) -> None:
+    def drop(row: dict, stage: str, reason: str, detail: str, decision: Decision | None = None) -> None:
         # `reason` is a fixed code (summable); `detail` carries the values that made the decision.
         dropped.append({"id": row["id"], "stage": stage, "reason": reason, "detail": detail, "answer": row.get("answer"),
                         "teacher_answer": row.get("teacher_answer"), "text_only_answer": row.get("text_only_answer"),
-                        "s_focus": row.get("s_focus")})
+                        "s_focus": row.get("s_focus"),
+                        "decided_by": None if decision is None else decision.by,
+                        "rule": None if decision is None else decision.rule,
+                        "judge_output": None if decision is None else decision.judge_output})
 
     if "correctness" in cfg.stages and any(r["status"] == "ok" and r["teacher_answer"] is None for r in rows):
         raise ValueError("the store has rows without a teacher answer (an imported official set is already filtered "
@@ -76,22 +112,34 @@ def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers) -> tupl
     for stage in cfg.stages:
         survivors = []
         if stage == "correctness":
-            for row in alive:
-                row["teacher_correct"] = bool(match(row["teacher_answer"], row["answer"]))
-                if row["teacher_correct"]:
+            queries = [JudgeQuery(r["question"], r["answer"], r["teacher_answer"]) for r in alive]
+            decisions = decide(queries, rules, judge)
+            verdicts[stage] = _counts(decisions)
+            for row, d in zip(alive, decisions, strict=True):
+                row["teacher_correct"] = d.match
+                if d.match:
                     survivors.append(row)
+                elif d.match is False:
+                    drop(row, stage, "teacher_wrong", f"teacher answered {row['teacher_answer']!r}, ground truth "
+                         f"{row['answer']!r} ({_how(d)})", d)
                 else:
-                    drop(row, stage, "teacher_wrong",
-                         f"teacher answered {row['teacher_answer']!r}, ground truth {row['answer']!r}")
+                    drop(row, stage, *_undecided(d), d)
         elif stage == "difficulty":
             answers = text_only_answers([r["question"] for r in alive]) if alive else []
             for row, answer in zip(alive, answers, strict=True):
                 row["text_only_answer"] = answer
-                row["text_only_correct"] = bool(match(answer, row["answer"]))
-                if row["text_only_correct"]:
-                    drop(row, stage, "text_only_correct", f"answered {answer!r} without the image")
-                else:
+            queries = [JudgeQuery(r["question"], r["answer"], r["text_only_answer"]) for r in alive]
+            decisions = decide(queries, rules, judge)
+            verdicts[stage] = _counts(decisions)
+            for row, d in zip(alive, decisions, strict=True):
+                row["text_only_correct"] = d.match
+                if d.match:
+                    drop(row, stage, "text_only_correct", f"answered {row['text_only_answer']!r} without the image "
+                         f"({_how(d)})", d)
+                elif d.match is False:
                     survivors.append(row)
+                else:  # not shown wrong: the sample may be answerable without the image
+                    drop(row, stage, *_undecided(d), d)
         else:  # alignment
             for row in alive:
                 if row["s_focus"] is None:
@@ -104,7 +152,35 @@ def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers) -> tupl
                 else:
                     drop(row, stage, "low_s_focus", f"S_focus {row['s_focus']:.3f} < {cfg.min_s_focus}")
         alive = survivors
-    return alive, dropped
+    return alive, dropped, verdicts
+
+
+def judge_cache_path(cfg: FilterConfig) -> Path:
+    """Beside the output folder by default, so `overwrite=true` (which empties the folder) keeps the cache."""
+    out = Path(cfg.out)
+    return Path(cfg.judge_cache) if cfg.judge_cache else out.parent / f"{out.name}.judge_cache.jsonl"
+
+
+def judge_identity(name: str, seed: int) -> str:
+    """The judge's name in cache keys: a local checkpoint by its absolute path, a tiny model with its seed."""
+    if tiny_name(name):
+        return f"{name}@seed{seed}"
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def build_judge(cfg: FilterConfig, name: str, loaded: dict[str, tuple]) -> CachedJudge:
+    """A cached transformers judge that loads its model on its first uncached query (a rerun whose pairs are
+    all cached never loads it); a model already in `loaded` (the text-only model) is reused."""
+    state: dict = {}
+
+    def raw(queries: list[JudgeQuery]) -> list[str]:
+        if "judge" not in state:
+            model, processor = loaded.get(name) or load_for_inference(name, dtype=cfg.dtype,
+                                                                      device_map=cfg.device_map, seed=cfg.seed)
+            state["judge"] = transformers_judge(model, processor, max_new_tokens=cfg.judge_max_new_tokens)
+        return state["judge"](queries)
+
+    return CachedJudge(raw, judge_identity(name, cfg.seed), judge_cache_path(cfg), cfg.batch_size)
 
 
 def run_filter(cfg: FilterConfig) -> dict:
@@ -113,10 +189,10 @@ def run_filter(cfg: FilterConfig) -> dict:
         raise ValueError("no teacher-signal store given (set signals=DIR)")
     source = read_manifest(Path(cfg.signals))
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise ValueError(f"{out} exists and is not empty; set overwrite=true or choose another out=")
-        shutil.rmtree(out)
+    # before anything is deleted: an out that is, or holds, an input is refused (overwrite=true would delete it)
+    prepare_output_folder(out, {"signals": cfg.signals, "text_only_image": cfg.text_only_image,
+                                "judge_cache": judge_cache_path(cfg), "text_model": cfg.text_model,
+                                "judge": cfg.judge}, cfg.overwrite)
     rows = read_store(cfg.signals).to_pylist()
     if not rows:
         raise ValueError(f"{cfg.signals} holds no rows")
@@ -125,11 +201,14 @@ def run_filter(cfg: FilterConfig) -> dict:
         raise ValueError(f"{cfg.signals} holds {len(rows)} of {expected} samples: an extract worker has not "
                          "finished (rerun `lavit extract` to complete the store)")
 
-    text_model_name = None
+    text_model_name, loaded = None, {}
     if "difficulty" in cfg.stages:
         text_model_name = source["teacher"] if cfg.text_model == "teacher" else cfg.text_model
         model, processor = load_for_inference(text_model_name, dtype=cfg.dtype, device_map=cfg.device_map,
                                               seed=cfg.seed)
+        loaded[text_model_name] = (model, processor)
+    judge_name = (source["teacher"] if cfg.judge == "teacher" else cfg.judge) if cfg.matcher == "judge" else None
+    judge = build_judge(cfg, judge_name, loaded) if judge_name else None
 
     blank = None
     if cfg.text_only_image:
@@ -146,7 +225,7 @@ def run_filter(cfg: FilterConfig) -> dict:
                                         max_new_tokens=cfg.max_new_tokens)
         return answers
 
-    kept, dropped = apply_filter(rows, cfg, text_only_answers)
+    kept, dropped, verdicts = apply_filter(rows, cfg, text_only_answers, judge)
     out.mkdir(parents=True, exist_ok=True)
     (out / SHARD_DIR).mkdir(parents=True)
     write_table_atomic(pa.Table.from_pylist(kept, schema=SFT_SCHEMA), out / SHARD_DIR / "lavit_sft-00000.parquet")
@@ -163,11 +242,16 @@ def run_filter(cfg: FilterConfig) -> dict:
         "dropped_by_stage": {s: by_stage.get(s, 0) for s in ("extract", "invalid_signal", *cfg.stages)},
         "dropped_by_reason": {stage: dict(sorted(codes.items())) for stage, codes in by_reason.items()},
         "text_model": text_model_name,
+        "matcher": cfg.matcher,
+        "verdicts": verdicts,
+        "judge": None if judge is None else {
+            "model": judge_name, "cache_key_name": judge.name, "prompt_version": JUDGE_PROMPT_VERSION,
+            "cache": str(judge.path), "asked": judge.asked, "calls": judge.calls, "cached": judge.cached},
         "settings": asdict(cfg),
         "wall_seconds": time.time() - start,
     }
     write_json_atomic(report, out / "filter_report.json")
     write_manifest({"schema_version": SCHEMA_VERSION, "kind": "lavit_sft", "teacher": source["teacher"],
-                    "text_model": text_model_name, "extract_settings": source["settings"],
+                    "text_model": text_model_name, "judge": judge_name, "extract_settings": source["settings"],
                     "filter_settings": asdict(cfg), "counts": {"kept": len(kept), "dropped": len(dropped)}}, out)
     return report

@@ -3,26 +3,42 @@ measured in one process on the same model and batch (ratios of medians over repe
 
     lavit bench train --json                         # every supported family
     lavit bench train --json --family qwen3_vl       # one
+
+`lavit bench dataset`: host memory of the training set (`LavitSftDataset`, rows read from Arrow) against
+the eager path that turned the table into Python objects (`to_pylist`), each in a fresh interpreter.
 """
 
 from __future__ import annotations
 
+import gc
+import json
+import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
+from PIL import Image
 
 from lavit.data.collator import LavitCollator
 from lavit.data.examples import LAVIT_SYSTEM_PROMPT, TrainingSample, build_example
+from lavit.data.sft_dataset import LavitSftDataset, parquet_files, read_sft_table
+from lavit.data.signal_store import write_table_atomic
 from lavit.inference.generate import generate_answers
 from lavit.models.attention import LAVIT_ATTENTION
 from lavit.models.families import FAMILIES, family_named
+from lavit.models.grid import merged_grid
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.projection_head import ProjectionHead
 from lavit.models.tiny import TinyModelSpec, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from lavit.teacher.signals import merged_grid
 from lavit.toyworld.shapes import box_map, make_scene
 from lavit.training.losses import concept_loss, ntp_loss, total_loss, traj_loss
 
@@ -143,4 +159,143 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
             "family": family,
             "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
         },
+    }
+
+
+
+DATASET_VARIANTS = ("eager_to_pylist", "lazy_arrow")
+
+
+def write_memory_bench_set(directory: Path, rows: int, teacher_dim: int, traj_cells: int, shard_rows: int,
+                           seed: int) -> Path:
+    """A folder of LaViT-SFT shards (zstd, `shard_rows` rows each) of `rows` rows: fp16 V_sem and a float32 A_traj
+    of `traj_cells` cells on a 1 × h × w grid. Every row names the one small image under `directory/images`."""
+    rng = np.random.default_rng(seed)
+    height = max(d for d in range(1, math.isqrt(traj_cells) + 1) if traj_cells % d == 0)
+    (directory / "images").mkdir(parents=True)
+    (directory / "data").mkdir()
+    Image.new("RGB", (56, 56)).save(directory / "images" / "a.png")
+    for start in range(0, rows, shard_rows):
+        n = min(shard_rows, rows - start)
+        # Noise-like floats, as real hidden states and attention maps are: zstd barely shrinks them.
+        v_sem = rng.standard_normal((n, teacher_dim)).astype(np.float16)
+        a_traj = np.exp(1.5 * rng.standard_normal((n, traj_cells))).astype(np.float32)
+        a_traj /= a_traj.sum(1, keepdims=True)
+
+        def lists(values: np.ndarray, width: int) -> pa.ListArray:
+            offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
+            return pa.ListArray.from_arrays(offsets, pa.array(values.ravel()))
+
+        table = pa.table({
+            "id": [f"s{start + i:07d}" for i in range(n)],
+            "image": ["a.png"] * n,
+            "question": [f"what color is the shape in picture {start + i} ?" for i in range(n)],
+            "answer": [f"the shape is red ({start + i})" for i in range(n)],
+            "status": ["ok"] * n,
+            "a_traj": lists(a_traj, traj_cells),
+            "a_traj_grid": lists(np.tile(np.array([1, height, traj_cells // height], np.int32), n), 3),
+            "v_sem": lists(v_sem, teacher_dim),
+        })
+        write_table_atomic(table, directory / "data" / f"shard-{start // shard_rows:05d}.parquet")
+    return directory / "data"
+
+
+def _proc_bytes(path: str, key: str) -> int:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{path} has no {key} line: the dataset bench needs Linux /proc")
+
+
+def _eager_reader(data: str):
+    """The path this package took before rows were read from Arrow: every shard read whole, the table turned
+    into one dict per row (`to_pylist`), each item's signals converted from those Python floats."""
+    table = pa.concat_tables([pq.read_table(f) for f in parquet_files([data])], promote_options="default")
+    rows = table.to_pylist()
+
+    def read(index: int) -> dict:
+        row = rows[index]
+        return {"id": str(row["id"]), "v_sem": np.asarray(row["v_sem"], dtype=np.float32),
+                "a_traj": np.asarray(row["a_traj"], dtype=np.float32),
+                "a_traj_grid": tuple(int(x) for x in row["a_traj_grid"])}
+
+    return read, len(rows), table  # the table too: the trainer kept it referenced beside the rows
+
+
+def _forked_worker_private_growth(read, n: int) -> int:
+    """Private memory that a forked process (a dataloader worker) adds by reading every row: the pages it writes
+    to (a Python object's reference count is such a write) or allocates."""
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(readable)
+        before = _proc_bytes("/proc/self/smaps_rollup", "Private_Dirty")
+        for i in range(n):
+            read(i)
+        os.write(writable, str(_proc_bytes("/proc/self/smaps_rollup", "Private_Dirty") - before).encode())
+        os._exit(0)
+    os.close(writable)
+    with os.fdopen(readable) as pipe:
+        growth = int(pipe.read())
+    os.waitpid(pid, 0)
+    return growth
+
+
+def dataset_memory_child(variant: str, data: str, image_root: str) -> None:
+    """Print, as JSON, what opening the set and reading every row adds to this (fresh) interpreter."""
+    gc.collect()
+    start = {key: _proc_bytes("/proc/self/status", key) for key in ("VmRSS", "RssAnon")}
+    start_arrow = pa.total_allocated_bytes()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here on
+    if variant == "eager_to_pylist":
+        read, n, table = _eager_reader(data)
+    else:
+        dataset = LavitSftDataset(read_sft_table([data], "answer", need_signals=True), image_root, None, [],
+                                  system_prompt=None)
+        read, n, table = dataset.row, len(dataset), dataset.table
+    gc.collect()
+    opened = _proc_bytes("/proc/self/status", "VmRSS")
+    arrow_heap = pa.total_allocated_bytes() - start_arrow
+    worker = _forked_worker_private_growth(read, n)
+    for i in range(n):
+        read(i)
+    gc.collect()
+    print(json.dumps({
+        "rows": n, "arrow_table_bytes": table.nbytes, "arrow_heap_bytes": arrow_heap,
+        "rss_growth_open_bytes": opened - start["VmRSS"],
+        "rss_growth_bytes": _proc_bytes("/proc/self/status", "VmRSS") - start["VmRSS"],
+        "anon_growth_bytes": _proc_bytes("/proc/self/status", "RssAnon") - start["RssAnon"],
+        "peak_rss_growth_bytes": _proc_bytes("/proc/self/status", "VmHWM") - start["VmRSS"],
+        "forked_worker_private_growth_bytes": worker,
+    }))
+
+
+def bench_dataset(rows: int = 1000, teacher_dim: int = 5120, traj_cells: int = 1280, shard_rows: int = 500,
+                  seed: int = 0) -> dict:
+    """Host memory of each of DATASET_VARIANTS on one Parquet set, each in a fresh interpreter (growth over
+    its state after imports): RSS after opening the set and reading every row once (`anon`: the part that is
+    the process's own heap, not shared file pages), and what one forked dataloader worker adds by reading
+    every row. `per_1000_rows_mib` scales each figure to 1 000 rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_memory_bench_set(Path(tmp), rows, teacher_dim, traj_cells, shard_rows, seed)
+        parquet_bytes = sum(f.stat().st_size for f in parquet_files([str(data)]))
+        code = "import sys; from lavit.training.bench import dataset_memory_child as m; m(*sys.argv[1:])"
+        variants = {}
+        for variant in DATASET_VARIANTS:
+            done = subprocess.run([sys.executable, "-c", code, variant, str(data), str(Path(tmp) / "images")],
+                                  capture_output=True, text=True, check=True)
+            variants[variant] = json.loads(done.stdout.splitlines()[-1])
+    for name, result in variants.items():
+        if result["rows"] != rows:
+            raise RuntimeError(f"{name} read {result['rows']} of {rows} rows")
+        result["rss_growth_over_parquet"] = result["rss_growth_bytes"] / parquet_bytes
+        result["per_1000_rows_mib"] = {key.removesuffix("_bytes"): round(value * 1000 / rows / 2**20, 2)
+                                      for key, value in result.items() if key.endswith("_bytes")}
+    return {
+        "parquet_bytes": parquet_bytes, "parquet_per_1000_rows_mib": round(parquet_bytes * 1000 / rows / 2**20, 2),
+        "variants": variants,
+        "rss_growth_ratio_eager_over_lazy": (variants["eager_to_pylist"]["rss_growth_bytes"]
+                                             / variants["lazy_arrow"]["rss_growth_bytes"]),
+        "settings": {"rows": rows, "teacher_dim": teacher_dim, "traj_cells": traj_cells, "shard_rows": shard_rows,
+                     "seed": seed, "pyarrow": pa.__version__, "memory_pool": pa.default_memory_pool().backend_name},
     }

@@ -8,10 +8,13 @@ from typing import Literal
 from lavit.config import field
 from lavit.data.examples import LAVIT_SYSTEM_PROMPT
 from lavit.models.checkpoint import TINY
+from lavit.models.grid import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
 from lavit.models.latent_tokens import DEFAULT_LATENT_TEMPLATE
 
-PAPER_MIN_PIXELS = 256 * 28 * 28  # Table A1's image processor limits
-PAPER_MAX_PIXELS = 1280 * 28 * 28
+# Settings a resumed run may change: where and how often it writes, and memory/speed knobs that leave every
+# step's numbers as they were. Any other difference from the checkpoint's run refuses the resume.
+MAY_CHANGE_ON_RESUME = ("output_dir", "resume", "overwrite", "save_steps", "logging_steps", "save_total_limit",
+                        "dataloader_num_workers", "per_device_batch_size", "gradient_checkpointing")
 
 
 @dataclass
@@ -24,10 +27,17 @@ class LavitTrainConfig:
                                                   "losses; 'naive_sft': same data and recipe, text loss only, no latents.")
     data: list[str] = field([], "LaViT-SFT Parquet files or directories of shards.")
     image_root: str = field("", "Directory the samples' relative image paths start from.")
-    output_dir: str = field("runs/lavit", "Where checkpoints, the exported student and JSON results go.")
+    output_dir: str = field("runs/lavit", "Where checkpoints, the exported student and JSON results go. One run "
+                            "per folder: a folder holding another run is refused unless resume= or overwrite=true, "
+                            "and one in use by a running `lavit train` is refused (output_dir/lavit.lock).")
     answer_field: str = field("answer", "Column holding the answer to train on ('answer' = ground truth, or "
                               "'teacher_answer').")
     max_samples: int = field(0, "Use only the first N samples (0 = all).")
+    bad_rows: Literal["error", "drop"] = field("error", "Rows that cannot be trained on, all found before the first "
+                                               "step (missing or empty answer, image missing, outside image_root "
+                                               "or not decoding, missing teacher signal): 'error' stops and lists "
+                                               "them; 'drop' trains on the rest and records each in "
+                                               "output_dir/dropped_rows.jsonl (counts in train_results.json).")
     # the method (paper §4.2)
     num_latent_tokens: int = field(4, "K, the number of latent tokens <lvr_1>..<lvr_K> (paper: 4).")
     latent_token_template: str = field(DEFAULT_LATENT_TEMPLATE, "Name pattern of the latent tokens; {i} counts from 1.")
@@ -69,8 +79,17 @@ class LavitTrainConfig:
     seed: int = field(42, "Seed for initialisation, data order and everything else random.")
     logging_steps: int = field(10, "Log the loss terms every N steps.")
     save_steps: int = field(200, "Checkpoint every N steps (resumable with resume=...).")
-    save_total_limit: int = field(0, "Keep at most N checkpoints (0 = all).")
-    resume: str = field("", "Resume from this checkpoint directory, or 'latest' for the newest in output_dir.")
+    save_total_limit: int = field(0, "Keep at most N complete checkpoints (0 = all); older ones are deleted only "
+                                  "once a new one is complete.")
+    resume: str = field("", "Resume from this checkpoint directory, or 'latest' for the newest complete one in "
+                        "output_dir (a checkpoint torn by a kill is reported and moved to output_dir/torn/). "
+                        "Every other setting must equal the checkpoint's run (data, image_root and model paths "
+                        "compared resolved) except "
+                        + ", ".join(k for k in MAY_CHANGE_ON_RESUME if k not in ("resume", "overwrite"))
+                        + "; a difference "
+                        "refuses the resume and lists it.")
+    overwrite: bool = field(False, "Start over in an output_dir holding another run: its checkpoints, logs, "
+                            "results and export are deleted first (other files are left alone).")
     dataloader_num_workers: int = field(0, "Data loading worker processes.")
 
     def __post_init__(self) -> None:
@@ -90,6 +109,8 @@ class LavitTrainConfig:
             (0 < self.min_pixels <= self.max_pixels, "need 0 < min_pixels <= max_pixels"),
             (self.logging_steps > 0 and self.save_steps > 0, "logging_steps and save_steps must be > 0"),
             (self.max_samples >= 0, "max_samples must be >= 0"),
+            (not (self.overwrite and self.resume), "overwrite=true deletes the run that resume= continues; "
+             "set one of them"),
             (not self.uses_latents or self.gate == "none" or self.gate_warmup_steps < self.max_steps,
              f"gate_warmup_steps ({self.gate_warmup_steps}) must be below max_steps ({self.max_steps}): otherwise the "
              "gate never opens during training and the exported student (always run with γ = 1) meets attention it "

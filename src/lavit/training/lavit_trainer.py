@@ -4,23 +4,37 @@ I/O for the student + projection head pair when no sharding engine owns the chec
 
 Under FSDP or DeepSpeed the engine's own distributed checkpoint (accelerate's DCP-based FSDP
 checkpoint, DeepSpeed's `save_checkpoint`) holds model and optimizer state, and resume goes through
-the Trainer's engine path; this class then writes no weights of its own."""
+the Trainer's engine path; this class then writes no weights of its own.
+
+A checkpoint counts only when complete: the last act of every save, after every rank's files are written,
+is `lavit_checkpoint.json` listing each file with its size (and the run's settings). A save cut short by a
+kill or a full disk leaves no marker, or files that no longer match it, and `checkpoint_problem` says so;
+old checkpoints are rotated away only after the new one's marker is written."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from lavit.data.signal_store import write_json_atomic
 from lavit.models.gating import GateSchedule
 from lavit.models.lavit_student import LavitStudent, StudentOutput
 from lavit.training.losses import concept_loss, ntp_loss, total_loss, traj_loss
 
 STUDENT_STATE = "lavit_student.safetensors"
+CHECKPOINT_MARKER = "lavit_checkpoint.json"
+# Batch entries that are loss targets, never model inputs: they stay fp32 whatever the engine's compute dtype.
+LOSS_TARGETS = ("v_sem", "traj_target")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,16 +61,91 @@ def student_loss(out: StudentOutput, inputs: dict, lam: float) -> tuple[torch.Te
     return total_loss(terms["loss_ntp"], terms.get("loss_concept"), terms.get("loss_traj"), lam), terms
 
 
+def checkpoint_step(folder: Path) -> int | None:
+    """N of a `checkpoint-N` folder, None for any other name."""
+    match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", folder.name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders in `output_dir`, by step."""
+    found = [p for p in Path(output_dir).iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def read_checkpoint_marker(folder: str | Path) -> dict:
+    """The completion record of a checkpoint (`ValueError` naming what is wrong when it is not complete)."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / CHECKPOINT_MARKER).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no {CHECKPOINT_MARKER}: its save did not finish") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{CHECKPOINT_MARKER} is unreadable ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or not isinstance(
+            record.get("step"), int):
+        raise ValueError(f"{CHECKPOINT_MARKER} lacks its step or file list")
+    for name, size in record["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{name} is missing")
+        if path.stat().st_size != size:
+            raise ValueError(f"{name} has {path.stat().st_size} bytes, {size} when saved")
+    return record
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None when it is."""
+    try:
+        read_checkpoint_marker(folder)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def write_checkpoint_marker(folder: Path, step: int, settings: dict) -> None:
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != CHECKPOINT_MARKER}
+    write_json_atomic({"step": step, "files": files, "settings": settings}, folder / CHECKPOINT_MARKER)
+
+
 class LavitTrainer(Trainer):
-    def __init__(self, *args, lam: float = 0.3, **kwargs):
+    """`run_settings` are recorded in every checkpoint's marker (a resume compares them);
+    `keep_checkpoints` keeps at most that many complete checkpoints (0 = all). The Trainer's own
+    `save_total_limit` must stay unset: it rotates before the new checkpoint is known to be complete."""
+
+    def __init__(self, *args, lam: float = 0.3, run_settings: dict | None = None, keep_checkpoints: int = 0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.save_total_limit:
+            raise ValueError("LavitTrainer rotates checkpoints itself (keep_checkpoints=); leave save_total_limit "
+                             "unset")
         self.lam = lam
+        self.run_settings = run_settings or {}
+        self.keep_checkpoints = keep_checkpoints
+        self._reduce_gradients_in_fp32()
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_count = 0
+
+    def _reduce_gradients_in_fp32(self) -> None:
+        """accelerate's FSDP2 bf16 policy also reduces gradients in bf16, rounding the sum over ranks each step;
+        keep bf16 compute and reduce in fp32 (torch's recommended policy), before the model is sharded."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if self.is_fsdp_enabled and plugin.fsdp_version == 2 and plugin.mixed_precision_policy is not None:
+            plugin.mixed_precision_policy = dataclasses.replace(plugin.mixed_precision_policy,
+                                                                reduce_dtype=torch.float32)
 
     @property
     def student(self) -> LavitStudent:
         return self.accelerator.unwrap_model(self.model)
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        # Under DeepSpeed the Trainer casts every float input to the engine's dtype (bf16); the loss targets
+        # are not inputs, and a bf16 A_traj target no longer sums to 1, so they go over in fp32.
+        targets = {k: inputs.pop(k) for k in LOSS_TARGETS if k in inputs}
+        prepared = super()._prepare_inputs(inputs)
+        prepared.update({k: v.to(self.args.device, torch.float32) for k, v in targets.items()})
+        return prepared
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(inputs)
@@ -91,6 +180,27 @@ class LavitTrainer(Trainer):
     def engine_checkpoints(self) -> bool:
         """FSDP or DeepSpeed owns model and optimizer state in its own distributed checkpoint."""
         return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            # saving again into an existing folder (a resume from an older checkpoint): torn until it completes
+            (folder / CHECKPOINT_MARKER).unlink(missing_ok=True)
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
+        if self.args.should_save:
+            write_checkpoint_marker(folder, self.state.global_step, self.run_settings)
+            self._rotate_complete_checkpoints(folder)
+
+    def _rotate_complete_checkpoints(self, saved: Path) -> None:
+        """Keep `saved` and the newest complete checkpoints before it, `keep_checkpoints` in all. Torn
+        folders and later steps (left by a resume from an older checkpoint, and saved over on the way) stay."""
+        if not self.keep_checkpoints:
+            return
+        step = checkpoint_step(saved)
+        older = [p for p in checkpoint_folders(saved.parent) if checkpoint_step(p) < step and not checkpoint_problem(p)]
+        for folder in older[:max(len(older) - (self.keep_checkpoints - 1), 0)]:
+            shutil.rmtree(folder)
 
     # Without an engine, checkpoints hold the whole student (model, optional LoRA, projection head) so resume
     # is exact; the plain Hugging Face export happens once, at the end (`export_student`).

@@ -1,22 +1,33 @@
 """`lavit train`: one LaViT (or Naive-SFT) student training run, as a plain function.
 
     lavit train recipes/lavit_qwen2_5_vl_3b.yaml data=DIR image_root=DIR output_dir=runs/lavit
+
+One run per output folder: the main process holds `output_dir/lavit.lock` for the whole run, refuses a
+folder holding another run (unless `resume=` continues it or `overwrite=true` clears it), and records the
+run's settings (`run_settings.json`, and in every checkpoint's marker) so a resume with settings that
+change the run is refused with the differences listed. `resume=latest` takes the newest complete
+checkpoint and moves torn ones to `output_dir/torn/`.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
+import shutil
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from lavit.config import config_to_dict
 from lavit.data.collator import LavitCollator
+from lavit.data.run_dir import RunLock, describe_holder, refuse_inputs_inside, resolve_paths, settings_differences
+from lavit.data.signal_store import write_json_atomic
 from lavit.data.sft_dataset import LavitSftDataset, read_sft_table
 from lavit.models.checkpoint import export_student, load_model_and_processor
 from lavit.models.gating import GateSchedule
@@ -25,10 +36,23 @@ from lavit.models.lavit_student import LavitStudent
 from lavit.models.families import family_of
 from lavit.models.projection_head import ProjectionHead
 from lavit.training.callbacks import TRAIN_LOG, JsonlLogCallback, ProgressBarCallback
-from lavit.training.lavit_config import LavitTrainConfig
-from lavit.training.lavit_trainer import GammaCallback, LavitTrainer
+from lavit.training.lavit_config import MAY_CHANGE_ON_RESUME, LavitTrainConfig
+from lavit.training.lavit_trainer import (
+    GammaCallback,
+    LavitTrainer,
+    checkpoint_folders,
+    checkpoint_problem,
+    checkpoint_step,
+    read_checkpoint_marker,
+)
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+RUN_SETTINGS = "run_settings.json"
+RESULTS = "train_results.json"
+DROPPED_ROWS = "dropped_rows.jsonl"
+TORN = "torn"
+# What a run writes into output_dir besides its checkpoint-N folders: a folder holding any of them holds a run.
+RUN_ENTRIES = (RUN_SETTINGS, TRAIN_LOG, RESULTS, DROPPED_ROWS, "student", TORN)
 
 
 def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
@@ -69,6 +93,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 as the launcher announces it, before any process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def training_arguments(cfg: LavitTrainConfig, plan: dict[str, int]) -> TrainingArguments:
     bf16 = cfg.precision in ("bf16", "bf16_pure") or (cfg.precision == "auto" and torch.cuda.is_available())
     return TrainingArguments(
@@ -77,10 +106,113 @@ def training_arguments(cfg: LavitTrainConfig, plan: dict[str, int]) -> TrainingA
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit or None, seed=cfg.seed, data_seed=cfg.seed, bf16=bf16,
+        seed=cfg.seed, data_seed=cfg.seed, bf16=bf16,  # save_total_limit: LavitTrainer rotates after completion
         remove_unused_columns=False, report_to="none", dataloader_num_workers=cfg.dataloader_num_workers,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
     )
+
+
+def run_settings(cfg: LavitTrainConfig) -> dict:
+    """The settings recorded with a run and compared on resume, paths absolute: one file spelled relative or
+    absolute is one setting."""
+    paths = ["data", "image_root", "output_dir", *(["model"] if Path(cfg.model).exists() else [])]
+    return resolve_paths(config_to_dict(cfg), paths)
+
+
+def run_entries(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name in RUN_ENTRIES or checkpoint_step(p) is not None)
+
+
+def set_aside(folder: Path) -> Path:
+    """Move a torn checkpoint to `torn/` beside it, under a free name: out of the way of resume and rotation
+    (and of the save that will write that step again), kept for a look."""
+    aside = folder.parent / TORN / folder.name
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = aside.with_name(f"{folder.name}.{n}")
+    aside.parent.mkdir(exist_ok=True)
+    folder.rename(aside)
+    return aside
+
+
+def cut_log(path: Path, step: int) -> None:
+    """The JSON-lines log as it stood at `step`: the lines after it are of steps the resumed run trains
+    again (a line torn by the kill goes too)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        if json.loads(line)["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resume_checkpoint(cfg: LavitTrainConfig, out: Path) -> tuple[Path, dict]:
+    """The checkpoint `cfg.resume` names (`latest`: the newest complete one in `out`) and its marker."""
+    if cfg.resume == "latest":
+        folders = checkpoint_folders(out)
+        complete = [f for f in folders if not checkpoint_problem(f)]
+        if not complete:
+            torn = "".join(f"; {f.name}: {checkpoint_problem(f)}" for f in folders)
+            raise FileNotFoundError(f"resume=latest but {out} holds no complete checkpoint{torn} (overwrite=true "
+                                    "starts the run again)")
+        return complete[-1], read_checkpoint_marker(complete[-1])
+    checkpoint = Path(cfg.resume)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint folder")
+    try:
+        return checkpoint, read_checkpoint_marker(checkpoint)
+    except ValueError as err:
+        raise ValueError(f"resume={cfg.resume} is not a complete checkpoint ({err}); resume=latest takes the newest "
+                         "complete one") from None
+
+
+def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
+    """On the main process: lock `output_dir` for this run (held until `held` closes) and refuse what would
+    mix two runs in it. For a resume: the checkpoint, its settings checked, torn checkpoints set aside and the
+    log cut back to its step. Nothing is moved or deleted before every check has passed."""
+    out = Path(cfg.output_dir)
+    refuse_inputs_inside(out, {"data": cfg.data, "image_root": cfg.image_root, "model": cfg.model}, key="output_dir")
+    lock = held.enter_context(RunLock(out))
+    notes = [f"took over {lock.path}, left by a run that ended without releasing it ({describe_holder(lock.stale)})"
+             ] if lock.stale else []
+    entries = run_entries(out)
+    if not cfg.resume:
+        if entries and not cfg.overwrite:
+            raise ValueError(f"output_dir {out} holds another run ({', '.join(entries)}): resume=latest continues "
+                             "it, overwrite=true deletes it first, or choose another output_dir")
+        for name in entries:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink()
+        return {"resume": None, "set_aside": [], "notes": notes}
+    checkpoint, marker = resume_checkpoint(cfg, out)
+    settings = run_settings(cfg)
+    recorded = [(f"the run that wrote {checkpoint}", marker.get("settings", {}))]
+    if (out / RUN_SETTINGS).is_file():
+        recorded.append((f"the run in {out}", json.loads((out / RUN_SETTINGS).read_text())))
+    for whose, before in recorded:
+        differences = settings_differences(before, settings, MAY_CHANGE_ON_RESUME)
+        if differences:
+            may = ", ".join(k for k in MAY_CHANGE_ON_RESUME if k not in ("resume", "overwrite"))
+            raise ValueError(f"resume={cfg.resume}: these settings differ from {whose}: {'; '.join(differences)}. A "
+                             f"resume may change only {may}; for a new run choose another output_dir (or "
+                             "overwrite=true)")
+    moved = []
+    for folder in checkpoint_folders(out):
+        problem = checkpoint_problem(folder)
+        if problem:
+            aside = set_aside(folder)
+            moved.append({"checkpoint": folder.name, "moved_to": str(aside), "reason": problem})
+            notes.append(f"{folder} is a torn checkpoint ({problem}): moved to {aside}")
+    cut_log(out / TRAIN_LOG, marker["step"])
+    return {"resume": str(checkpoint), "set_aside": moved, "notes": notes}
 
 
 def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str | None = None) -> dict:
@@ -91,28 +223,46 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
     """
     start = time.time()
     plan = cfg.batch_plan(world_size())
+    with ExitStack() as held:
+        # The main process claims the folder before anything slow (on a refusal it stops, and the launcher stops
+        # the rest); the other ranks learn the outcome once the process group is up.
+        claim = claim_output_dir(cfg, held) if is_main_process() else None
+        for note in claim["notes"] if claim else []:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        return _train(cfg, plan, claim, callbacks, desc, start)
+
+
+def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, callbacks: list | None,
+           desc: str | None, start: float) -> dict:
     set_seed(cfg.seed)
     table = read_sft_table(cfg.data, cfg.answer_field, need_signals=cfg.uses_latents, max_samples=cfg.max_samples)
     teacher_dim = len(table.column("v_sem")[0]) if cfg.uses_latents else None
     student, processor, names = build_student(cfg, teacher_dim)
     dataset = LavitSftDataset(table, cfg.image_root, processor, names, system_prompt=cfg.system_prompt,
-                              answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents)
+                              answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents,
+                              bad_rows=cfg.bad_rows)
     schedule = GateSchedule(cfg.gate if cfg.uses_latents else "none", cfg.gate_epsilon, cfg.gate_warmup_steps)
+    settings = run_settings(cfg)
+    # TrainingArguments only after the student is built: a ZeRO-3 config it activates would partition the build
+    args = training_arguments(cfg, plan)
+    if args.world_size > 1:
+        claim = broadcast_object_list([claim])[0]
     trainer = LavitTrainer(
-        model=student, args=training_arguments(cfg, plan), train_dataset=dataset, processing_class=processor,
+        model=student, args=args, train_dataset=dataset, processing_class=processor,
         data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens),
         callbacks=[GammaCallback(schedule), JsonlLogCallback(Path(cfg.output_dir) / TRAIN_LOG), *(callbacks or [])],
-        lam=cfg.lam,
+        lam=cfg.lam, run_settings=settings, keep_checkpoints=cfg.save_total_limit,
     )
     for printer in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(printer)
     trainer.add_callback(ProgressBarCallback(desc or f"train {cfg.method}"))
-    resume = cfg.resume or None
-    if resume == "latest":
-        resume = get_last_checkpoint(cfg.output_dir)
-        if resume is None:
-            raise FileNotFoundError(f"resume=latest but {cfg.output_dir} holds no checkpoint")
-    result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():  # from here on the folder holds this run
+        write_json_atomic(settings, Path(cfg.output_dir) / RUN_SETTINGS)
+        if dataset.dropped:
+            warnings.warn(f"bad_rows=drop: {len(dataset.dropped)} of {len(dataset) + len(dataset.dropped)} rows left "
+                          f"out, listed in {Path(cfg.output_dir) / DROPPED_ROWS}", RuntimeWarning, stacklevel=2)
+            (Path(cfg.output_dir) / DROPPED_ROWS).write_text("".join(json.dumps(r) + "\n" for r in dataset.dropped))
+    result = trainer.train(resume_from_checkpoint=claim["resume"])
     export_dir = Path(cfg.output_dir) / "student"
     results = {
         "settings": config_to_dict(cfg),
@@ -121,6 +271,9 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
         "global_step": result.global_step,
         "log_history": trainer.state.log_history,
         "student_dir": str(export_dir),
+        "resumed_from": claim["resume"],
+        "set_aside": claim["set_aside"],
+        "dropped_rows": dict(Counter(r["reason"] for r in dataset.dropped)),
         "wall_seconds": time.time() - start,
     }
     # Sharded engines gather the full weights through their own machinery (a collective: every rank calls it);
@@ -131,6 +284,6 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
                                                         "teacher_dim": teacher_dim, "system_prompt": cfg.system_prompt,
                                                         "min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels},
                        state_dict=gathered)
-        (Path(cfg.output_dir) / "train_results.json").write_text(json.dumps(results, indent=2))
+        (Path(cfg.output_dir) / RESULTS).write_text(json.dumps(results, indent=2))
     trainer.accelerator.wait_for_everyone()  # no rank returns before the export exists
     return results

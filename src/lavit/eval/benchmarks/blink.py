@@ -1,7 +1,7 @@
 """BLINK (BLINK-Benchmark/BLINK): `<Task>/val-00000-of-00001.parquet` with columns `idx`, `question`,
-`sub_task`, `image_1`…`image_4` (`{bytes, path}` structs, null when unused), `choices`, `answer`
-"(A)", `prompt` (question + "Select from the following choices." + options). Only val has answers;
-the test split's are hidden, so it is never used."""
+`sub_task`, `image_1`…`image_4` (`{bytes, path}` structs, null when unused; a path, used without bytes, is
+relative to the task's folder), `choices`, `answer` "(A)", `prompt` (question + "Select from the following
+choices." + options). Only val has answers; the test split's are hidden, so it is never used."""
 
 from __future__ import annotations
 
@@ -9,21 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, ImageRef
+from lavit.data.samples import Rejection
+from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, build_items, image_cell, kind, text
 
 COLUMNS = ("idx", "choices", "answer", "prompt", "image_1")
-
-
-def image_ref(cell) -> ImageRef | None:
-    """A parquet image cell: a `{bytes, path}` struct, raw bytes, or null."""
-    if cell is None:
-        return None
-    if isinstance(cell, (bytes, bytearray)):
-        return ImageRef(data=bytes(cell))
-    if isinstance(cell, dict) and cell.get("bytes"):
-        return ImageRef(data=cell["bytes"])
-    path = cell.get("path") if isinstance(cell, dict) else None
-    return ImageRef(path=Path(path or "<no bytes and no path>"))  # reported as image_missing, item skipped
 
 
 def load(root: Path, task: str) -> list[EvalItem]:
@@ -42,14 +31,17 @@ def load(root: Path, task: str) -> list[EvalItem]:
         missing = [c for c in COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"BLINK: {f} lacks columns {missing}")
-        rows += table.to_pylist()
+        rows += [(f"{f.name} row {n}", row) for n, row in enumerate(table.to_pylist(), 1)]
     if not rows:
         raise ValueError(f"BLINK: {files[0]} holds no rows")
-    items = []
-    for row in rows:
-        refs = [image_ref(row.get(f"image_{k}")) for k in range(1, 5)]
-        letters = "ABCDEFGH"[:len(row["choices"])]
-        items.append(EvalItem(id=str(row["idx"]), images=[r for r in refs if r is not None],
-                              prompt=f"{row['prompt'].strip()}\n{ANSWER_DIRECTLY}", letters=letters,
-                              answer=str(row["answer"]).strip().strip("()").upper(), meta={"task": task}))
-    return items
+
+    def build(row: dict, ident: str) -> EvalItem:
+        choices = row["choices"]
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+            raise Rejection("cell_invalid", f"'choices' is {kind(choices)}, expected a list of option texts")
+        refs = [image_cell(row.get(f"image_{k}"), f"image_{k}", task_dir) for k in range(1, 5)]
+        return EvalItem(id=ident, images=[r for r in refs if r is not None],
+                        prompt=f"{text(row, 'prompt').strip()}\n{ANSWER_DIRECTLY}", letters="ABCDEFGH"[:len(choices)],
+                        answer=text(row, "answer").strip().strip("()").upper(), meta={"task": task})
+
+    return build_items(rows, "idx", build, lambda row: {"task": task})

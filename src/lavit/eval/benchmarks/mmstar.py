@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from lavit.eval.benchmarks.blink import image_ref
-from lavit.eval.items import ANSWER_DIRECTLY, EvalItem
+from lavit.data.samples import Rejection
+from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, build_items, image_cell, text
 
 COLUMNS = ("index", "question", "image", "answer", "category", "l2_category")
 _OPTION = re.compile(r"(?:^|[\s,])([A-H]):\s")
@@ -27,16 +27,20 @@ def load(root: Path) -> list[EvalItem]:
         raise ValueError(f"MMStar: {path} lacks columns {missing}")
     if table.num_rows == 0:
         raise ValueError(f"MMStar: {path} holds no rows")
-    items = []
-    for row in table.to_pylist():
-        question = row["question"].strip()
+
+    def build(row: dict, ident: str) -> EvalItem:
+        # The categories are checked here, not in `summary`: a null one is this item's skip, before any answer.
+        meta = {key: text(row, key) for key in ("category", "l2_category")}
+        question = text(row, "question").strip()
         options_part = question.split("Options:", 1)[1] if "Options:" in question else question
-        letters = "".join(dict.fromkeys(_OPTION.findall(options_part)))
-        items.append(EvalItem(id=str(row["index"]), images=[image_ref(row["image"])],
-                              prompt=f"{question}\n{ANSWER_DIRECTLY}", letters=letters,
-                              answer=str(row["answer"]).strip().upper(),
-                              meta={"category": row["category"], "l2_category": row["l2_category"]}))
-    return items
+        image = image_cell(row["image"], "image", root)
+        if image is None:
+            raise Rejection("image_missing", "'image' is null")
+        return EvalItem(id=ident, images=[image], prompt=f"{question}\n{ANSWER_DIRECTLY}",
+                        letters="".join(dict.fromkeys(_OPTION.findall(options_part))),
+                        answer=text(row, "answer").strip().upper(), meta=meta)
+
+    return build_items(((f"row {n}", row) for n, row in enumerate(table.to_pylist(), 1)), "index", build)
 
 
 def summary(records: list[dict]) -> dict:

@@ -9,7 +9,8 @@ import csv
 import re
 from pathlib import Path
 
-from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, ImageRef
+from lavit.data.samples import Rejection
+from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, ImageRef, build_items, text
 
 _OPTION = re.compile(r"\(([a-z])\)\s*(.*?)\s*(?=\([a-z]\)|$)")
 
@@ -18,26 +19,34 @@ def load(root: Path) -> list[EvalItem]:
     path = root / "Questions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"MMVP: {path} not found (expected Questions.csv and 'MMVP Images/' in {root})")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM, as spreadsheet exports write it, is dropped
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"MMVP: {path} is not UTF-8 CSV ({err})") from None
     if not rows:
         raise ValueError(f"MMVP: {path} has no rows")
     index_col = next((c for c in ("Index", "lndex") if c in rows[0]), None)
     missing = [c for c in ("Question", "Options", "Correct Answer") if c not in rows[0]]
     if index_col is None or missing:
         raise ValueError(f"MMVP: {path} lacks columns {missing or ['Index']} (has {list(rows[0])})")
-    items = []
-    for row in rows:
-        index = int(row[index_col])
-        options = _OPTION.findall(row["Options"].strip())
+
+    def build(row: dict, ident: str) -> EvalItem:
+        if not ident.isdecimal():
+            raise Rejection("cell_invalid", f"{index_col!r} is {ident!r}, expected a number")
+        index = int(ident)
+        options = _OPTION.findall(text(row, "Options").strip())
         if len(options) < 2:
-            raise ValueError(f"MMVP: {path} row {index}: cannot read options {row['Options']!r}")
+            raise Rejection("cell_invalid", f"cannot read options {row['Options']!r}: expected '(a) … (b) …'")
         letters = "".join(letter.upper() for letter, _ in options)
-        prompt = "\n".join([row["Question"].strip(), *(f"({letter}) {text}" for letter, text in options), ANSWER_DIRECTLY])
-        answer = row["Correct Answer"].strip().strip("()").upper()
-        items.append(EvalItem(id=str(index), images=[ImageRef(root / "MMVP Images" / f"{index}.jpg")], prompt=prompt,
-                              letters=letters, answer=answer, meta={"pair": (index - 1) // 2}))
-    return items
+        prompt = "\n".join([text(row, "Question").strip(), *(f"({letter}) {t}" for letter, t in options),
+                            ANSWER_DIRECTLY])
+        return EvalItem(id=str(index), images=[ImageRef(root / "MMVP Images" / f"{index}.jpg")], prompt=prompt,
+                        letters=letters, answer=text(row, "Correct Answer").strip().strip("()").upper(),
+                        meta={"pair": (index - 1) // 2})
+
+    # A short row's missing cells read as null (csv's restval), which `text` turns into this row's skip.
+    return build_items(((f"row {n}", row) for n, row in enumerate(rows, 1)), index_col, build)
 
 
 def summary(records: list[dict]) -> dict:

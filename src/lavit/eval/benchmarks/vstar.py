@@ -1,6 +1,7 @@
 """V* Bench (craigwu/vstar_bench): `test_questions.jsonl` lines `{image, text, category, question_id,
 label}`; `text` holds the question, options "(A) …" and the answer instruction; images are paths under
-the root (`direct_attributes/sa_4690.jpg`). Table 1's "V* Attr." is the 115 `direct_attributes` items."""
+the root (`direct_attributes/sa_4690.jpg`; one outside it is refused). Table 1's "V* Attr." is the 115
+`direct_attributes` items."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import re
 from pathlib import Path
 
-from lavit.eval.items import EvalItem, ImageRef
+from lavit.data.samples import Rejection
+from lavit.eval.items import EvalItem, build_items, image_at, text
 
 _LETTER = re.compile(r"\(([A-H])\)")
 
@@ -17,22 +19,33 @@ def load(root: Path, category: str) -> list[EvalItem]:
     path = root / "test_questions.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"V*: {path} not found")
-    items = []
-    categories = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    rows, categories = [], set()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is dropped, as every reader here does
+    except UnicodeDecodeError as err:
+        raise ValueError(f"V*: {path} is not UTF-8 text ({err})") from None
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            categories.add(row["category"])
-            if row["category"] != category:
+        except json.JSONDecodeError as err:
+            row = Rejection("row_invalid", f"line {lineno} is not valid JSON ({err.msg})")
+        # A line whose category cannot be read is skipped in every category's run, so it is never lost unseen.
+        line_category = row.get("category") if isinstance(row, dict) else None
+        if isinstance(line_category, str):
+            categories.add(line_category)
+            if line_category != category:
                 continue
-            letters = "".join(dict.fromkeys(_LETTER.findall(row["text"])))
-            items.append(EvalItem(id=str(row["question_id"]), images=[ImageRef(root / row["image"])],
-                                  prompt=row["text"].strip(), letters=letters, answer=str(row["label"]).strip().upper(),
-                                  meta={"category": category}))
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ValueError(f"V*: {path}:{lineno}: bad line ({type(err).__name__}: {err})") from None
-    if not items:
+        rows.append((f"line {lineno}", row))
+    if category not in categories:
         raise ValueError(f"V*: no items of category {category!r} in {path} (categories: {sorted(categories)})")
-    return items
+
+    def build(row: dict, ident: str) -> EvalItem:
+        text(row, "category")  # a null or mistyped one is this line's skip (lines of other categories are left out)
+        prompt = text(row, "text")
+        return EvalItem(id=ident, images=[image_at(root, text(row, "image"))], prompt=prompt.strip(),
+                        letters="".join(dict.fromkeys(_LETTER.findall(prompt))),
+                        answer=text(row, "label").strip().upper(), meta={"category": category})
+
+    return build_items(rows, "question_id", build)

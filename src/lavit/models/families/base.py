@@ -57,6 +57,12 @@ class ModelFamily:
     def vision_tower(model: nn.Module) -> nn.Module:
         return model.model.visual
 
+    def shard_units(self, model: nn.Module) -> list[str]:
+        """Class names of the blocks a sharding engine wraps one by one (FSDP's transformer-based wrap policy):
+        the decoder layers and the vision blocks, read off the model, so one engine config serves every family."""
+        blocks = [*self.decoder_layers(model), *self.vision_tower(model).blocks]
+        return sorted({type(block).__name__ for block in blocks})
+
     # -- attention layers ----------------------------------------------------------------------------------
     @staticmethod
     def layer_types(text_config) -> list[str]:
