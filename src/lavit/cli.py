@@ -148,7 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from lavit.toyworld.ablate import ROW_SETS, ROW_TITLES, run_ablation, run_data_efficiency
+    from lavit.ablate import ROW_SETS, ROW_TITLES, run_ablation, run_data_efficiency
 
     cfg = _demo_config(args)
     if args.pool_sizes:

@@ -11,7 +11,7 @@ from PIL import Image
 from lavit.analysis.stats import VERDICTS
 from lavit.cli import main
 from lavit.demo import DemoConfig
-from lavit.toyworld.ablate import run_ablation
+from lavit.ablate import run_ablation
 from lavit.toyworld.artifacts import ArtifactBudget, build_artifacts
 
 SMALL = ["--pool-samples", "256", "--val-samples", "24", "--test-samples", "24", "--steps", "6",
@@ -101,7 +101,7 @@ def test_ablate_rows_at_a_reduced_budget(tmp_path):
 def test_every_ablation_row_names_a_real_setting():
     from dataclasses import fields
 
-    from lavit.toyworld.ablate import ROW_SETS
+    from lavit.ablate import ROW_SETS
     from lavit.training.lavit_config import LavitTrainConfig
 
     known = {f.name for f in fields(DemoConfig)} | {f.name for f in fields(LavitTrainConfig)}

@@ -10,6 +10,7 @@ from PIL import Image
 
 from lavit.data.samples import to_rgb
 from lavit.data.targets import build_traj_target
+from lavit.models.latent_tokens import LATENT_TEMPLATE_FLAG
 
 IGNORE_INDEX = -100
 
@@ -36,11 +37,6 @@ class TrainingSample:
     a_traj: np.ndarray | None = None  # raw teacher map, flattened (t, h, w)
     a_traj_grid: tuple[int, int, int] | None = None  # merged-token grid of a_traj
 
-
-# An exported LaViT student's chat template appends its latent tokens after the generation prompt, so stock
-# clients run it with its latents. lavit places the latents itself (or not: natural and none modes), so it
-# renders prompts with this template variable set to false.
-LATENT_TEMPLATE_FLAG = "lavit_latents"
 
 
 def prompt_messages(question: str, system_prompt: str | None, num_images: int = 1) -> list[dict]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoProcessor
 
-from lavit.data.examples import LATENT_TEMPLATE_FLAG
 from lavit.models.attention import LAVIT_ATTENTION
 from lavit.models.families import DEFAULT_FAMILY, ModelFamily, family_named, family_of
+from lavit.models.latent_tokens import LATENT_TEMPLATE_FLAG
 from lavit.models.lavit_student import LavitStudent, base_model
 from lavit.models.tiny import STUDENT_SPEC, TEACHER_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_LATENT_TEMPLATE = "<lvr_{i}>"
+# An exported LaViT student's chat template appends its latent tokens after the generation prompt, so stock
+# clients run it with its latents. lavit places the latents itself (or not: natural and none modes), so it
+# renders prompts with this template variable set to false.
+LATENT_TEMPLATE_FLAG = "lavit_latents"
 
 
 def latent_token_names(k: int, template: str = DEFAULT_LATENT_TEMPLATE) -> list[str]:
