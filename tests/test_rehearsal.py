@@ -39,6 +39,7 @@ from lavit.models.qwen_configs import qwen_config
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 A1 = {"min_pixels": PAPER_MIN_PIXELS, "max_pixels": PAPER_MAX_PIXELS}
+DISK_NEEDED = 16 * 2**30
 
 
 def load(name: str, path: Path):
@@ -108,8 +109,12 @@ def test_the_first_real_run_rehearsed_at_real_shapes(tmp_path):
     fixtures = load("eval_fixtures", TESTS / "eval" / "fixtures.py")
     processor = qwen_real.build_qwen_processor()  # the checkpoints' limits (skips without dashscope)
     torch.manual_seed(0)
+    free = shutil.disk_usage(tmp_path).free
+    assert free > DISK_NEEDED, (f"the rehearsal writes up to {DISK_NEEDED / 2**30:.0f} GiB at its peak (two Adam "
+                                f"checkpoints at real widths); {tmp_path} has {free / 2**30:.1f} GiB free")
+    # bf16 on disk, as the hub's checkpoints are; training loads fp32 master weights from it
     model = Qwen2_5_VLForConditionalGeneration._from_config(
-        qwen_config("qwen2.5-vl-3b", text_layers=1, vision_layers=1), dtype=torch.float32)
+        qwen_config("qwen2.5-vl-3b", text_layers=1, vision_layers=1), dtype=torch.bfloat16)
     qwen = tmp_path / "qwen2.5-vl-3b-cut"
     model.save_pretrained(qwen)
     processor.save_pretrained(qwen)
@@ -150,18 +155,26 @@ def test_the_first_real_run_rehearsed_at_real_shapes(tmp_path):
              "gate_warmup_steps=1", "global_batch_size=2", "learning_rate=1e-4", "warmup_ratio=0.0",
              "logging_steps=1", "precision=bf16"]
     full = engines.launch_driver(config, tmp_path / "full", sft, images, *train)
-    (tmp_path / "resumed" / "run").mkdir(parents=True)
-    shutil.copytree(tmp_path / "full" / "run" / "checkpoint-1", tmp_path / "resumed" / "run" / "checkpoint-1")
-    engines.launch_driver(config, tmp_path / "resumed", sft, images, *train, "resume=latest")
-    curve, rest = engines.losses(tmp_path / "full" / "run"), engines.losses(tmp_path / "resumed" / "run")
-    assert len(curve) == 2 and rest == pytest.approx(curve[1:], rel=1e-5)
+    curve = engines.losses(tmp_path / "full" / "run")
     seen = full[0]
     assert (seen["engine"], seen["param_dtype"], seen["reduce_dtype"]) == ("FSDP", "bfloat16", "float32")
     assert seen["head_weight_dtype"] == "bfloat16" and seen["loss_traj_dtype"] == seen["loss_concept_dtype"] == "float32"
+    # checkpoints are ~5 GiB each here: the first is moved (not copied) to resume from, the rest deleted once used
+    (tmp_path / "resumed" / "run").mkdir(parents=True)
+    shutil.move(tmp_path / "full" / "run" / "checkpoint-1", tmp_path / "resumed" / "run" / "checkpoint-1")
+    shutil.rmtree(tmp_path / "full")
+    engines.launch_driver(config, tmp_path / "resumed", sft, images, *train, "resume=latest")
+    rest = engines.losses(tmp_path / "resumed" / "run")
+    assert len(curve) == 2 and rest == pytest.approx(curve[1:], rel=1e-5)
+    for checkpoint in (tmp_path / "resumed" / "run").glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    shutil.rmtree(qwen)
 
-    # 4. the export loads in stock transformers; evaluated with sentence answers, no article is read as option A
-    student = tmp_path / "full" / "run" / "student"
+    # 4. the export (of the resumed run) loads in stock transformers, its tied embedding written once; evaluated
+    # with sentence answers, no article is read as option A
+    student = tmp_path / "resumed" / "run" / "student"
     assert json.loads((student / "lavit.json").read_text())["max_pixels"] == PAPER_MAX_PIXELS
+    assert (student / "model.safetensors").stat().st_size < 1.9e9  # fp32 masters, lm_head not a second copy
     speaker = sentence_student(student, tmp_path / "speaker", "A dog is sitting on the bench.", judges.wire_bigram_chain)
     mmvp = fixtures.write_mmvp(tmp_path / "MMVP")
     out = tmp_path / "eval"

@@ -22,6 +22,7 @@ from unittest import mock
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils import FullyShardedDataParallelPlugin
@@ -149,6 +150,11 @@ def train_resume_export(name: str, data: Path, tmp_path: Path, family: str, resu
     student = AutoModelForImageTextToText.from_pretrained(tmp_path / "full" / "run" / "student")
     assert family_of(student).model_type == family
     assert all(torch.isfinite(p).all() for p in student.parameters())
+    # a tied embedding is written once (a gathered state holds it twice) and loads tied
+    assert student.config.get_text_config().tie_word_embeddings
+    with safe_open(tmp_path / "full" / "run" / "student" / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if k.startswith("lm_head")]
+    assert student.lm_head.weight.data_ptr() == student.get_input_embeddings().weight.data_ptr()
     seen = full[0]
     assert {k: v for k, v in full[1].items() if k != "written"} == {k: v for k, v in seen.items() if k != "written"}
     # the engine handed the head bf16 weights (the bf16 path ran) and every loss term stayed fp32

@@ -82,6 +82,19 @@ def export_chat_template(template: str, latent_tokens: list[str], system_prompt:
     return template
 
 
+def _drop_tied_copies(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A gathered state holds a tied weight twice (e.g. lm_head and embed_tokens of Qwen2.5-VL-3B, 1.2 GB in fp32)
+    as separate tensors, which `save_pretrained` cannot recognise as one: keep the source only. Copies that
+    differ mean training untied them, which the checkpoint's config would then hide on load: an error."""
+    state = dict(state)
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if target in state and source in state:
+            if not torch.equal(state[target], state[source]):
+                raise ValueError(f"tied weights {target} and {source} differ in the gathered state")
+            del state[target]
+    return state
+
+
 def export_student(student: LavitStudent, processor, directory: str | Path, meta: dict,
                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save the student as a plain HF checkpoint + processor, the projection head and `lavit.json` beside it.
@@ -105,7 +118,7 @@ def export_student(student: LavitStudent, processor, directory: str | Path, meta
         if len(model_state) + len(head_state) != len(state_dict):
             raise ValueError(f"unexpected keys in the gathered state: "
                              f"{sorted(k for k in state_dict if not k.startswith(('model.', 'projection_head.')))[:5]}")
-        base_model(model).save_pretrained(directory, state_dict=model_state)
+        base_model(model).save_pretrained(directory, state_dict=_drop_tied_copies(base_model(model), model_state))
     else:
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
