@@ -14,7 +14,9 @@ LMMS_EVAL_DEPS := loguru pytz sqlitedict
 # version). GPU users install it themselves (`pip install deepspeed`); its tests skip where it is absent.
 DEEPSPEED := deepspeed==0.19.8
 # Both cores: the multi-process tests pick free ports (torchrun --standalone, accelerate --main_process_port).
-# The real-width rehearsal of a first run (tests/test_rehearsal.py, several minutes) has its own target.
+# `make test` is the fast suite (under 5 minutes on 2 cores); the end-to-end tests marked `slow` (trained toy models,
+# multi-process engines, the demo at reduced budgets) are `make test-slow`, and the real-width rehearsal of a first
+# run (tests/test_rehearsal.py) is `make test-rehearsal`; .ci/run runs all three.
 PYTEST := python -m pytest -q -n 2 --dist worksteal
 
 # $(call venv,DIR,EXTRA PIP ARGS): create DIR if missing and install the package with its test extras
@@ -35,17 +37,17 @@ endef
 .venv-lowest/bin/lavit: pyproject.toml Makefile
 	$(call venv,.venv-lowest,"$(TRANSFORMERS_LOWEST)")
 
-.PHONY: install demo test test-fast test-rehearsal test-lowest bench
+.PHONY: install demo test test-slow test-rehearsal test-lowest bench
 install: .venv/bin/lavit
 
 demo: .venv/bin/lavit
 	.venv/bin/lavit demo --out runs/demo
 
 test: .venv/bin/lavit
-	.venv/bin/$(PYTEST) -m "not rehearsal"
-
-test-fast: .venv/bin/lavit
 	.venv/bin/$(PYTEST) -m "not slow and not rehearsal"
+
+test-slow: .venv/bin/lavit
+	.venv/bin/$(PYTEST) -m "slow and not rehearsal"
 
 test-rehearsal: .venv/bin/lavit
 	.venv/bin/python -m pytest -q -m rehearsal

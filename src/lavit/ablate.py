@@ -11,6 +11,10 @@ Rows (each a student trained from the same base, data and budget as `lavit demo`
 tokens (the full model evaluated with its latents masked); K ∈ {4, 6, 8} (Table A2); and Naive-SFT.
 `--rows remedies`: the settings one would try if LaViT does not beat Naive-SFT — λ, T_w, K, Top-K,
 question-token gating — and both methods at a lower and a higher learning rate. Choose on val.
+`--rows bottlenecks` (beyond the paper): variants in which visual evidence must pass through the latents — the
+readout (the last latent, which predicts a one-token answer) gated too, a final γ below 1 or γ ≡ 0 kept at
+inference, an L_read term rewarding the readout for reading latents 1..K-1 — each with the latent-usage audit
+of its students on paired test scenes. Choose on val.
 
 `--pool-sizes`: LaViT and Naive-SFT at each pool size (seed s draws the first N scenes of pool draw s,
 so the pools are nested), mean test accuracy with a 95 % t interval over seeds, the paired difference,
@@ -33,6 +37,7 @@ import numpy as np  # noqa: E402
 from lavit.analysis.stats import paired_summary, t_interval, verdict  # noqa: E402
 from lavit.console import quiet_libraries, say  # noqa: E402
 from lavit.demo import DemoConfig, evaluate, prepare_seed, student_config  # noqa: E402
+from lavit.toyworld.latent_audit import audit_student, audit_table_lines, summarise_audits  # noqa: E402
 from lavit.toyworld.world import write_split  # noqa: E402
 from lavit.training.train import run_training  # noqa: E402
 
@@ -62,8 +67,24 @@ REMEDY_ROWS = [
     ("Naive-SFT, lr 1e-3", "naive_sft", {"learning_rate": 1e-3}),
 ]
 
-ROW_SETS = {"paper": ROWS, "remedies": REMEDY_ROWS}
-ROW_TITLES = {"paper": "Table 3, Table A2", "remedies": "in-method remedies"}
+# Beyond the paper: variants in which visual evidence must pass through the latents. The readout (the last latent)
+# predicts a one-token answer, so the paper's gate never reaches that prediction; these gate it too, keep the gate
+# partly (γ_final) or fully (γ ≡ 0) closed at inference (lavit's generation only), or reward the readout for
+# reading latents 1..K-1 (L_read; stock-servable).
+BOTTLENECK_ROWS = [
+    ("LaViT (full)", "lavit", {}),
+    ("Naive-SFT", "naive_sft", {}),
+    ("LaViT, readout gated in warm-up (γ → 1)", "lavit", {"gate_readout": True}),
+    ("LaViT, readout gated, γ_final = 0.1", "lavit", {"gate_readout": True, "gate_final": 0.1}),
+    ("LaViT, latent-only vision (readout gated, γ ≡ 0)", "lavit", {"gate_readout": True, "gate": "none",
+                                                                    "gate_final": 0.0}),
+    ("LaViT + L_read (w = 0.3)", "lavit", {"read_weight": 0.3}),
+]
+
+ROW_SETS = {"paper": ROWS, "remedies": REMEDY_ROWS, "bottlenecks": BOTTLENECK_ROWS}
+ROW_TITLES = {"paper": "Table 3, Table A2", "remedies": "in-method remedies", "bottlenecks": "bottlenecks"}
+STOCK_SERVABLE = "stock clients serve it (its export runs at γ = 1)"
+LAVIT_ONLY = "needs lavit's generation (an attention bias at inference)"
 DEMO_FIELDS = {f.name for f in fields(DemoConfig)}
 
 
@@ -77,16 +98,21 @@ def _pct_ci(entry: dict) -> str:
     return f"{100 * entry['mean']:.1f}" + ("" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
 
 
-def run_ablation(cfg: DemoConfig, rows: list[tuple[str, str, dict]] = ROWS, title: str = "Table 3, Table A2") -> dict:
-    """Every row on every seed's data; val accuracy (for choosing settings) and test accuracy (to report)."""
+def run_ablation(cfg: DemoConfig, rows: list[tuple[str, str, dict]] = ROWS, title: str = "Table 3, Table A2",
+                 audit: bool = False) -> dict:
+    """Every row on every seed's data; val accuracy (for choosing settings) and test accuracy (to report); with
+    `audit`, every latent row's students also get the latent-usage audit on paired test scenes."""
     quiet_libraries()
     start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=cfg.world)
     test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=cfg.world)
+    pairs = (write_split(out / "data" / "audit", "test", cfg.audit_samples, world_seed=cfg.world_seed, cfg=cfg.world,
+                         pairs=True) if audit and cfg.audit_samples else None)
     scores: dict[str, dict] = {}
     filters = []
+    audits: dict[str, list[dict]] = {}
 
     def add(label: str, method: str, overrides: dict, student: str, mode: str | None = None) -> None:
         entry = scores.setdefault(label, {"method": method, "overrides": overrides, "val": [], "test": [],
@@ -108,12 +134,19 @@ def run_ablation(cfg: DemoConfig, rows: list[tuple[str, str, dict]] = ROWS, titl
                                        out / f"seed{seed}" / f"row{i}", seed, **train_keys)
             student = run_training(train_cfg, desc=f"seed {seed + 1}/{cfg.seeds} {label}")["student_dir"]
             add(label, method, overrides, student)
+            if pairs is not None and method == "lavit":
+                audits.setdefault(label, []).append(audit_student(student, pairs, seed=seed))
             if label == "LaViT (full)":
                 add("w/o latent tokens (masked at inference)", method, {"eval_mode": "masked"}, student, mode="masked")
     table = [{"row": label, "method": e["method"], "overrides": e["overrides"], "val": _mean_ci(e["val"]),
               "test": _mean_ci(e["test"]),
               "per_kind": {k: float(np.mean([p[k] for p in e["per_kind"] if p.get(k) is not None]))
                            for k in e["per_kind"][0]}} for label, e in scores.items()]
+    for row in table:
+        if row["row"] in audits:
+            row["audit"] = summarise_audits(audits[row["row"]])
+        if audit:
+            row["serving"] = LAVIT_ONLY if float(row["overrides"].get("gate_final", 1.0)) < 1.0 else STOCK_SERVABLE
     result = {"rows": table, "filter": filters, "settings": asdict(cfg), "wall_seconds": time.time() - start}
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     kinds = list(table[0]["per_kind"])
@@ -126,6 +159,9 @@ def run_ablation(cfg: DemoConfig, rows: list[tuple[str, str, dict]] = ROWS, titl
     for r in table:
         lines.append(f"| {r['row']} | {_pct_ci(r['val'])} | {_pct_ci(r['test'])} | "
                      + " | ".join(f"{100 * r['per_kind'][k]:.1f}" for k in kinds) + " |")
+    for r in table:
+        if "audit" in r:
+            lines += ["", f"### Audit: {r['row']} ({r['serving']})", "", *audit_table_lines(r["audit"])]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     return result
 

@@ -94,14 +94,51 @@ def _eval(args: argparse.Namespace) -> int:
         from lavit.eval.suite import run_paper_suite
 
         result = run_paper_suite(model, args.data_root, args.out, label=args.label or args.model,
-                                 max_samples=args.max_samples, batch_size=args.batch_size)
+                                 max_samples=args.max_samples, batch_size=args.batch_size, interval=args.interval,
+                                 label_fixes=args.label_fixes)
         print(result["row"])
         return 0
     from lavit.eval.runner import run_eval
 
     summary = run_eval(model, args.benchmark, args.data_root, args.out, max_samples=args.max_samples,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, interval=args.interval, label_fixes=args.label_fixes)
     print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lavit.data.signal_store import write_json_atomic
+    from lavit.eval.compare import compare_runs, render_markdown
+
+    if args.out and Path(args.out).name in ("summary.json", "predictions.jsonl", "run.json", "suite_paper.json"):
+        raise ValueError(f"--out {args.out} would overwrite a lavit eval file; name another JSON file")
+    result = compare_runs(args.run_a, args.run_b, benchmarks=args.benchmark or None)
+    for warning in result["warnings"]:
+        print(f"lavit compare: warning: {warning}", file=sys.stderr)
+    print(render_markdown(result))
+    if args.out:
+        write_json_atomic(result, Path(args.out))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from lavit.eval.audit import audit_markdown, choose_interventions, run_audit
+    from lavit.eval.models import GenerativeModel, load_eval_model
+
+    if bool(args.benchmark) == bool(args.samples):
+        raise ValueError("give exactly one of --benchmark NAME (with --data-root) or --samples FILE (with "
+                         "--image-root)")
+    tokens = [t.strip() for t in args.latent_tokens.split(",") if t.strip()] if args.latent_tokens else None
+    chosen = [t.strip() for t in args.interventions.split(",") if t.strip()] if args.interventions else None
+    choose_interventions(chosen)  # a misspelt name fails before the model loads
+    model = load_eval_model(args.model, latent_tokens=tokens, mode="forced", max_new_tokens=args.max_new_tokens,
+                            system_prompt=args.system_prompt, dtype=args.dtype, device_map=args.device_map)
+    if not isinstance(model, GenerativeModel):
+        raise ValueError(f"{args.model} answers without a model: there is no latent block to audit")
+    result = run_audit(model, args.out, benchmark=args.benchmark, data_root=args.data_root, samples=args.samples,
+                       image_root=args.image_root, interventions=chosen, seed=args.seed, batch_size=args.batch_size,
+                       max_samples=args.max_samples)
+    print(audit_markdown(result))
     return 0
 
 
@@ -156,7 +193,7 @@ def _ablate(args: argparse.Namespace) -> int:
         result = run_data_efficiency(cfg, sizes)
         print((Path(args.out) / "data_efficiency.md").read_text())
     else:
-        result = run_ablation(cfg, ROW_SETS[args.rows], title=ROW_TITLES[args.rows])
+        result = run_ablation(cfg, ROW_SETS[args.rows], title=ROW_TITLES[args.rows], audit=args.rows == "bottlenecks")
         print((Path(args.out) / "ablation.md").read_text())
     print(f"ablation finished in {result['wall_seconds']:.0f}s")
     return 0
@@ -207,12 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="writes OUT/<benchmark>/predictions.jsonl and summary.json")
     ev.add_argument("--latent-mode", default=None, choices=["forced", "natural", "masked", "none"],
                     help="default: forced when the model has latent tokens, else none")
-    ev.add_argument("--latent-tokens", default="", help="comma list overriding lavit.json, e.g. "
-                    "'<lvr1>,<lvr2>,<lvr3>,<lvr4>' for the authors' LaViT-3B")
-    ev.add_argument("--system-prompt", default=None, help="default: the one recorded in lavit.json, else the "
-                    "template's")
-    ev.add_argument("--max-samples", type=non_negative_int, default=0, help="score only the first N items (0 = all)")
-    ev.add_argument("--batch-size", type=positive_int, default=8, help="items per generate call")
+    checkpoint_args(ev, "score")
     ev.add_argument("--min-pixels", type=non_negative_int, default=0, help="image processor min pixels (0 = the "
                     "model's training limit from lavit.json, else its processor's; --suite paper: 200704 for every "
                     "model); recorded in summary.json")
@@ -222,7 +254,41 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ev.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs")
     ev.add_argument("--label", default="", help="row label for --suite (default: the model spec)")
+    ev.add_argument("--interval", default="wilson", choices=["wilson", "clopper_pearson"],
+                    help="method of every accuracy's 95%% interval in summary.json (clopper_pearson: exact)")
+    ev.add_argument("--label-fixes", action="store_true", help="correct the benchmark's documented label errors "
+                    "(MMVP: 4 swapped answers) before scoring; listed in summary.json and a setting of the run")
     ev.set_defaults(run=_eval)
+
+    cmp = sub.add_parser("compare", help="pair two lavit eval runs item by item: A − B with a 95%% interval and an "
+                         "exact McNemar p per benchmark",
+                         description="lavit compare RUN_A RUN_B [--benchmark NAME ...] [--out FILE.json]")
+    cmp.add_argument("run_a", help="a lavit eval --out folder (one subfolder per benchmark) or one benchmark's folder")
+    cmp.add_argument("run_b", help="the run to compare it with, as RUN_A")
+    cmp.add_argument("--benchmark", action="extend", nargs="+", default=[], metavar="NAME",
+                     help="only these benchmarks (e.g. mmvp blink:IQ_Test; default: every one in both runs)")
+    cmp.add_argument("--out", default="", help="also write the comparison, with both runs' settings, as JSON here")
+    cmp.set_defaults(run=_compare)
+
+    au = sub.add_parser("audit", help="does the answer read the latent block? interventions vs the forced run",
+                        description="lavit audit --model M (--benchmark NAME --data-root DIR | --samples FILE "
+                        "--image-root DIR) --out DIR; README 'Auditing latent use'")
+    au.add_argument("--model", required=True, help="a latent-token checkpoint: directory or hub id")
+    au.add_argument("--benchmark", default="", help="mmvp | blink:<Task> | vstar[:category] | mmstar")
+    au.add_argument("--data-root", default="", help="the benchmark's directory")
+    au.add_argument("--samples", default="", help="JSONL rows {id, image, question, answer, [pair]}, free-text "
+                    "answers (e.g. a toy-world split)")
+    au.add_argument("--image-root", default="", help="directory the samples' images are under")
+    au.add_argument("--out", required=True, help="writes OUT/audit.json, OUT/audit.md (and run.json)")
+    au.add_argument("--interventions", default="", help="comma list of none,masked,zero,first_repeat,random,swap "
+                    "(default: all; forced, the reference, always runs)")
+    checkpoint_args(au, "audit")
+    au.add_argument("--seed", type=int, default=0, help="draws the random donors (a derangement) and same-prompt "
+                    "swap donors; recorded")
+    au.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer, in every run")
+    au.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    au.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs")
+    au.set_defaults(run=_audit)
 
     official = sub.add_parser("import-official", help="convert the authors' LaViT-15k layout into a signal store")
     official.add_argument("--data", required=True, help="their training JSON ({'results': [...]})")
@@ -267,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
             if f.name == "student_overrides":
                 continue
             default = out if f.name == "out" else f.default
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=hints[f.name], default=default,
+            flag = "--world" if f.name == "world_name" else f"--{f.name.replace('_', '-')}"
+            p.add_argument(flag, dest=f.name, type=hints[f.name], default=default,
                            help=f"{f.metadata['help']} (default: {default})")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a `lavit train` setting for both students, e.g. --set lam=0.5 (repeatable)")
@@ -280,9 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     world_args(ablate, "runs/ablate")
     ablate.add_argument("--pool-sizes", default="", help="comma list, e.g. 1000,2000,4000: LaViT vs Naive-SFT "
                         "accuracy at each pool size over --seeds seeds (data efficiency) instead of the Table 3 rows")
-    ablate.add_argument("--rows", choices=["paper", "remedies"], default="paper",
+    ablate.add_argument("--rows", choices=["paper", "remedies", "bottlenecks"], default="paper",
                         help="paper: Table 3 rows and the K sweep; remedies: λ, T_w, K, Top-K, question gating and "
-                        "learning rate for both methods (choose on the val column)")
+                        "learning rate for both methods (choose on the val column); bottlenecks: variants in which "
+                        "vision must pass through the latents, each with the latent-usage audit (beyond the paper)")
     ablate.set_defaults(run=_ablate)
 
     an = sub.add_parser("analyze", help="Perception-Gap analysis: S_focus, entropy, KL by token type, heatmaps")
@@ -296,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--heatmaps", type=int, default=4, help="samples shown in the heatmap figure")
     an.set_defaults(run=_analyze)
     return parser
+
+
+def checkpoint_args(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The latent-token, prompt and batching options `lavit eval` and `lavit audit` share."""
+    parser.add_argument("--latent-tokens", default="", help="comma list overriding lavit.json, e.g. "
+                        "'<lvr1>,<lvr2>,<lvr3>,<lvr4>' for the authors' LaViT-3B")
+    parser.add_argument("--system-prompt", default=None, help="default: the one recorded in lavit.json, else the "
+                        "template's")
+    parser.add_argument("--max-samples", type=non_negative_int, default=0,
+                        help=f"{verb} only the first N items (0 = all)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="items per generate call")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,16 +37,18 @@ from lavit.data.signal_store import read_store
 from lavit.data.targets import build_traj_target
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
 from lavit.models.families import family_named
+from lavit.models.gating import InferenceGate
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.tiny import build_tiny_tokenizer
 from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.extractor import run_extract
 from lavit.teacher.filter import run_filter
 from lavit.teacher.filter_config import FilterConfig
-from lavit.toyworld.artifacts import ARTIFACTS_DIR, budget_for, build_artifacts
+from lavit.toyworld.artifacts import WORLD_ARTIFACTS, budget_for, build_artifacts
+from lavit.toyworld.latent_audit import audit_student, summarise_audits
 from lavit.toyworld.models import BLANK_IMAGE, TOY_STUDENT_SPEC, blank_image, toy_accuracy, toy_pixels
 from lavit.toyworld.report import write_report
-from lavit.toyworld.validity import check_validity
+from lavit.toyworld.validity import check_validity, premise_validity
 from lavit.toyworld.world import WorldConfig, write_split
 from lavit.training.lavit_config import LavitTrainConfig
 from lavit.training.train import build_student, run_training
@@ -60,6 +62,9 @@ class DemoConfig:
     out: str = field("runs/demo", "Output directory: report.md, results.json, figures, one folder per seed.")
     seeds: int = field(5, "Student seeds: seed s extracts draw s of the world's pool stream and initialises both "
                        "students with s, so every seed is one paired comparison.")
+    world_name: str = field("default", "Which world (`lavit demo --world`): default (2–3 distinct shapes) or premise "
+                            "(3–5 objects whose shapes may repeat: finding the evidence among distractors is the "
+                            "hard part). An empty `artifacts` picks the world's committed toy models.")
     world_seed: int = field(0, "Which stream of the world the pool, val and test scenes come from (the committed "
                             "toy models were trained on world 0's other splits and stay valid for any).")
     pool_samples: int = field(2000, "Scenes the teacher extracts per seed before filtering.")
@@ -76,7 +81,10 @@ class DemoConfig:
     diagnostic_samples: int = field(96, "Test samples for the latent-map diagnostics; the first 32 val samples "
                                     "are the training-dynamics probe.")
     dynamics_every: int = field(10, "Record the training dynamics every N steps.")
-    artifacts: str = field(str(ARTIFACTS_DIR), "Directory of the toy teacher, base and text-only models.")
+    audit_samples: int = field(120, "Paired test scenes (two per question, different answers) on which every LaViT "
+                               "student's latent use is audited (`lavit audit`'s interventions); 0 = no audit.")
+    artifacts: str = field("", "Directory of the toy teacher, base and text-only models ('' = the world's "
+                           "committed ones, lavit/toyworld/artifacts or artifacts_premise).")
     student_overrides: dict = field({}, "Extra `lavit train` settings for both students (experiments, ablations).")
     student_family: str = field("", "Model family of the base and both students: qwen2_vl, qwen2_5_vl, qwen3_vl "
                                 "('' = the committed base's, qwen2_5_vl). Another family is distilled from the "
@@ -93,14 +101,24 @@ class DemoConfig:
                   (0 <= self.gate_warmup_fraction <= 1, "gate_warmup_fraction must be in [0, 1]"),
                   (self.analysis_samples >= 1 and self.diagnostic_samples >= 1,
                    "analysis_samples and diagnostic_samples must be >= 1"),
-                  (self.dynamics_every >= 1, "dynamics_every must be >= 1")]
+                  (self.dynamics_every >= 1, "dynamics_every must be >= 1"),
+                  (self.audit_samples >= 0 and self.audit_samples % 2 == 0, "audit_samples must be even and >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.world_name not in WORLD_ARTIFACTS:
+            raise ValueError(f"world must be one of {sorted(WORLD_ARTIFACTS)}, got {self.world_name!r}")
+        self.artifacts = self.artifacts or str(WORLD_ARTIFACTS[self.world_name])
         missing = [r for r in ("teacher", "base", "text_only") if not (Path(self.artifacts) / r / "config.json").is_file()]
         if missing:
             raise FileNotFoundError(f"toy artifacts {missing} missing in {self.artifacts}; build them with "
-                                    f"`python -m lavit.toyworld.artifacts --out {self.artifacts}`")
+                                    f"`python -m lavit.toyworld.artifacts --out {self.artifacts} "
+                                    f"--world {self.world_name}`")
+        record = Path(self.artifacts) / "artifacts.json"
+        built = json.loads(record.read_text()).get("world_name", "default") if record.is_file() else "default"
+        if built != self.world_name:
+            raise ValueError(f"{self.artifacts} holds models of the {built!r} world, not {self.world_name!r}; pass "
+                             "--artifacts of that world or leave it empty for the committed ones")
         family = family_named(self.family)
         if family.is_hybrid(family.tiny_config(build_tiny_tokenizer(), TOY_STUDENT_SPEC).text_config):
             raise ValueError(f"student family {self.family}: the demo's masked-latent diagnostic (Table 3's 'w/o "
@@ -138,7 +156,8 @@ def evaluate(path: str, split: Path, mode: str | None = None, image_override: Pa
     latents = meta.get("latent_tokens", [])
     model, processor = load_for_inference(path)
     return toy_accuracy(model, processor, split, latent_tokens=latents, mode=mode or ("forced" if latents else "none"),
-                        system_prompt=meta.get("system_prompt") or None, image_override=image_override)
+                        system_prompt=meta.get("system_prompt") or None, image_override=image_override,
+                        gate=InferenceGate.from_meta(meta))
 
 
 def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: Path, out: Path, seed: int,
@@ -148,7 +167,7 @@ def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: P
                   learning_rate=cfg.learning_rate, warmup_ratio=0.05,
                   gate_warmup_steps=round(cfg.steps * cfg.gate_warmup_fraction), gradient_checkpointing=False,
                   system_prompt="", logging_steps=max(cfg.steps // 20, 1), save_steps=cfg.steps, save_total_limit=1,
-                  seed=seed, min_pixels=toy_pixels(cfg.family), max_pixels=toy_pixels(cfg.family),
+                  seed=seed, min_pixels=toy_pixels(cfg.family, cfg.world), max_pixels=toy_pixels(cfg.family, cfg.world),
                   overwrite=True)  # a rerun of the demo trains every student again, as its filter runs do
     values.update(cfg.student_overrides)
     values.update(overrides)
@@ -246,6 +265,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     fixed = {name: {"val": evaluate(str(where / name), val), "test": evaluate(str(where / name), test)}
              for name, where in (("teacher", art), ("base", students))}
     fixed["text_only"] = {"val": evaluate(str(art / "text_only"), val, image_override=blank)}
+    audit_split = (write_split(out / "data" / "audit", "test", cfg.audit_samples, world_seed=cfg.world_seed, cfg=world,
+                               pairs=True) if cfg.audit_samples else None)
     extract(cfg, test, out / "test_signals", 0)
     diagnostics = boxed_samples(test, cfg.diagnostic_samples)
     dynamics_probe = boxed_samples(val, 32)
@@ -267,6 +288,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                             "dynamics": dyn.records, "config": train_cfg}
         lavit = runs["lavit"]
         lavit["test_masked"] = evaluate(lavit["dir"], test, mode="masked")
+        if audit_split is not None:
+            lavit["audit"] = audit_student(lavit["dir"], audit_split, seed=seed)
         targets = teacher_targets(out / "test_signals", diagnostics, world_grid(world), lavit["config"].traj_top_k)
         lavit["latent_map"] = latent_maps(lavit["dir"], lavit["config"], diagnostics, targets)
         seeds.append({"seed": seed, "extract": prepared["extract"], "filter": prepared["filter"], "runs": runs})
@@ -282,6 +305,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     analysis = analyze(test, test.parent / "images", models, out / "analysis", correct=correct,
                        max_samples=cfg.analysis_samples)
     results = summarise(cfg, world, fixed, seeds, analysis, students)
+    results["validity"] |= premise_validity(results)  # the premise world's two checks (none in the default world)
     figures = {f"dynamics_{m}": f"analysis/dynamics_{m}.png" for m in STUDENTS}
     for m in STUDENTS:
         dynamics_figure(out / figures[f"dynamics_{m}"], {s["seed"]: s["runs"][m]["dynamics"] for s in seeds},
@@ -367,6 +391,8 @@ def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict
                      "by_seed": {m: per_seed(m) for m in STUDENTS} | {"lavit_masked": [
                          s["runs"]["lavit"]["test_masked"]["accuracy"] for s in seeds]}},
         "masked_drop": {"per_seed": masked, "mean": float(np.mean(masked))},
+        "audit": (summarise_audits([s["runs"]["lavit"]["audit"] for s in seeds]) | {"per_seed": [
+            s["runs"]["lavit"]["audit"] for s in seeds]}) if "audit" in seeds[0]["runs"]["lavit"] else None,
         "latent_map": latent,
         "attention_entropy": {n: per_model[n]["attention_entropy"]["mean"] for n in per_model},
         "s_focus": {n: per_model[n]["s_focus"]["mean"] for n in per_model},

@@ -640,8 +640,10 @@ def test_cli_paper_suite(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-3] == "| Model | MMVP | V* Attr. | Rel. Depth | IQ-Test | Rel. Ref. | Spatial | MMStar |"
     assert lines[-2] == "|---|---|---|---|---|---|---|---|"
-    # MMVP 5/8, V* 2/5, Rel. Depth 3/5, IQ 2/4, Rel. Ref. 1/3, Spatial 3/4, MMStar 3/6
-    assert lines[-1] == "| constant:A | 62.5 | 40.0 | 60.0 | 50.0 | 33.3 | 75.0 | 50.0 |"
+    # MMVP 5/8, V* 2/5, Rel. Depth 3/5, IQ 2/4, Rel. Ref. 1/3, Spatial 3/4, MMStar 3/6, with Wilson intervals
+    # (5/8: (5 + 1.92) / 11.84 ± 1.96 √(1.875 + 0.96) / 11.84 = [30.6, 86.3])
+    assert lines[-1] == ("| constant:A | 62.5 [30.6, 86.3] | 40.0 [11.8, 76.9] | 60.0 [23.1, 88.2] | 50.0 [15.0, 85.0] "
+                         "| 33.3 [6.1, 79.2] | 75.0 [30.1, 95.4] | 50.0 [18.8, 81.2] |")
     result = json.loads((out / "suite_paper.json").read_text())
     assert result["accuracy"]["Rel. Ref."] == 1 / 3 and result["model"] == "constant:A"
     for name in ("mmvp", "vstar", "blink_Relative_Depth", "blink_IQ_Test", "blink_Relative_Reflectance",
@@ -654,4 +656,5 @@ def test_cli_paper_suite(tmp_path, capsys):
                  str(root), "--out", str(tmp_path / "out_b")]) == 0
     # B shares: MMVP 3/8, V* 1/5, Depth 2/5, IQ 0/4, Ref 1/3, Spatial 1/4, MMStar 1/6
     assert capsys.readouterr().out.strip().splitlines()[-1] == \
-        "| B baseline | 37.5 | 20.0 | 40.0 | 0.0 | 33.3 | 25.0 | 16.7 |"
+        ("| B baseline | 37.5 [13.7, 69.4] | 20.0 [3.6, 62.4] | 40.0 [11.8, 76.9] | 0.0 [0.0, 49.0] | 33.3 [6.1, 79.2] "
+         "| 25.0 [4.6, 69.9] | 16.7 [3.0, 56.4] |")

@@ -37,6 +37,7 @@ def test_every_latent_mode_runs_end_to_end(setup, tmp_path, mode):
                  str(setup / "MMVP"), "--out", str(out), "--latent-mode", mode, "--max-new-tokens", "3"]) == 0
     summary = json.loads((out / "mmvp" / "summary.json").read_text())
     assert summary["n"] == 4 and summary["settings"]["latent_mode"] == mode
+    assert summary["interval"] == "wilson" and 0 <= summary["accuracy_ci95"][0] <= summary["accuracy"]
     records = [json.loads(line) for line in (out / "mmvp" / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all("lvr" not in r["raw_output"] for r in records)
 

@@ -1,12 +1,16 @@
 """Latent modes: forced/natural/masked/none, batched, latent tokens never in the returned text."""
 
+import math
+from contextlib import ExitStack
+
 import pytest
 import torch
 from PIL import Image
 
 import lavit.models.attention as attention
-from lavit.models.families import family_of
 from lavit.inference.generate import build_generation_inputs, generate_answers
+from lavit.models.families import family_of
+from lavit.models.gating import InferenceGate, gated_query_mask
 
 QUESTIONS = ["what color is the circle ?", "what shape is it ?"]
 
@@ -103,3 +107,94 @@ def test_bad_modes(tiny):
                                 system_prompt=None)
     with pytest.raises(ValueError, match="needs the model's latent tokens"):
         build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=[], mode="forced", system_prompt=None)
+
+
+def gated_logits(tiny, pictures, gate: InferenceGate | None, hide: bool):
+    """First-answer-token logits of the forced prompt under an inference gate, latents optionally hidden."""
+    inputs = build_generation_inputs(tiny.processor, pictures, QUESTIONS, latent_tokens=tiny.names, mode="forced",
+                                     system_prompt=None)
+    latents = torch.isin(inputs["input_ids"], torch.tensor(tiny.latent_ids))
+    with ExitStack() as stack, torch.no_grad():
+        if gate is not None:
+            image = inputs["input_ids"] == tiny.model.config.image_token_id
+            gated = gated_query_mask(image, latents, inputs["attention_mask"], gate.question_tokens, gate.readout)
+            stack.enter_context(attention.gated_image_keys(image, gated, gate.gamma))
+        if hide:
+            stack.enter_context(attention.hidden_keys(latents))
+        return tiny.model(**inputs).logits[:, -1]
+
+
+def test_a_closed_readout_gate_leaves_the_image_only_to_the_latents(tiny):
+    """γ = 0 on the question and the readout: with the latents hidden too, the answer cannot depend on the image;
+    with them visible it does (through latents 1..K-1); without the gate, hiding the latents is not enough."""
+    if hybrid(tiny):
+        pytest.skip("hiding latents is refused for hybrid decoders (their recurrent state carries them)")
+    other = [Image.new("RGB", (112, 84), (30, 30, 200)), Image.new("RGB", (140, 140), (200, 200, 30))]
+    closed = InferenceGate(0.0, question_tokens=True, readout=True)
+    assert torch.equal(gated_logits(tiny, images(), closed, True), gated_logits(tiny, other, closed, True))
+    assert not torch.allclose(gated_logits(tiny, images(), closed, False), gated_logits(tiny, other, closed, False))
+    assert not torch.allclose(gated_logits(tiny, images(), None, True), gated_logits(tiny, other, None, True))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25])
+def test_inference_gate_mask_reaching_the_model(tiny, sdpa_masks, gamma):
+    """ln γ (γ = 0: blocked) on exactly (gated query, image key), in the prompt pass and every decode step."""
+    gate = InferenceGate(gamma, question_tokens=False, readout=True)
+    generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="forced",
+                     max_new_tokens=2, min_new_tokens=2, gate=gate)
+    prefill, decode = sdpa_masks[0], sdpa_masks[-1]
+    plain = list(sdpa_masks)
+    sdpa_masks.clear()
+    generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="forced",
+                     max_new_tokens=2, min_new_tokens=2)
+    plain_prefill, plain_decode = sdpa_masks[0], sdpa_masks[-1]
+    assert len(plain) == len(sdpa_masks)
+    inputs = build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="forced",
+                                     system_prompt=None)
+    image = inputs["input_ids"] == tiny.model.config.image_token_id  # [B, S]
+
+    def additive(mask):
+        return torch.where(mask, 0.0, torch.finfo(torch.float32).min) if mask.dtype == torch.bool else mask.float()
+
+    low = torch.finfo(torch.float32).min
+    for b in range(2):
+        got, want = additive(prefill)[b, 0], additive(plain_prefill).expand_as(prefill)[b, 0]  # [S, S]
+        readout = inputs["input_ids"].shape[1] - 1
+        changed = (got != want).nonzero().tolist()
+        assert changed and all(q == readout and image[b, k] for q, k in changed)  # only the readout's image keys
+        if gamma == 0.0:
+            assert (got[readout][image[b]] <= low / 2).all()
+        else:
+            allowed = image[b] & (want[readout] == 0)
+            assert torch.allclose(got[readout][allowed], torch.full_like(got[readout][allowed], math.log(gamma)))
+        step, step_plain = additive(decode)[b, 0, -1], additive(plain_decode).expand_as(decode)[b, 0, -1]
+        keys = image[b].nonzero().flatten()
+        assert ((step[keys] <= low / 2) if gamma == 0.0 else torch.isclose(step[keys], step_plain[keys] +
+                                                                             math.log(gamma))).all()
+
+
+def test_inference_gate_refuses_natural_mode(tiny):
+    with pytest.raises(ValueError, match="natural mode"):
+        generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names, mode="natural",
+                         gate=InferenceGate(0.0))
+
+
+def test_none_with_a_students_latents_generates_none_of_them(tiny):
+    """Mode none given the latent tokens: even a model that would write them itself (here: their logits forced
+    up) answers without them, so the answer keeps its whole token budget."""
+    def favour_latents(module, args, logits):
+        logits[..., tiny.latent_ids] += 100.0
+        return logits
+
+    hook = tiny.model.lm_head.register_forward_hook(favour_latents)
+    try:
+        inputs = build_generation_inputs(tiny.processor, images(), QUESTIONS, latent_tokens=[], mode="none",
+                                         system_prompt=None)
+        free = tiny.model.generate(**inputs, do_sample=False, max_new_tokens=3,
+                                   pad_token_id=tiny.tokenizer.pad_token_id)
+        assert torch.isin(free[:, inputs["input_ids"].shape[1]:], torch.tensor(tiny.latent_ids)).all()
+        answers = generate_answers(tiny.model, tiny.processor, images(), QUESTIONS, latent_tokens=tiny.names,
+                                   mode="none", max_new_tokens=3, min_new_tokens=3)
+    finally:
+        hook.remove()
+    assert all(a for a in answers)  # three answer tokens, none spent on latents (they would be stripped)

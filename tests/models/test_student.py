@@ -172,3 +172,28 @@ def test_ntp_labels_cover_latents_and_answer(tiny):
     labelled = batch["labels"][batch["labels"] != -100]
     assert torch.equal(out.ntp_targets, labelled)
     assert out.ntp_logits.shape == (labelled.numel(), tiny.model.config.text_config.vocab_size)
+
+
+def test_gated_readout_maps_latents_before_it_and_measures_its_reading(tiny):
+    """gate_readout: the last latent is gated (the answer's side), L_traj's map covers latents 1..K-1, and the
+    readout's attention mass on them equals the eager reference, averaged over softmax layers and heads."""
+    batch = LavitCollator(tiny.tokenizer.pad_token_id, True, True)(tiny.examples())
+    readout = batch["latent_positions"][:, -1]
+    assert batch["gate_query_mask"][torch.arange(2), readout].all()
+    assert not batch["gate_query_mask"][torch.arange(2)[:, None], batch["latent_positions"][:, :-1]].any()
+    student = LavitStudent(tiny.model, tiny.latent_ids, None, gate_readout=True, readout_mass=True)
+    student.gamma = 1e-6
+    with torch.no_grad():
+        out = student(batch)
+    attn = torch.stack(tiny.eager_attentions(batch, 1e-6)).mean(dim=(0, 2))  # [B, S, S] over softmax layers, heads
+    k = len(tiny.latent_ids)
+    assert out.student_traj.shape[1] == k - 1
+    for b in range(2):
+        rows = attn[b][batch["latent_positions"][b]]  # [K, S]
+        n = int(batch["image_valid"][b].sum())
+        on_image = rows[:k - 1, batch["image_index"][b, :n]]
+        assert torch.allclose(out.student_traj[b, :, :n], on_image / on_image.sum(-1, keepdim=True), atol=1e-5)
+        mass = rows[-1, batch["latent_positions"][b, :-1]].sum()
+        assert out.readout_latent_mass[b] == pytest.approx(float(mass), abs=1e-5)
+    with pytest.raises(ValueError, match="at least 2 latent tokens"):
+        LavitStudent(tiny.model, tiny.latent_ids[:1], None, gate_readout=True)

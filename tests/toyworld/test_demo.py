@@ -15,7 +15,7 @@ from lavit.ablate import run_ablation
 from lavit.toyworld.artifacts import ArtifactBudget, build_artifacts
 
 SMALL = ["--pool-samples", "256", "--val-samples", "24", "--test-samples", "24", "--steps", "6",
-         "--analysis-samples", "12", "--diagnostic-samples", "12", "--dynamics-every", "3"]
+         "--analysis-samples", "12", "--diagnostic-samples", "12", "--dynamics-every", "3", "--audit-samples", "16"]
 
 
 def _number(x) -> bool:
@@ -48,6 +48,18 @@ def test_demo_at_a_reduced_budget_keeps_its_json_contract(tmp_path, capsys):
     masked = results["masked_drop"]
     assert masked["per_seed"] == pytest.approx([a - m for a, m in zip(by_seed["lavit"], by_seed["lavit_masked"])])
 
+    audit = results["audit"]
+    assert audit["seeds"] == 2 and audit["items"] == 16 and len(audit["per_seed"]) == 2
+    rows = {r["intervention"]: r for r in audit["table"]}
+    assert list(rows) == ["forced", "none", "masked", "zero", "first_repeat", "random", "swap"]
+    assert all(r["applicable"] for r in rows.values())
+    for name in ("zero", "random", "swap"):
+        per_seed = [next(t for t in a["table"] if t["intervention"] == name)["vs_forced"]["difference"]
+                    for a in audit["per_seed"]]
+        assert rows[name]["difference_per_seed"] == per_seed and rows[name]["difference"] == pytest.approx(
+            np.mean(per_seed))
+    assert 0.0 <= rows["swap"]["flip_rate"] <= 1.0 and _number(audit["collapse"]["readout"]["effective_rank"])
+
     for method in ("naive_sft", "lavit"):
         for records in results["dynamics"][method].values():
             assert [r["step"] for r in records] == [0, 3, 6]
@@ -65,6 +77,7 @@ def test_demo_at_a_reduced_budget_keeps_its_json_contract(tmp_path, capsys):
     assert {"dynamics_lavit", "dynamics_naive_sft"} <= set(results["figures"])
     report = (tmp_path / "report.md").read_text()
     assert report.index("## Is this a valid test?") < report.index("## Verdict") < report.index("## Accuracy")
+    assert "## Latent-usage audit (16 paired test scenes, LaViT students, 2 seeds)" in report
     assert (tmp_path / "seed0" / "lavit" / "train_log.jsonl").is_file()
     out = capsys.readouterr().out
     assert "demo finished" in out and "LaViT − Naive-SFT" in out
@@ -84,17 +97,28 @@ def test_data_efficiency_at_a_reduced_budget(tmp_path):
 
 @pytest.mark.slow
 def test_ablate_rows_at_a_reduced_budget(tmp_path):
-    cfg = DemoConfig(out=str(tmp_path), seeds=1, pool_samples=256, test_samples=16, steps=4)
+    cfg = DemoConfig(out=str(tmp_path), seeds=1, pool_samples=256, test_samples=16, steps=4, audit_samples=8)
     rows = [("LaViT (full)", "lavit", {}), ("w/o trajectory alignment", "lavit", {"trajectory_loss": False}),
-            ("T_w = half the steps", "lavit", {"gate_warmup_fraction": 0.5})]
-    result = run_ablation(cfg, rows)
+            ("T_w = half the steps", "lavit", {"gate_warmup_fraction": 0.5}),
+            ("latent-only vision", "lavit", {"gate_readout": True, "gate": "none", "gate_final": 0.0})]
+    result = run_ablation(cfg, rows, audit=True)
     assert [r["row"] for r in result["rows"]] == ["LaViT (full)", "w/o latent tokens (masked at inference)",
-                                                  "w/o trajectory alignment", "T_w = half the steps"]
-    assert "| w/o trajectory alignment |" in (tmp_path / "ablation.md").read_text()
+                                                  "w/o trajectory alignment", "T_w = half the steps",
+                                                  "latent-only vision"]
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert "| w/o trajectory alignment |" in markdown
+    # every latent row is audited; the one whose gate stays closed at inference is not stock-servable
+    audited = {r["row"]: r for r in result["rows"] if "audit" in r}
+    assert set(audited) == {"LaViT (full)", "w/o trajectory alignment", "T_w = half the steps", "latent-only vision"}
+    assert audited["latent-only vision"]["serving"].startswith("needs lavit's generation")
+    assert audited["LaViT (full)"]["serving"].startswith("stock clients")
+    assert "### Audit: latent-only vision (needs lavit's generation" in markdown
+    meta = json.loads((tmp_path / "seed0" / "row3" / "student" / "lavit.json").read_text())
+    assert meta["inference_gate"] == {"gamma": 0.0, "question_tokens": True, "readout": True}
     # A training setting reaches the trainer; a demo setting is turned into the training setting it controls.
     settings = [json.loads((tmp_path / "seed0" / f"row{i}" / "train_results.json").read_text())["settings"]
                 for i in range(3)]
-    assert [s["trajectory_loss"] for s in settings] == [True, False, True]
+    assert [s["trajectory_loss"] for s in settings] == [True, False, True]  # (row 3: the latent-only student)
     assert [s["gate_warmup_steps"] for s in settings] == [round(4 * 0.4), round(4 * 0.4), 2]
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lavit.training.losses import concept_loss, ntp_loss, total_loss, traj_loss
+from lavit.training.losses import concept_loss, ntp_loss, read_loss, total_loss, traj_loss
 
 
 def test_ntp_equals_hand_computed_cross_entropy():
@@ -60,3 +60,13 @@ def test_total_is_eq9():
     assert total_loss(ntp, concept, traj, 0.3).item() == pytest.approx(2.0 + 0.3 * 2.0)
     assert total_loss(ntp, None, traj, 0.3).item() == pytest.approx(2.0 + 0.3 * 1.5)
     assert total_loss(ntp, None, None, 0.3).item() == pytest.approx(2.0)
+
+
+def test_read_is_minus_mean_log_mass_with_its_gradient():
+    mass = torch.tensor([0.5, 0.25], requires_grad=True)
+    loss = read_loss(mass)
+    assert loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
+    loss.backward()
+    assert torch.allclose(mass.grad, torch.tensor([-1 / (2 * 0.5), -1 / (2 * 0.25)]))  # d/dm of -log(m)/B
+    ntp = torch.tensor(2.0)
+    assert total_loss(ntp, None, None, 0.3, torch.tensor(1.5), 0.2).item() == pytest.approx(2.0 + 0.2 * 1.5)

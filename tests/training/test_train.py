@@ -246,3 +246,39 @@ def test_an_image_that_does_not_decode_stops_before_the_first_step_or_is_dropped
     assert result["global_step"] == 2 and result["dropped_rows"] == {"image_corrupt": 1}
     (record,) = [json.loads(line) for line in (tmp_path / "drop" / "dropped_rows.jsonl").read_text().splitlines()]
     assert record["id"] == "shape-00003" and record["reason"] == "image_corrupt" and "00003.png" in record["detail"]
+
+
+@pytest.mark.slow
+def test_a_bottleneck_student_trains_and_keeps_its_gate_at_inference(sft_set, tmp_path):
+    """γ ≡ 0 on the question and the readout (vision reaches the answer only through latents 1..K-1), with L_read:
+    every term finite, the export records the gate, and lavit's evaluation model applies it."""
+    from lavit.eval.models import GenerativeModel
+    from lavit.models.gating import InferenceGate
+
+    result = run_training(config(sft_set, tmp_path / "run", max_steps=3, gate="none", gate_final=0.0,
+                                 gate_readout=True, read_weight=0.5))
+    logged = [h for h in result["log_history"] if "loss" in h]
+    assert [h["gamma"] for h in logged] == [0.0, 0.0, 0.0]
+    for key in ("loss_ntp", "loss_concept", "loss_traj", "loss_read"):
+        assert all(torch.isfinite(torch.tensor(h[key])) for h in logged), key
+    meta = json.loads((tmp_path / "run" / "student" / "lavit.json").read_text())
+    assert meta["inference_gate"] == {"gamma": 0.0, "question_tokens": True, "readout": True}
+    model = GenerativeModel(result["student_dir"], max_new_tokens=2)
+    assert model.gate == InferenceGate(0.0, True, True) and model.describe()["inference_gate"]["readout"]
+    plain = run_training(config(sft_set, tmp_path / "plain", max_steps=2))
+    assert "inference_gate" not in json.loads((tmp_path / "plain" / "student" / "lavit.json").read_text())
+    assert GenerativeModel(plain["student_dir"]).gate is None
+
+
+def test_bottleneck_settings_are_checked():
+    with pytest.raises(ValueError, match="gate_final must be in"):
+        LavitTrainConfig(gate_final=1.5)
+    with pytest.raises(ValueError, match="read_weight must be"):
+        LavitTrainConfig(read_weight=-1.0)
+    for bad in ({"gate_readout": True}, {"read_weight": 0.1}):
+        with pytest.raises(ValueError, match="num_latent_tokens >= 2"):
+            LavitTrainConfig(num_latent_tokens=1, **bad)
+    assert LavitTrainConfig(gate_final=0.3).inference_gate == {"gamma": 0.3, "question_tokens": True,
+                                                              "readout": False}
+    assert LavitTrainConfig().inference_gate is None
+    assert LavitTrainConfig(method="naive_sft", gate_final=0.0).inference_gate is None

@@ -24,6 +24,7 @@ class LavitCollator:
 
     pad_token_id: int
     gate_question_tokens: bool = True
+    gate_readout: bool = False
 
     def __call__(self, examples: list[dict]) -> dict:
         ks = {int(e["latent_positions"].numel()) for e in examples}
@@ -51,7 +52,8 @@ class LavitCollator:
         latent_mask.scatter_(1, batch["latent_positions"], True)
         batch.update(image_index=image_index, image_valid=image_valid, image_mask=image_mask, latent_mask=latent_mask)
         has_latents = batch["latent_positions"].shape[1] > 0
-        batch["gate_query_mask"] = (gated_query_mask(image_mask, latent_mask, attention_mask, self.gate_question_tokens)
+        batch["gate_query_mask"] = (gated_query_mask(image_mask, latent_mask, attention_mask, self.gate_question_tokens,
+                                                     self.gate_readout)
                                     if has_latents else torch.zeros_like(image_mask))
         for key in ("v_sem", "traj_target"):
             present = [key in e for e in examples]

@@ -9,6 +9,7 @@ from pathlib import Path
 from lavit.eval.items import EvalItem
 from lavit.inference.generate import LATENT_MODES, generate_answers
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta, tiny_name
+from lavit.models.gating import InferenceGate
 from lavit.models.grid import processor_pixel_limits
 
 
@@ -42,6 +43,7 @@ class GenerativeModel:
             raise ValueError(f"latent mode {self.mode!r} needs latent tokens: {name} has no lavit.json; pass "
                              "--latent-tokens '<lvr1>,<lvr2>,...'")
         self.system_prompt = system_prompt if system_prompt is not None else (meta.get("system_prompt") or None)
+        self.gate = InferenceGate.from_meta(meta)  # a student trained to a final γ < 1 keeps its gate
         self.name = name
         self.max_new_tokens = max_new_tokens
         # Resolution: as asked, else the limits the student was trained at (lavit.json), else the processor's.
@@ -66,6 +68,7 @@ class GenerativeModel:
     def describe(self) -> dict:
         return {"model": self.name, "latent_tokens": self.latent_tokens, "latent_mode": self.mode,
                 "system_prompt": self.system_prompt, "max_new_tokens": self.max_new_tokens,
+                **({"inference_gate": vars(self.gate)} if self.gate else {}),
                 "dtype": str(self.model.dtype).removeprefix("torch."), **self.pixel_limits}
 
     def answer(self, items: list[EvalItem]) -> list[str]:
@@ -75,7 +78,7 @@ class GenerativeModel:
         """Greedy answers for prompts with their images (a list per prompt, possibly empty)."""
         return generate_answers(self.model, self.processor, images, prompts, latent_tokens=self.latent_tokens,
                                 mode=self.mode, system_prompt=self.system_prompt,
-                                max_new_tokens=max_new_tokens or self.max_new_tokens)
+                                max_new_tokens=max_new_tokens or self.max_new_tokens, gate=self.gate)
 
 
 def load_eval_model(spec: str, **kwargs):

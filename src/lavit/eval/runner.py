@@ -8,6 +8,11 @@ folder, an answer not among the choices); both are counted in the summary. A rer
 settings continues where the last one stopped, and decides every skip again (an image may have been
 restored, a file mended); other settings are refused, each difference listed (`run.json`), and one eval
 holds its folder at a time.
+
+Every accuracy in `summary.json` carries a 95 % interval (`accuracy_ci95`, the method in `interval`: Wilson score by
+default, exact Clopper–Pearson on request), over the scored items only. With `label_fixes` the benchmark's
+documented label errors (`benchmarks/label_fixes.py`) are corrected before scoring, listed in the summary, and the
+table applied is a setting of the run, so a run with fixes and one without never share a folder.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from tqdm import tqdm
 from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
 from lavit.data.signal_store import write_json_atomic
 from lavit.eval.benchmarks import get_benchmark
+from lavit.eval.benchmarks.label_fixes import apply_label_fixes
 from lavit.eval.items import EvalItem
 from lavit.eval.matching import extract_option_letter
+from lavit.eval.stats import INTERVAL_METHODS, accuracy_summary
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
@@ -61,38 +68,55 @@ def score(item: EvalItem, raw_output: str) -> dict:
             "truth": item.answer, "correct": letter == item.answer, **item.meta}
 
 
-def summarise(records: list[dict], extra) -> dict:
+def summarise(records: list[dict], extra, interval: str) -> dict:
     scored = [r for r in records if "skipped" not in r]
     skipped = [r for r in records if "skipped" in r]
-    summary = {"n": len(scored), "correct": sum(r["correct"] for r in scored),
-               "accuracy": sum(r["correct"] for r in scored) / len(scored) if scored else None,
+    stats = accuracy_summary([r["correct"] for r in scored], method=interval)
+    summary = {"n": stats["n"], "correct": stats["correct"], "accuracy": stats["accuracy"],
+               "accuracy_ci95": stats["ci95"], "interval": interval,
                "unparsed": sum(r["extracted"] is None for r in scored),
                "skipped": len(skipped),
                "skipped_by_reason": dict(Counter(r["skipped"].split(":")[0] for r in skipped))}
-    summary.update(extra(scored))
+    summary.update(extra(scored, interval))
     return summary
 
 
 def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, max_samples: int = 0,
-             batch_size: int = 8) -> dict:
+             batch_size: int = 8, interval: str = "wilson", label_fixes: bool = False) -> dict:
+    """Score `model` on `benchmark` into `output_dir(out, benchmark)`; `interval` names the method of every
+    accuracy's 95 % interval, `label_fixes` corrects the benchmark's documented label errors (an error for a
+    benchmark that has none)."""
     if max_samples < 0:
         raise ValueError(f"max_samples must be >= 0 (0 = all), got {max_samples}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if interval not in INTERVAL_METHODS:
+        raise ValueError(f"interval must be one of {INTERVAL_METHODS}, got {interval!r}")
     start = time.time()
     bench = get_benchmark(benchmark)
+    if label_fixes and not bench.label_fixes:
+        raise ValueError(f"no documented label errors are known for {benchmark} (only for mmvp); drop --label-fixes")
     items = bench.load(Path(data_root))
     if max_samples:
         items = items[:max_samples]
+    extra_settings, extra_summary = {}, {}
+    if label_fixes:
+        items, applied, not_applied = apply_label_fixes(items, bench.label_fixes, benchmark)
+        extra_settings = {"label_fixes": [fix.describe() for fix in bench.label_fixes]}
+        extra_summary = {"label_fixes": applied, "label_fixes_not_applied": not_applied}
     directory = output_dir(out, benchmark)
     refuse_inputs_inside(directory, {"data_root": data_root}, key="output folder")
     with RunLock(directory):  # one eval per folder at a time: two would append to one predictions file
-        return _score(model, bench, items, benchmark, data_root, directory, batch_size, start)
+        return _score(model, bench, items, benchmark, data_root, directory, batch_size, start, interval,
+                      extra_settings, extra_summary)
 
 
 def _score(model, bench, items: list[EvalItem], benchmark: str, data_root: str | Path, directory: Path,
-           batch_size: int, start: float) -> dict:
-    settings = {"benchmark": benchmark, "data_root": str(Path(data_root).resolve()), **model.describe()}
+           batch_size: int, start: float, interval: str, extra_settings: dict, extra_summary: dict) -> dict:
+    # The label-fix table is a setting (it changes truths); the interval method is not: it is recomputed from
+    # the records on every run.
+    settings = {"benchmark": benchmark, "data_root": str(Path(data_root).resolve()), **model.describe(),
+                **extra_settings}
     if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
         settings["model"] = str(Path(settings["model"]).resolve())
     record_settings(directory / "run.json", settings, hint="use another --out")
@@ -127,7 +151,8 @@ def _score(model, bench, items: list[EvalItem], benchmark: str, data_root: str |
             write([score(item, raw) for item, raw in zip(batch, model.answer(batch))])
     order = {item.id: k for k, item in enumerate(items)}
     records = sorted((r for r in records if r["id"] in order), key=lambda r: order[r["id"]])
-    summary = summarise(records, bench.summary)
+    summary = summarise(records, bench.summary, interval)
+    summary.update(extra_summary)
     summary.update(benchmark=benchmark, settings=settings, wall_seconds=time.time() - start)
     write_json_atomic(summary, directory / SUMMARY)
     return summary

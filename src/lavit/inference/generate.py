@@ -5,14 +5,18 @@
 * `natural`: the prompt alone; the model emits its latent tokens (or not) itself.
 * `masked`: as `forced`, but no token may attend to another latent token (positions are kept;
   each latent sees only the prompt and itself): the "w/o latent tokens" ablation of Table 3.
-* `none`: no latent tokens at all (plain models, Naive-SFT).
+* `none`: no latent tokens at all (plain models, Naive-SFT); given a student's latent tokens, none is
+  generated either (their logits are suppressed).
 
-Returned texts never contain the latent tokens. No gating bias is used at inference.
+Returned texts never contain the latent tokens. No gating bias is used at inference, unless the student
+was trained to a final γ below 1 (`gate=InferenceGate(...)`, from its lavit.json): then the gated queries
+keep ln γ on image keys, as in training — a student stock clients cannot serve.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from typing import Literal
 
 import torch
@@ -20,8 +24,9 @@ from PIL import Image
 
 from lavit.data.examples import render_prompt
 from lavit.data.samples import to_rgb
-from lavit.models.attention import LAVIT_ATTENTION, hidden_keys
+from lavit.models.attention import LAVIT_ATTENTION, gated_image_keys, hidden_keys
 from lavit.models.families import family_of
+from lavit.models.gating import InferenceGate, gated_query_mask
 
 LatentMode = Literal["forced", "natural", "masked", "none"]
 LATENT_MODES = ("forced", "natural", "masked", "none")
@@ -65,24 +70,45 @@ def build_generation_inputs(processor, images: ImagesPerQuestion, questions: lis
 @torch.no_grad()
 def generate_answers(model, processor, images: ImagesPerQuestion, questions: list[str], *,
                      latent_tokens: list[str], mode: LatentMode = "forced", system_prompt: str | None = None,
-                     max_new_tokens: int = 32, min_new_tokens: int = 0) -> list[str]:
-    """Greedy answers for a batch, latent tokens stripped."""
-    inputs = build_generation_inputs(processor, images, questions, latent_tokens=latent_tokens, mode=mode,
-                                     system_prompt=system_prompt)
+                     max_new_tokens: int = 32, min_new_tokens: int = 0, gate: InferenceGate | None = None,
+                     intervention: Callable[[dict], AbstractContextManager] | None = None,
+                     inputs: dict | None = None) -> list[str]:
+    """Greedy answers for a batch, latent tokens stripped. `intervention(inputs)`, given the batch's model inputs,
+    is a context entered around `generate` (`lavit.inference.interventions`: the latent-usage audit). `inputs`:
+    this batch's `build_generation_inputs` for this mode, built once by a caller asking it several times."""
+    if inputs is None:
+        inputs = build_generation_inputs(processor, images, questions, latent_tokens=latent_tokens, mode=mode,
+                                         system_prompt=system_prompt)
     inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     tokenizer = processor.tokenizer
-    context = nullcontext()
+    if (mode == "masked" or gate is not None) and model.config.text_config._attn_implementation != LAVIT_ATTENTION:
+        raise ValueError(f"latent mode 'masked' and an inference gate need the text model on "
+                         f"attn_implementation='{LAVIT_ATTENTION}'")
+    if mode == "masked" and family_of(model).is_hybrid(model.config.text_config):
+        raise ValueError(f"latent mode 'masked' cannot hide the latents in a {model.config.model_type} model: its "
+                         "linear-attention layers pass them on in their recurrent state, which no mask reaches")
+    if gate is not None and mode == "natural":
+        raise ValueError("a student with an inference gate is run with its latent block given (forced, masked) or "
+                         "absent (none): in natural mode the gate would also cover the latents it generates")
+    latent_mask = torch.isin(inputs["input_ids"], torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens),
+                                                               device=model.device, dtype=torch.long))  # [B, S]
+    stack = ExitStack()
+    if gate is not None:
+        image_keys = inputs["input_ids"] == model.config.image_token_id  # [B, S]
+        gated = gated_query_mask(image_keys, latent_mask, inputs["attention_mask"], gate.question_tokens,
+                                 gate.readout)  # [B, S]
+        stack.enter_context(gated_image_keys(image_keys, gated, gate.gamma))
     if mode == "masked":
-        if model.config.text_config._attn_implementation != LAVIT_ATTENTION:
-            raise ValueError(f"latent mode 'masked' needs the text model on attn_implementation='{LAVIT_ATTENTION}'")
-        if family_of(model).is_hybrid(model.config.text_config):
-            raise ValueError(f"latent mode 'masked' cannot hide the latents in a {model.config.model_type} model: its "
-                             "linear-attention layers pass them on in their recurrent state, which no mask reaches")
-        latent_ids = torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens), device=model.device)
-        context = hidden_keys(torch.isin(inputs["input_ids"], latent_ids))  # [B, S]
-    with context:
+        stack.enter_context(hidden_keys(latent_mask))
+    with stack:
+        if intervention is not None:  # inside: a refused batch leaves no attention context set
+            stack.enter_context(intervention(inputs))
+        # `none` with a student's latent tokens named: none in the prompt and none generated (a student trained
+        # with its latents would otherwise write them itself, spending the answer's token budget)
+        suppress = {"suppress_tokens": tokenizer.convert_tokens_to_ids(latent_tokens)} if (
+            mode == "none" and latent_tokens) else {}
         out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                             min_new_tokens=min_new_tokens, pad_token_id=tokenizer.pad_token_id)
+                             min_new_tokens=min_new_tokens, pad_token_id=tokenizer.pad_token_id, **suppress)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]  # [B, T]
     drop = torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens), device=new_tokens.device) \
         if latent_tokens else new_tokens.new_zeros(0)

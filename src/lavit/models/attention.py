@@ -9,13 +9,17 @@ linear-attention layers of hybrid decoders have no attention function to route).
   chosen rows, never the [B, H, S, S] attention matrix.
 * `hidden_keys(mask)` context ([B, S] bool): keys no other query may attend to (inference mode
   `masked`, the "w/o latent tokens" row of Table 3).
-  A context rather than a kwarg because `generate` rejects model kwargs it does not know.
+* `gated_image_keys(image, gated, gamma)` context: the sensory gate at inference for a student trained
+  with a final γ below 1 — gated queries of the prompt, and every generated token, get ln γ on their
+  logits to image keys (γ = 0 blocks them).
+  Contexts rather than kwargs because `generate` rejects model kwargs it does not know.
 
 Without these kwargs the function *is* `sdpa_attention_forward`, bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,6 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 LAVIT_ATTENTION = "lavit_sdpa"
 _HIDDEN_KEYS: ContextVar[torch.Tensor | None] = ContextVar("lavit_hidden_keys", default=None)
+_IMAGE_GATE: ContextVar[tuple[torch.Tensor, torch.Tensor, float] | None] = ContextVar("lavit_image_gate", default=None)
 
 
 @contextmanager
@@ -38,6 +43,19 @@ def hidden_keys(mask: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         _HIDDEN_KEYS.reset(token)
+
+
+@contextmanager
+def gated_image_keys(image_keys: torch.Tensor, gated_queries: torch.Tensor, gamma: float) -> Iterator[None]:
+    """Within this block, `lavit_sdpa` adds ln γ to the logits of `gated_queries` [B, S_prompt] (and of every
+    token generated after the prompt) on `image_keys` [B, S_prompt]."""
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"an inference gate needs 0 <= γ < 1, got {gamma}")
+    token = _IMAGE_GATE.set((image_keys, gated_queries, gamma))
+    try:
+        yield
+    finally:
+        _IMAGE_GATE.reset(token)
 
 
 class AttentionProbe(Protocol):
@@ -134,12 +152,45 @@ def _hide_keys(attention_mask: torch.Tensor | None, hidden_keys: torch.Tensor, q
     return attention_mask.masked_fill(block, torch.finfo(dtype).min)
 
 
+def _causal(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """The model's mask, or (SDPA's is_causal shortcut) the causal one it stands for: [B|1, 1, Q, KV]."""
+    if attention_mask is not None:
+        return attention_mask
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)
+    return (q_pos[:, None] >= torch.arange(kv_len, device=device)[None, :])[None, None]
+
+
+def _pad_to(mask: torch.Tensor, length: int, value: bool) -> torch.Tensor:
+    """A [B, S_prompt] bool mask extended (tokens generated after the prompt) or cut to `length` positions."""
+    if mask.shape[1] < length:
+        mask = torch.cat([mask, mask.new_full((mask.shape[0], length - mask.shape[1]), value)], dim=1)
+    return mask[:, :length]
+
+
+def _gate_image_keys(attention_mask: torch.Tensor | None, gate: tuple[torch.Tensor, torch.Tensor, float],
+                     q_len: int, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """The model's mask plus ln γ on (gated query, image key); generated tokens are gated, never image keys."""
+    image_keys, gated_queries, gamma = gate
+    device = image_keys.device
+    image = _pad_to(image_keys, kv_len, False)  # [B, KV]
+    gated = _pad_to(gated_queries, kv_len, True)[:, kv_len - q_len:]  # [B, Q]
+    pairs = gated[:, None, :, None] & image[:, None, None, :]  # [B, 1, Q, KV]
+    mask = _causal(attention_mask, q_len, kv_len, device)
+    if mask.dtype == torch.bool:
+        mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+    gated_mask = mask + math.log(gamma) if gamma > 0.0 else torch.finfo(mask.dtype).min  # γ = 0 blocks, as padding
+    return torch.where(pairs, gated_mask, mask)
+
+
 def lavit_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, *, lavit_probe: AttentionProbe | None = None,
                          **kwargs):
     hidden = _HIDDEN_KEYS.get()
     if hidden is not None:
         attention_mask = _hide_keys(attention_mask, hidden, query.shape[2], key.shape[2], query.dtype)
+    gate = _IMAGE_GATE.get()
+    if gate is not None:
+        attention_mask = _gate_image_keys(attention_mask, gate, query.shape[2], key.shape[2], query.dtype)
     if lavit_probe is not None:
         scaling = kwargs.get("scaling") or module.scaling
         lavit_probe.record(module.layer_idx, query, key, attention_mask, scaling,

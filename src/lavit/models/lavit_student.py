@@ -21,6 +21,7 @@ class StudentOutput:
     ntp_targets: torch.Tensor | None  # [N]
     concept_pred: torch.Tensor | None  # [B, D_teacher] = φ_mlp(h_z), h_z = last latent token's state
     student_traj: torch.Tensor | None  # [B, K, N_img] latent→image attention, a distribution over image tokens
+    readout_latent_mass: torch.Tensor | None = None  # [B] the readout's attention mass on latents 1..K-1
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -34,15 +35,22 @@ class LavitStudent(nn.Module):
     `gamma` is the current gate value γ(t); the training callback sets it from the global step.
     With γ = 1 the decoder runs with the plain 2-D mask: exactly the unmodified model. Maps and the gate
     cover the softmax-attention layers (all of them, except in hybrid linear-attention decoders).
+    With `gate_readout` the last latent is on the answer's side of the gate, so the trajectory map
+    (eq. 7) covers latents 1..K-1 only; `readout_mass` records how much of the readout's attention
+    lands on them (the L_read term).
     """
 
     def __init__(self, model: nn.Module, latent_token_ids: list[int], projection_head: ProjectionHead | None = None,
-                 trajectory_loss: bool = True):
+                 trajectory_loss: bool = True, gate_readout: bool = False, readout_mass: bool = False):
         super().__init__()
         self.model = model
         self.projection_head = projection_head
         self.latent_token_ids = list(latent_token_ids)
         self.trajectory_loss = trajectory_loss and bool(latent_token_ids)
+        if (gate_readout or readout_mass) and len(self.latent_token_ids) < 2:
+            raise ValueError("a gated readout or the readout's attention mass needs at least 2 latent tokens")
+        self.gate_readout = gate_readout
+        self.readout_mass = readout_mass
         self.gamma = 1.0
         hf = base_model(model)
         self.family = family_of(hf)
@@ -89,7 +97,8 @@ class LavitStudent(nn.Module):
     def forward(self, batch: dict) -> StudentOutput:
         hf = self.hf_model
         num_latents = batch["latent_positions"].shape[1]
-        probe = LatentAttentionProbe(batch["latent_positions"]) if self.trajectory_loss else None
+        probe = (LatentAttentionProbe(batch["latent_positions"]) if self.trajectory_loss or self.readout_mass
+                 else None)
         hidden = self._decode(batch, probe)  # [B, S, D]
 
         ntp_logits = ntp_targets = None
@@ -104,11 +113,16 @@ class LavitStudent(nn.Module):
             latent_hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, D]
             concept_pred = self.projection_head(latent_hidden)  # [B, D_teacher]
 
-        student_traj = None
+        student_traj = readout_latent_mass = None
         if probe is not None:
             full = probe.mean_map(self.attention_layers)  # [B, K, S]
-            student_traj = latent_image_distribution(full, batch["image_index"], batch["image_valid"])
-        return StudentOutput(hidden, ntp_logits, ntp_targets, concept_pred, student_traj)
+            if self.trajectory_loss:
+                mapped = full[:, :-1] if self.gate_readout else full  # [B, K or K-1, S]
+                student_traj = latent_image_distribution(mapped, batch["image_index"], batch["image_valid"])
+            if self.readout_mass:
+                earlier = batch["latent_positions"][:, :-1]  # [B, K-1]
+                readout_latent_mass = full[:, -1].gather(1, earlier).sum(dim=1)  # [B]
+        return StudentOutput(hidden, ntp_logits, ntp_targets, concept_pred, student_traj, readout_latent_mass)
 
 
 def latent_image_distribution(attn: torch.Tensor, image_index: torch.Tensor, image_valid: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,10 @@ from lavit.data.samples import open_rgb
 from lavit.eval.matching import answers_match
 from lavit.inference.generate import generate_answers
 from lavit.models.families import DEFAULT_FAMILY, family_named
+from lavit.models.gating import InferenceGate
 from lavit.models.tiny import STUDENT_SPEC, TinyModelSpec, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 from lavit.toyworld.world import BACKGROUND, WorldConfig
 
-TOY_TOKENS = 36  # every toy image is 6 × 6 merged tokens (168 × 168 pixels at 14-pixel patches, 192 × 192 at 16)
 TOY_TEACHER_SPEC = TinyModelSpec(hidden_size=192, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                  intermediate_size=384, vision_hidden_size=64, vision_depth=2, vision_heads=2,
                                  tie_word_embeddings=False)
@@ -35,29 +35,40 @@ TOY_STUDENT_SPEC = STUDENT_SPEC
 BLANK_IMAGE = "blank.png"
 
 
-def toy_pixels(family: str = DEFAULT_FAMILY) -> int:
-    """The image processor's pixel budget that puts every toy image on the world's 6 × 6 grid in `family`."""
-    return TOY_TOKENS * family_named(family).pixels_per_token
+def toy_tokens(world: WorldConfig = WorldConfig()) -> int:
+    """Merged tokens per toy image: the world's grid squared (168 pixels, both committed worlds: 6 × 6 = 36)."""
+    return world.grid ** 2
 
 
-def new_toy_model(spec: TinyModelSpec, seed: int, family: str = DEFAULT_FAMILY):
-    """A randomly initialised toy model of `family` and its processor (every toy image is TOY_TOKENS tokens)."""
-    pixels = toy_pixels(family)
-    processor = build_tiny_processor(build_tiny_tokenizer(), family=family, min_pixels=pixels, max_pixels=pixels)
+def toy_pixels(family: str = DEFAULT_FAMILY, world: WorldConfig = WorldConfig()) -> int:
+    """The image processor's pixel budget that puts every toy image on the world's grid in `family` (the default
+    world's 168 × 168 pixels at 14-pixel patches, 192 × 192 at 16)."""
+    return toy_tokens(world) * family_named(family).pixels_per_token
+
+
+def toy_tokenizer(world: WorldConfig = WorldConfig()):
+    return build_tiny_tokenizer(extra_words=list(world.shapes))
+
+
+def new_toy_model(spec: TinyModelSpec, seed: int, family: str = DEFAULT_FAMILY, world: WorldConfig = WorldConfig()):
+    """A randomly initialised toy model of `family` and its processor (every image on the world's grid). Its
+    vocabulary has every shape name of the world (the premise world's "diamond" is not a tiny-model base word;
+    the default world's vocabulary is the base one)."""
+    pixels = toy_pixels(family, world)
+    processor = build_tiny_processor(toy_tokenizer(world), family=family, min_pixels=pixels, max_pixels=pixels)
     return build_tiny_model(processor.tokenizer, spec, seed=seed, family=family), processor
 
 
-def blank_image(path: Path) -> Path:
+def blank_image(path: Path, size: int = WorldConfig().image_size) -> Path:
     """The grey canvas (the world's background, no objects) the text-only model sees."""
     if not path.exists():
-        size = WorldConfig().image_size
         Image.new("RGB", (size, size), BACKGROUND).save(path)
     return path
 
 
 def toy_accuracy(model, processor, jsonl: Path, *, latent_tokens: list[str] | None = None, mode: str = "none",
                  system_prompt: str | None = None, image_override: Path | None = None, batch_size: int = 64,
-                 max_samples: int = 0) -> dict:
+                 max_samples: int = 0, gate: InferenceGate | None = None) -> dict:
     """Greedy answers on a world split, scored with the default matcher: overall, per kind, and per sample."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     rows = rows[:max_samples] if max_samples else rows
@@ -68,7 +79,7 @@ def toy_accuracy(model, processor, jsonl: Path, *, latent_tokens: list[str] | No
         images = [open_rgb(image_override or images_dir / r["image"]) for r in chunk]
         answers += generate_answers(model, processor, images, [r["question"] for r in chunk],
                                     latent_tokens=latent_tokens or [], mode=mode, system_prompt=system_prompt,
-                                    max_new_tokens=3)
+                                    max_new_tokens=3, gate=gate)
     correct = np.array([answers_match(a, r["answer"]) for a, r in zip(answers, rows)])
     kinds = sorted({r["kind"] for r in rows})
     has_prior = np.array([r["prior_answer"] is not None for r in rows], dtype=bool)

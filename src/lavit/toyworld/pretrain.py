@@ -34,7 +34,7 @@ from transformers import get_linear_schedule_with_warmup
 from lavit.data.collator import LavitCollator
 from lavit.data.examples import TrainingSample, build_example
 from lavit.models.families import family_of
-from lavit.toyworld.world import BACKGROUND, COLORS, SHAPES, WorldConfig, cell_labels, make_sample
+from lavit.toyworld.world import BACKGROUND, COLORS, WorldConfig, cell_labels, make_sample
 
 
 @dataclass
@@ -54,13 +54,13 @@ class PhaseConfig:
 class CellProbe(torch.nn.Module):
     """Linear colour and shape classifiers on each merged vision token (background = class 0)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, num_shapes: int):
         super().__init__()
         self.colour = torch.nn.Linear(width, len(COLORS) + 1)
-        self.shape = torch.nn.Linear(width, len(SHAPES) + 1)
+        self.shape = torch.nn.Linear(width, num_shapes + 1)
 
     def loss_and_accuracy(self, tokens: torch.Tensor, colour: torch.Tensor, shape: torch.Tensor):
-        c_logits, s_logits = self.colour(tokens), self.shape(tokens)  # [N, 5], [N, 4]
+        c_logits, s_logits = self.colour(tokens), self.shape(tokens)  # [N, 5], [N, num_shapes + 1]
         loss = F.cross_entropy(c_logits, colour) + F.cross_entropy(s_logits, shape)
         right = (c_logits.argmax(-1) == colour) & (s_logits.argmax(-1) == shape)  # [N]
         return loss, right.float().mean()
@@ -88,7 +88,7 @@ def train_vision(model, processor, phase: PhaseConfig, world: WorldConfig, *, rn
     torch.manual_seed(seed)
     family = family_of(model)
     backbone, visual = family.backbone(model), family.vision_tower(model)
-    probe = CellProbe(model.config.text_config.hidden_size)
+    probe = CellProbe(model.config.text_config.hidden_size, world.num_shapes)
     visual.requires_grad_(True).train()
     params = [*visual.parameters(), *probe.parameters()]
     optimiser, schedule = _optimiser(params, phase)

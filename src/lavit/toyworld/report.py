@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lavit.toyworld.validity import failures
+from lavit.toyworld.latent_audit import audit_table_lines
+from lavit.toyworld.validity import failures, premise_validity
 
 MODELS = ("base", "naive_sft", "lavit", "teacher")
 # A masked_drop below one point means the answer does not depend on the latent tokens.
@@ -59,10 +60,15 @@ def validity_lines(validity: dict) -> list[str]:
     return lines
 
 
+def all_validity(results: dict) -> dict:
+    """The run's validity checks plus, in the premise world, its two premise checks (read off the results)."""
+    return results["validity"] | premise_validity(results)
+
+
 def verdict_lines(results: dict) -> list[str]:
     paired = results["paired_difference"]
     n = paired["n"]
-    failed = failures(results["validity"])
+    failed = failures(all_validity(results))
     lines = [f"- **Testbed not valid on this run** (failed: {', '.join(failed)}): read what follows as a measurement "
              "of this setup, not as evidence for or against LaViT."] if failed else []
     lines += [f"- {VERDICT_TEXT[paired['verdict']]} LaViT − Naive-SFT test accuracy over {n} paired seed"
@@ -100,7 +106,18 @@ def diagnosis_lines(results: dict) -> list[str]:
              f"latents at inference changes test accuracy by {_pts(-masked)} points.",
              f"3. After the gate opens (γ = 1 from step {warmup}) the answer tokens read the image directly: at the "
              f"end of training {_num(end_mass.get('lavit'), 2)} of their attention is on the image tokens "
-             f"(Naive-SFT {_num(end_mass.get('naive_sft'), 2)})."]
+             f"(Naive-SFT {_num(end_mass.get('naive_sft'), 2)}). A one-token answer is predicted one position "
+             "earlier, by the readout (the last latent), which the paper's gate never covers: it sees the image "
+             "throughout training."]
+    audit = results.get("audit")
+    if audit:
+        rows = {r["intervention"]: r for r in audit["table"] if r["applicable"]}
+        parts = [f"{name} {_pts(rows[name]['difference'])}" for name in ("zero", "random", "swap") if name in rows]
+        follows = rows.get("swap", {}).get("follows_donor")
+        lines.insert(2, f"   The audit ({audit['items']} paired scenes): replacing the states of latents 1..{audit['k'] - 1} "
+                        f"changes accuracy by {', '.join(parts)} points (means over seeds)"
+                        + (f"; swapped answers follow the donor scene {_pct(follows)} % of the time where the two "
+                           "scenes' answers differ." if follows is not None else "."))
     if masked < READS_LATENTS and results["paired_difference"]["verdict"] != "lavit_better":
         lines += ["", f"So the chain breaks at its second link{' (its first holds)' if learned else ''}: the answer reaches "
                   "the image through its own attention once the gate is open and does not need the latents. The "
@@ -110,13 +127,31 @@ def diagnosis_lines(results: dict) -> list[str]:
     return lines
 
 
+def audit_lines(audit: dict | None) -> list[str]:
+    """The latent-usage audit of the LaViT students (README "Auditing latent use"), or nothing when not run."""
+    if not audit:
+        return []
+    k = audit["k"]
+    c = audit["collapse"]
+    return [f"## Latent-usage audit ({audit['items']} paired test scenes, LaViT students, {audit['seeds']} seeds)", "",
+            f"The states of latents 1..{k - 1} at every decoder layer replaced (zero, first-repeat, another scene's: "
+            f"random, the paired scene's: swap), the latents removed (none) or masked; the readout (latent {k}, "
+            "which predicts the answer) keeps its own view of image and question. Accuracy in %, Δ in points, "
+            "means over seeds.", "", *audit_table_lines(audit), "",
+            f"Collapse at the last layer (mean pairwise cosine / effective rank): latents 1..{k - 1} "
+            f"{_num(c['latents']['mean_pairwise_cosine'])} / {_num(c['latents']['effective_rank'], 1)}, readout "
+            f"{_num(c['readout']['mean_pairwise_cosine'])} / {_num(c['readout']['effective_rank'], 1)}, last prompt "
+            f"token {_num(c['last_prompt_token']['mean_pairwise_cosine'])} / "
+            f"{_num(c['last_prompt_token']['effective_rank'], 1)}.", ""]
+
+
 def write_report(path: Path, results: dict, analysis: dict) -> None:
     settings = results["settings"]
     lines = ["# LaViT in the toy world", "",
              f"{settings['seeds']} seeds, world {settings['world_seed']}, pool {settings['pool_samples']} scenes per "
              f"seed, {settings['steps']} steps × batch {settings['batch_size']} at lr {settings['learning_rate']}, "
              f"replay {settings['replay']}; wall time {results['wall_seconds']:.0f} s. Settings in results.json.", "",
-             "## Is this a valid test?", "", *validity_lines(results["validity"]), "",
+             "## Is this a valid test?", "", *validity_lines(all_validity(results)), "",
              "## Verdict", "", *verdict_lines(results), "",
              "## Reading the diagnostics", "", *diagnosis_lines(results), ""]
     acc = results["accuracy"]["test"]
@@ -142,6 +177,7 @@ def write_report(path: Path, results: dict, analysis: dict) -> None:
               f"(per seed {', '.join(_pts(d) for d in results['masked_drop']['per_seed'])}).", "",
               "Training dynamics (γ, the answer's attention mass on the image, latent S_focus, answer accuracy on a "
               "fixed val batch): `analysis/dynamics_lavit.png`, `analysis/dynamics_naive_sft.png`.", "",
+              *audit_lines(results.get("audit")),
               "## Data: extraction and the three-stage filter", "",
               "| seed | pool | extracted ok | kept | replayed | dropped: correctness | difficulty | alignment | other |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -5,6 +5,11 @@ The criteria (issue: "a fair, powered test"): the teacher perceives and looks at
 student architecture *can* learn to perceive; the base student relies on the language prior (so there
 is a perception gap to close); fine-tuning does not wreck what the base knew; the text-only model is
 exactly the prior (so the difficulty filter removes what the prior answers).
+
+In the premise world (`lavit demo --world premise`) two more criteria state the paper's premise itself:
+after Naive-SFT the student still trails the teacher by a wide margin (finding the evidence is what it
+has not learnt), and its answer tokens look at the evidence far less than the teacher's do. They are not
+applied to the default world, whose point is the other case (a student that already perceives).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ CAPACITY_ACCURACY = 0.90
 BASE_PRIOR_VIOLATING = 0.45
 NAIVE_PRIOR_CONSISTENT_LOSS = -0.10
 TEXT_ONLY_PRIOR_GAP = 0.05
+NAIVE_TEACHER_TEST_GAP = 0.15  # teacher − Naive-SFT test accuracy, at least
+NAIVE_TEACHER_S_FOCUS_RATIO = 0.75  # Naive-SFT answer-token S_focus / the teacher's, at most ("well below")
 
 
 def criterion(value: float | None, threshold: float, comparison: str, description: str) -> dict:
@@ -54,6 +61,33 @@ def check_validity(*, teacher_val: dict, teacher_s_focus: float | None, capacity
         "text_only_color_vs_prior": criterion(None if gap is None else abs(gap), TEXT_ONLY_PRIOR_GAP, "<=",
                                               "|text-only colour accuracy − prior strength| on val"),
     }
+
+
+def check_premise(*, teacher_test: float | None, naive_test: float | None, teacher_s_focus: float | None,
+                  naive_s_focus: float | None) -> dict:
+    """The premise world's two extra criteria: test accuracies in [0, 1] (Naive-SFT's the mean over seeds) and
+    answer-token S_focus means on test (seed 0's Naive-SFT)."""
+    gap = None if teacher_test is None or naive_test is None else teacher_test - naive_test
+    ratio = (None if teacher_s_focus is None or naive_s_focus is None or teacher_s_focus <= 0
+             else naive_s_focus / teacher_s_focus)
+    return {
+        "naive_sft_test_gap_to_teacher": criterion(gap, NAIVE_TEACHER_TEST_GAP, ">=",
+                                                   "teacher minus Naive-SFT test accuracy (the premise: the "
+                                                   "fine-tuned student still misses evidence the teacher finds)"),
+        "naive_sft_s_focus_vs_teacher": criterion(ratio, NAIVE_TEACHER_S_FOCUS_RATIO, "<=",
+                                                  "Naive-SFT answer-token S_focus / the teacher's on test (it "
+                                                  "looks in the wrong places)"),
+    }
+
+
+def premise_validity(results: dict) -> dict:
+    """`check_premise` read off a demo's results (`accuracy.test`, `s_focus`) when its world is the premise world
+    (`settings.world_name`), else no criteria."""
+    if results["settings"].get("world_name") != "premise":
+        return {}
+    acc, focus = results["accuracy"]["test"], results["s_focus"]
+    return check_premise(teacher_test=acc["teacher"]["overall"], naive_test=acc["naive_sft"]["overall"],
+                         teacher_s_focus=focus.get("teacher"), naive_s_focus=focus.get("naive_sft"))
 
 
 def failures(validity: dict) -> list[str]:

@@ -51,6 +51,15 @@ class LavitTrainConfig:
     gate_warmup_steps: int = field(400, "T_w, steps until the gate is fully open.")
     gate_question_tokens: bool = field(True, "Also gate the question tokens between image and latents (closes a "
                                        "leak: otherwise answers can read the image through question states).")
+    gate_readout: bool = field(False, "Also gate the readout, the last latent token (beyond the paper): it predicts "
+                               "the answer's first token, so with one-token answers (option letters) the paper's "
+                               "gate never reaches the prediction. Needs K >= 2; L_traj then maps latents 1..K-1.")
+    gate_final: float = field(1.0, "γ after warm-up, kept at inference (beyond the paper; the paper opens the gate "
+                              "fully: 1). Below 1 the answer never fully sees the image (0 = vision only through "
+                              "the latents): the export then needs lavit's own generation (lavit eval, lavit "
+                              "audit), not stock clients. With gate=none, γ ≡ gate_final from step 0.")
+    read_weight: float = field(0.0, "Weight of L_read (beyond the paper): -log of the readout's attention mass on "
+                               "latents 1..K-1, rewarding an answer that reads the latent block. Needs K >= 2.")
     system_prompt: str = field(LAVIT_SYSTEM_PROMPT, "System prompt (paper C.3); empty = the template's default.")
     # optimisation (Table A1)
     learning_rate: float = field(5e-6, "Peak learning rate (AdamW).")
@@ -100,6 +109,10 @@ class LavitTrainConfig:
             (self.traj_top_k >= 0, "traj_top_k must be >= 0"),
             (0 < self.gate_epsilon < 1, "gate_epsilon must be in (0, 1)"),
             (self.gate_warmup_steps >= 0, "gate_warmup_steps must be >= 0"),
+            (0 <= self.gate_final <= 1, "gate_final must be in [0, 1]"),
+            (self.read_weight >= 0, "read_weight must be >= 0"),
+            (not (self.uses_latents and (self.gate_readout or self.read_weight > 0)) or self.num_latent_tokens >= 2,
+             "gate_readout and read_weight need num_latent_tokens >= 2 (latents 1..K-1 before the readout)"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.max_steps > 0, "max_steps must be > 0"),
@@ -113,8 +126,8 @@ class LavitTrainConfig:
              "set one of them"),
             (not self.uses_latents or self.gate == "none" or self.gate_warmup_steps < self.max_steps,
              f"gate_warmup_steps ({self.gate_warmup_steps}) must be below max_steps ({self.max_steps}): otherwise the "
-             "gate never opens during training and the exported student (always run with γ = 1) meets attention it "
-             "was never trained on; lower gate_warmup_steps or set gate=none"),
+             "gate never reaches its final γ during training and the exported student (run at gate_final) meets "
+             "attention it was never trained on; lower gate_warmup_steps or set gate=none"),
         ]
         for ok, message in checks:
             if not ok:
@@ -123,6 +136,13 @@ class LavitTrainConfig:
     @property
     def uses_latents(self) -> bool:
         return self.method == "lavit"
+
+    @property
+    def inference_gate(self) -> dict | None:
+        """What the export records for lavit's generation to keep applying (lavit.json), or None (stock)."""
+        if not self.uses_latents or self.gate_final >= 1.0:
+            return None
+        return {"gamma": self.gate_final, "question_tokens": self.gate_question_tokens, "readout": self.gate_readout}
 
     def batch_plan(self, world_size: int) -> dict[str, int]:
         """Per-device batch and accumulation steps that make `global_batch_size` on `world_size` processes."""

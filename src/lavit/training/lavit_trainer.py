@@ -29,7 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from lavit.data.signal_store import write_json_atomic
 from lavit.models.gating import GateSchedule
 from lavit.models.lavit_student import LavitStudent, StudentOutput
-from lavit.training.losses import concept_loss, ntp_loss, total_loss, traj_loss
+from lavit.training.losses import concept_loss, ntp_loss, read_loss, total_loss, traj_loss
 
 STUDENT_STATE = "lavit_student.safetensors"
 CHECKPOINT_MARKER = "lavit_checkpoint.json"
@@ -51,14 +51,19 @@ class GammaCallback(TrainerCallback):
         model.gamma = self.schedule.gamma(state.global_step)
 
 
-def student_loss(out: StudentOutput, inputs: dict, lam: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_total (eq. 9) of one student forward and its terms (`loss_ntp`, `loss_concept`, `loss_traj`)."""
+def student_loss(out: StudentOutput, inputs: dict, lam: float,
+                 read_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_total (eq. 9) of one student forward and its terms (`loss_ntp`, `loss_concept`, `loss_traj`, and
+    `loss_read` when the readout's attention mass is recorded)."""
     terms = {"loss_ntp": ntp_loss(out.ntp_logits, out.ntp_targets)}
     if out.concept_pred is not None:
         terms["loss_concept"] = concept_loss(out.concept_pred, inputs["v_sem"])
     if out.student_traj is not None:
         terms["loss_traj"] = traj_loss(out.student_traj, inputs["traj_target"])
-    return total_loss(terms["loss_ntp"], terms.get("loss_concept"), terms.get("loss_traj"), lam), terms
+    if out.readout_latent_mass is not None:
+        terms["loss_read"] = read_loss(out.readout_latent_mass)
+    return total_loss(terms["loss_ntp"], terms.get("loss_concept"), terms.get("loss_traj"), lam,
+                      terms.get("loss_read"), read_weight), terms
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -114,13 +119,14 @@ class LavitTrainer(Trainer):
     `keep_checkpoints` keeps at most that many complete checkpoints (0 = all). The Trainer's own
     `save_total_limit` must stay unset: it rotates before the new checkpoint is known to be complete."""
 
-    def __init__(self, *args, lam: float = 0.3, run_settings: dict | None = None, keep_checkpoints: int = 0,
-                 **kwargs):
+    def __init__(self, *args, lam: float = 0.3, read_weight: float = 0.0, run_settings: dict | None = None,
+                 keep_checkpoints: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.save_total_limit:
             raise ValueError("LavitTrainer rotates checkpoints itself (keep_checkpoints=); leave save_total_limit "
                              "unset")
         self.lam = lam
+        self.read_weight = read_weight
         self.run_settings = run_settings or {}
         self.keep_checkpoints = keep_checkpoints
         self._reduce_gradients_in_fp32()
@@ -149,7 +155,7 @@ class LavitTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(inputs)
-        loss, terms = student_loss(out, inputs, self.lam)
+        loss, terms = student_loss(out, inputs, self.lam, self.read_weight)
         values = {name: float(t.detach()) for name, t in terms.items()}
         if not math.isfinite(float(loss.detach())):
             detail = ", ".join(f"{k}={v}" for k, v in values.items())

@@ -38,11 +38,19 @@ def traj_loss(student: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -
     return kl.sum(dim=(1, 2)).mean()
 
 
+def read_loss(readout_latent_mass: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """L_read (beyond the paper): -(1/B) Σ_i log m_i, with m_i the attention mass the readout (the last latent,
+    which predicts the answer's first token) puts on latents 1..K-1, averaged over layers and heads. [B]."""
+    return -torch.log(readout_latent_mass.float().clamp_min(eps)).mean()
+
+
 def total_loss(ntp: torch.Tensor, concept: torch.Tensor | None, traj: torch.Tensor | None,
-               lam: float = 0.3) -> torch.Tensor:
-    """L_total (eq. 9) = L_ntp + λ (L_concept + L_traj); a switched-off term counts as absent."""
+               lam: float = 0.3, read: torch.Tensor | None = None, read_weight: float = 0.0) -> torch.Tensor:
+    """L_total (eq. 9) = L_ntp + λ (L_concept + L_traj) [+ w_read L_read]; a switched-off term counts as absent."""
     total = ntp
     for term in (concept, traj):
         if term is not None:
             total = total + lam * term
+    if read is not None:
+        total = total + read_weight * read
     return total

@@ -84,7 +84,9 @@ def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
             raise ValueError("the concept loss needs V_sem targets to size the projection head")
         torch.manual_seed(cfg.seed)
         head = ProjectionHead(model.config.text_config.hidden_size, teacher_dim)
-    student = LavitStudent(model, latent_ids, head, trajectory_loss=cfg.uses_latents and cfg.trajectory_loss)
+    student = LavitStudent(model, latent_ids, head, trajectory_loss=cfg.uses_latents and cfg.trajectory_loss,
+                           gate_readout=cfg.uses_latents and cfg.gate_readout,
+                           readout_mass=cfg.uses_latents and cfg.read_weight > 0)
     return student, processor, names
 
 
@@ -241,7 +243,8 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
     dataset = LavitSftDataset(table, cfg.image_root, processor, names, system_prompt=cfg.system_prompt,
                               answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents,
                               bad_rows=cfg.bad_rows)
-    schedule = GateSchedule(cfg.gate if cfg.uses_latents else "none", cfg.gate_epsilon, cfg.gate_warmup_steps)
+    schedule = (GateSchedule(cfg.gate, cfg.gate_epsilon, cfg.gate_warmup_steps, cfg.gate_final) if cfg.uses_latents
+                else GateSchedule("none"))
     settings = run_settings(cfg)
     # TrainingArguments only after the student is built: a ZeRO-3 config it activates would partition the build
     args = training_arguments(cfg, plan)
@@ -249,9 +252,9 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
         claim = broadcast_object_list([claim])[0]
     trainer = LavitTrainer(
         model=student, args=args, train_dataset=dataset, processing_class=processor,
-        data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens),
+        data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens, cfg.gate_readout),
         callbacks=[GammaCallback(schedule), JsonlLogCallback(Path(cfg.output_dir) / TRAIN_LOG), *(callbacks or [])],
-        lam=cfg.lam, run_settings=settings, keep_checkpoints=cfg.save_total_limit,
+        lam=cfg.lam, read_weight=cfg.read_weight if cfg.uses_latents else 0.0, run_settings=settings, keep_checkpoints=cfg.save_total_limit,
     )
     for printer in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(printer)
@@ -282,7 +285,9 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
     if trainer.is_world_process_zero():
         export_student(student, processor, export_dir, {"latent_tokens": names, "method": cfg.method,
                                                         "teacher_dim": teacher_dim, "system_prompt": cfg.system_prompt,
-                                                        "min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels},
+                                                        "min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels,
+                                                        **({"inference_gate": cfg.inference_gate}
+                                                           if cfg.inference_gate else {})},
                        state_dict=gathered)
         (Path(cfg.output_dir) / RESULTS).write_text(json.dumps(results, indent=2))
     trainer.accelerator.wait_for_everyone()  # no rank returns before the export exists

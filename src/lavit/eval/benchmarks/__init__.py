@@ -1,7 +1,8 @@
 """The paper's benchmarks, read from their published files (DESIGN §3).
 
 Names: `mmvp`, `blink:<Task>` (any BLINK sub-task directory, val split), `vstar` (V* direct
-attributes; `vstar:relative_position` for the other category), `mmstar`.
+attributes; `vstar:relative_position` for the other category), `mmstar`. Documented label errors (only MMVP has any) are
+in `label_fixes`, applied only when asked.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lavit.eval.benchmarks import blink, mmstar, mmvp, vstar
+from lavit.eval.benchmarks import blink, label_fixes, mmstar, mmvp, vstar
 from lavit.eval.items import EvalItem
 
 
@@ -18,17 +19,19 @@ from lavit.eval.items import EvalItem
 class Benchmark:
     name: str
     load: Callable[[Path], list[EvalItem]]
-    summary: Callable[[list[dict]], dict]  # extra summary fields from the scored records
+    summary: Callable[[list[dict], str], dict]  # extra summary fields from the scored records, their intervals
+    # by the method named
+    label_fixes: tuple[label_fixes.LabelFix, ...] = ()  # documented label errors, applied only when asked
 
 
-def _no_extra(records: list[dict]) -> dict:
+def _no_extra(records: list[dict], interval: str) -> dict:
     return {}
 
 
 def get_benchmark(name: str) -> Benchmark:
     base, _, sub = name.partition(":")
     if base == "mmvp" and not sub:
-        return Benchmark(name, mmvp.load, mmvp.summary)
+        return Benchmark(name, mmvp.load, mmvp.summary, label_fixes.MMVP)
     if base == "blink":
         if not sub:
             raise ValueError("BLINK needs a sub-task: blink:<Task>, e.g. blink:Relative_Depth")

@@ -1,6 +1,7 @@
 """MMStar (Lin-Chen/MMStar): `mmstar.parquet` with `index`, `question` (options inside:
 "Options: A: …, B: …"), `image` (encoded bytes or a `{bytes, path}` struct), `answer` "A", `category`
-(6 core capabilities), `l2_category`. Micro accuracy over all items, plus per category."""
+(6 core capabilities), `l2_category`. Micro accuracy over all items, plus per category, each with its interval
+and item count."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 from lavit.data.samples import Rejection
 from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, build_items, image_cell, text
+from lavit.eval.stats import accuracy_summary
 
 COLUMNS = ("index", "question", "image", "answer", "category", "l2_category")
 _OPTION = re.compile(r"(?:^|[\s,])([A-H]):\s")
@@ -43,11 +45,14 @@ def load(root: Path) -> list[EvalItem]:
     return build_items(((f"row {n}", row) for n, row in enumerate(table.to_pylist(), 1)), "index", build)
 
 
-def summary(records: list[dict]) -> dict:
-    by_cat: dict[str, list[bool]] = defaultdict(list)
-    by_l2: dict[str, list[bool]] = defaultdict(list)
-    for r in records:
-        by_cat[r["category"]].append(r["correct"])
-        by_l2[r["l2_category"]].append(r["correct"])
-    return {"per_category": {k: sum(v) / len(v) for k, v in sorted(by_cat.items())},
-            "per_l2_category": {k: sum(v) / len(v) for k, v in sorted(by_l2.items())}}
+def summary(records: list[dict], interval: str) -> dict:
+    out = {}
+    for key in ("category", "l2_category"):
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for r in records:
+            groups[r[key]].append(r["correct"])
+        stats = {k: accuracy_summary(v, method=interval) for k, v in sorted(groups.items())}
+        out |= {f"per_{key}": {k: s["accuracy"] for k, s in stats.items()},
+                f"per_{key}_ci95": {k: s["ci95"] for k, s in stats.items()},
+                f"per_{key}_n": {k: s["n"] for k, s in stats.items()}}
+    return out

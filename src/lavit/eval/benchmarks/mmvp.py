@@ -1,7 +1,7 @@
 """MMVP (tsb0601/MMVP): `Questions.csv` (`Index` — some copies spell it `lndex` — `Question`, `Options`
 "(a) Open (b) Closed", `Correct Answer` "(a)") and `MMVP Images/{Index}.jpg`. Questions come in pairs
 (1 & 2, 3 & 4, …) on the same question with opposite answers; pair accuracy counts a pair only when
-both are right. The paper reports per-question accuracy."""
+both are right (its interval over the complete pairs). The paper reports per-question accuracy."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lavit.data.samples import Rejection
 from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, ImageRef, build_items, text
+from lavit.eval.stats import accuracy_summary
 
 _OPTION = re.compile(r"\(([a-z])\)\s*(.*?)\s*(?=\([a-z]\)|$)")
 
@@ -49,10 +50,10 @@ def load(root: Path) -> list[EvalItem]:
     return build_items(((f"row {n}", row) for n, row in enumerate(rows, 1)), index_col, build)
 
 
-def summary(records: list[dict]) -> dict:
+def summary(records: list[dict], interval: str) -> dict:
     pairs: dict[int, list[bool]] = {}
     for r in records:
         pairs.setdefault(r["pair"], []).append(r["correct"])
-    complete = [v for v in pairs.values() if len(v) == 2]
-    return {"pair_accuracy": sum(all(v) for v in complete) / len(complete) if complete else None,
-            "pairs": len(complete)}
+    stats = accuracy_summary([all(v) for v in pairs.values() if len(v) == 2], method=interval)
+    return {"pair_accuracy": stats["accuracy"], "pair_accuracy_ci95": stats["ci95"], "pairs": stats["n"],
+            "pairs_correct": stats["correct"]}

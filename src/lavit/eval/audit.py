@@ -1,0 +1,494 @@
+"""`lavit audit`: does the answer read the latent block? Paired interventions on the latent tokens of a
+forced-mode run, each against the unmodified run (README "Auditing latent use").
+
+    lavit audit --model runs/lavit_3b/student --benchmark mmvp --data-root data/MMVP --out runs/audit
+
+Interventions: `none` (no latent tokens), `masked` (today's masked mode), and four that replace the states
+of latents 1..K−1 at every decoder layer's output in the prompt pass (`lavit.inference.interventions`):
+`zero`, `first_repeat`, `random` (another item's states, a seeded derangement) and `swap` (the states of
+an item with the same question and another image). Per intervention: accuracy with its Wilson interval,
+the paired difference against `forced` (Newcombe interval, exact McNemar p) and the flip rate; for swap
+also how often the answer follows the donor's. The collapse of the latent states across items is reported
+beside them. Writes OUT/audit.json and OUT/audit.md.
+
+From Python with a loaded model: `audit_items(LoadedModel(model, processor, latent_tokens, system_prompt),
+sample_items(jsonl, image_root))` returns the same dictionary without writing anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
+from lavit.data.samples import Rejection, answer_text, check_text, read_jsonl_samples, resolve_image
+from lavit.data.signal_store import write_json_atomic
+from lavit.eval.benchmarks import get_benchmark
+from lavit.eval.items import ImageRef, kind
+from lavit.eval.matching import answers_match, extract_option_letter, normalize_answer
+from lavit.eval.stats import accuracy_summary, paired_difference
+from lavit.inference.generate import build_generation_inputs, generate_answers
+from lavit.inference.interventions import (
+    LatentStatePatch,
+    LatentStateRecorder,
+    donor_block,
+    first_repeat_block,
+    zero_block,
+)
+from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.families import family_of
+
+if TYPE_CHECKING:
+    from lavit.models.gating import InferenceGate
+
+INTERVENTIONS = ("none", "masked", "zero", "first_repeat", "random", "swap")
+STATE_INTERVENTIONS = ("zero", "first_repeat", "random", "swap")
+AUDIT_JSON = "audit.json"
+AUDIT_MD = "audit.md"
+
+
+@dataclass
+class AuditItem:
+    """One question every intervention is asked: its image(s), prompt and truth."""
+
+    id: str
+    images: list[ImageRef]
+    prompt: str
+    truth: str
+    letters: str = ""  # a multiple-choice item's option letters; '' = free text, scored with `answers_match`
+    pair: str | int | None = None  # two items of one pair ask one question of two images (MMVP's pairs)
+    skip: str | None = None  # why it cannot be asked: a recorded, counted skip
+
+    def extract(self, raw: str) -> str | None:
+        """What answers are compared by: the option letter (None when there is none), or the normalised text."""
+        return extract_option_letter(raw, self.letters) if self.letters else normalize_answer(raw)
+
+    def is_correct(self, raw: str) -> bool:
+        return self.extract(raw) == self.truth if self.letters else answers_match(raw, self.truth)
+
+
+@dataclass
+class LoadedModel:
+    """An already-loaded latent-token model to audit from Python (e.g. a toy-world student), as
+    `GenerativeModel` offers one."""
+
+    model: torch.nn.Module
+    processor: object
+    latent_tokens: list[str]
+    system_prompt: str | None = None
+    max_new_tokens: int = 32
+    gate: InferenceGate | None = None
+    name: str = "in-memory model"
+
+    def describe(self) -> dict:
+        return {"model": self.name, "latent_tokens": list(self.latent_tokens), "system_prompt": self.system_prompt,
+                "max_new_tokens": self.max_new_tokens, **({"inference_gate": vars(self.gate)} if self.gate else {}),
+                "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+
+# -- items ------------------------------------------------------------------------------------------------------
+def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0) -> list[AuditItem]:
+    """A benchmark's items as `lavit eval` reads them (each image decoded once to decide its skip)."""
+    items = get_benchmark(benchmark).load(Path(data_root))
+    items = items[:max_samples] if max_samples else items
+    return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem())
+            for it in items]
+
+
+def sample_items(samples: str | Path, image_root: str | Path, max_samples: int = 0) -> list[AuditItem]:
+    """JSONL rows `{id, image, question, answer, [pair]}` (images under `image_root`), free-text answers.
+
+    Structural errors (bad JSON, no id or image, duplicate ids) are errors naming the line
+    (`read_jsonl_samples`); an empty question, a missing answer, a pair key that is neither text nor an
+    integer, an image missing, unreadable or outside the root make that row a recorded skip.
+    """
+    parsed = read_jsonl_samples(samples)
+    records = [json.loads(line) for line in Path(samples).read_text(encoding="utf-8-sig").splitlines()
+               if line.strip()]  # the same lines, for the `pair` key the sample reader does not keep
+    items = []
+    for sample, record in list(zip(parsed, records))[:max_samples or None]:
+        pair, images, skip = record.get("pair"), [], None
+        try:
+            check_text(sample)
+            if pair is not None and (isinstance(pair, bool) or not isinstance(pair, (str, int))):
+                raise Rejection("cell_invalid", f"'pair' is {kind(pair)}, expected text or an integer")
+            images = [ImageRef(path=resolve_image(image_root, sample.image))]
+            skip = images[0].problem()
+        except Rejection as rej:
+            skip = str(rej)
+        items.append(AuditItem(sample.id, images, "" if skip else sample.question,
+                               answer_text(sample.answer) or "", pair=pair if not skip else None, skip=skip))
+    return items
+
+
+# -- donors -----------------------------------------------------------------------------------------------------
+def derangement(n: int, rng: np.random.Generator) -> list[int]:
+    """A permutation of range(n) drawn uniformly among those without a fixed point (n ≥ 2; e draws on average)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least two items, got {n}")
+    while True:
+        perm = rng.permutation(n)
+        if (perm != np.arange(n)).all():
+            return perm.tolist()
+
+
+def swap_donors(items: list[AuditItem], rng: np.random.Generator) -> dict[str, dict]:
+    """For each item `{donor, rule}`: an item asking the same question of a different image — the other item of
+    its pair (rule 'pair') where items carry a pair key, else one drawn among the items with an identical prompt
+    ('same_prompt') — or donor None and the rule saying why there is none."""
+    by_pair: dict = {}
+    by_prompt: dict[str, list[AuditItem]] = {}
+    for it in items:
+        if it.pair is not None:
+            by_pair.setdefault(it.pair, []).append(it)
+        by_prompt.setdefault(it.prompt, []).append(it)
+    donors = {}
+    for it in items:
+        if it.pair is not None:
+            group = by_pair[it.pair]
+            others = [o for o in group if o is not it and o.images != it.images]
+            if len(group) != 2:
+                donors[it.id] = {"donor": None, "rule": f"pair {it.pair!r} has {len(group)} askable items, not 2"}
+            elif not others:
+                donors[it.id] = {"donor": None, "rule": f"pair {it.pair!r} shows one image twice"}
+            else:
+                donors[it.id] = {"donor": others[0].id, "rule": "pair"}
+            continue
+        others = [o for o in by_prompt[it.prompt] if o is not it and o.images != it.images]
+        donors[it.id] = ({"donor": others[int(rng.integers(len(others)))].id, "rule": "same_prompt"} if others
+                         else {"donor": None, "rule": "no other item asks this prompt of another image"})
+    return donors
+
+
+# -- statistics -------------------------------------------------------------------------------------------------
+def collapse_stats(vectors: torch.Tensor) -> dict:
+    """How spread out states [N, D] are: the mean cosine similarity over all N(N−1)/2 pairs, and the effective
+    rank (Roy & Vetterli 2007) exp(H(p)), p the singular values of the mean-centred matrix over their sum
+    (1 for states on one line, D for isotropic ones; 0 when all N states are equal). None for N < 2."""
+    x = vectors.detach().double().cpu()  # [N, D]
+    n = x.shape[0]
+    if n < 2:
+        return {"vectors": n, "mean_pairwise_cosine": None, "effective_rank": None}
+    norms = x.norm(dim=1)
+    if not torch.isfinite(x).all() or (norms == 0).any():
+        raise ValueError("latent states hold a non-finite or zero vector: cosine similarity is undefined")
+    total = (x / norms[:, None]).sum(dim=0)  # [D]
+    cosine = ((total @ total).item() - n) / (n * (n - 1))  # Σ_{i≠j} u_i·u_j = |Σ u_i|² − n
+    singular = torch.linalg.svdvals(x - x.mean(dim=0))
+    if singular.sum() == 0:
+        rank = 0.0
+    else:
+        p = singular / singular.sum()
+        p = p[p > 0]
+        rank = math.exp(-(p * p.log()).sum().item())
+    return {"vectors": n, "mean_pairwise_cosine": cosine, "effective_rank": rank}
+
+
+# -- the audit --------------------------------------------------------------------------------------------------
+@contextmanager
+def reused_image_features(net: torch.nn.Module) -> Iterator[None]:
+    """Within this block the model's `get_image_features` is computed once per pixel tensor: the interventions on
+    one batch share its inputs, so its images go through the vision tower once rather than once per pass."""
+    owners = [m for m in (net, getattr(net, "model", None)) if m is not None and hasattr(m, "get_image_features")]
+    cache: dict[tuple, object] = {}
+
+    def cached(level: int, compute):
+        @functools.wraps(compute)  # callers read its signature to choose the kwargs they pass
+        def features(pixel_values, *args, **kwargs):
+            key = (level, pixel_values.data_ptr(), tuple(pixel_values.shape))
+            if key not in cache:
+                cache[key] = compute(pixel_values, *args, **kwargs)
+            return cache[key]
+        return features
+
+    for level, owner in enumerate(owners):
+        owner.get_image_features = cached(level, owner.get_image_features)  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        for owner in owners:
+            del owner.get_image_features
+
+
+def choose_interventions(names: list[str] | None) -> list[str]:
+    """The interventions named (None: all), checked, in the audit's order."""
+    chosen = list(INTERVENTIONS) if names is None else list(names)
+    unknown = [c for c in chosen if c not in INTERVENTIONS]
+    if unknown:
+        raise ValueError(f"unknown interventions {unknown} (forced is the reference, always run); choose from "
+                         f"{', '.join(INTERVENTIONS)}")
+    if not chosen:
+        raise ValueError(f"name at least one intervention of {', '.join(INTERVENTIONS)}")
+    return [c for c in INTERVENTIONS if c in chosen]
+
+
+def _choose(interventions, model) -> list[str]:
+    """`choose_interventions`, refusing those this model cannot serve."""
+    chosen = choose_interventions(interventions)
+    net = model.model
+    needs_mask = [c for c in chosen if c == "masked" or c in STATE_INTERVENTIONS]
+    if needs_mask and family_of(net).is_hybrid(net.config.text_config):
+        raise ValueError(f"interventions {needs_mask} cannot reach the latent block of a {net.config.model_type} "
+                         "model: its linear-attention layers pass the latents on in their recurrent state, which no "
+                         "mask or layer-output hook reaches; audit it with --interventions none")
+    if "masked" in chosen and net.config.text_config._attn_implementation != LAVIT_ATTENTION:
+        raise ValueError(f"intervention 'masked' needs the text model on attn_implementation='{LAVIT_ATTENTION}'")
+    return chosen
+
+
+def _not_applicable(chosen: list[str], k: int, n: int) -> dict[str, str]:
+    reasons = {}
+    for name in chosen:
+        if name in STATE_INTERVENTIONS and k < 2:
+            reasons[name] = (f"K = {k}: the only latent is the readout, whose state is the answer's first logits; "
+                             "there is no latent block to replace")
+        elif name == "first_repeat" and k < 3:
+            reasons[name] = "K = 2: the block is latent 1 alone, which repeating it leaves as it is"
+        elif name == "random" and n < 2:
+            reasons[name] = f"{n} askable item: no other item to take states from"
+    return reasons
+
+
+def audit_items(model, items: list[AuditItem], *, interventions: list[str] | None = None, seed: int = 0,
+                batch_size: int = 8, desc: str = "audit", hide_latents: bool = False) -> dict:
+    """Run the reference (`forced`) and each chosen intervention on `items`; the audit's results (no files).
+
+    `model` is a `GenerativeModel` loaded in forced mode or a `LoadedModel`: `.model`, `.processor`,
+    `.latent_tokens`, `.system_prompt`, `.max_new_tokens` (and `.gate`, if any). `hide_latents` runs the
+    reference and every state intervention with the latents hidden from everything after them (masked mode):
+    the audit's negative control, under which no state intervention can change an answer.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if getattr(model, "mode", "forced") != "forced":
+        raise ValueError(f"the audit intervenes on forced-mode runs; the model is loaded in mode {model.mode!r}")
+    if not model.latent_tokens:
+        raise ValueError("the audit needs a latent-token checkpoint: this model has no latent tokens (pass "
+                         "--latent-tokens for a checkpoint without lavit.json)")
+    start = time.time()
+    chosen = _choose(interventions, model)
+    ready = [it for it in items if it.skip is None]
+    if not ready:
+        raise ValueError(f"no item can be asked: all {len(items)} are skipped "
+                         f"({dict(Counter(it.skip.split(':')[0] for it in items))})")
+    ids = [it.id for it in ready]
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    net, latent_ids = model.model, model.processor.tokenizer.convert_tokens_to_ids(model.latent_tokens)
+    k = len(latent_ids)
+    not_applicable = _not_applicable(chosen, k, len(ready))
+    rng = np.random.default_rng(seed)
+    donors: dict[str, dict] = {}
+    if "random" in chosen and "random" not in not_applicable:
+        perm = derangement(len(ready), rng)
+        donors["random"] = {it.id: {"donor": ready[j].id, "rule": "derangement"} for it, j in zip(ready, perm)}
+    if "swap" in chosen and "swap" not in not_applicable:
+        donors["swap"] = swap_donors(ready, rng)
+        if not any(d["donor"] for d in donors["swap"].values()):
+            not_applicable["swap"] = "no item has a donor (no pair key or identical prompt on another image)"
+    runs = ["forced", *(c for c in chosen if c not in not_applicable)]
+    asked = {name: [it for it in ready if name not in donors or donors[name][it.id]["donor"]] for name in runs}
+    by_id = {it.id: it for it in ready}
+    asked_ids = {name: {it.id for it in todo} for name, todo in asked.items()}
+
+    if hide_latents and any(c in ("none", "masked") for c in chosen):
+        raise ValueError("hide_latents (the negative control) audits the state interventions only: leave out none "
+                         "and masked")
+
+    built: dict[tuple, dict] = {}  # one batch's model inputs per (items, with latents?): built once per batch
+
+    def generate(batch: list[AuditItem], mode: str, intervention=None) -> list[str]:
+        mode = "masked" if hide_latents and mode == "forced" else mode
+        key = (tuple(it.id for it in batch), mode != "none")  # forced and masked prompts are the same tokens
+        if key not in built:
+            built[key] = build_generation_inputs(model.processor, [[ref.open() for ref in it.images] for it in batch],
+                                                 [it.prompt for it in batch], latent_tokens=model.latent_tokens,
+                                                 mode=mode, system_prompt=model.system_prompt)
+        return generate_answers(net, model.processor, None, [it.prompt for it in batch],
+                                latent_tokens=model.latent_tokens, mode=mode, system_prompt=model.system_prompt,
+                                max_new_tokens=model.max_new_tokens, gate=getattr(model, "gate", None),
+                                intervention=intervention, inputs=built[key])
+
+    raw: dict[str, dict[str, str]] = {name: {} for name in runs}
+    block: dict[str, torch.Tensor] = {}  # item → [L, K−1, D], the donors' states
+    final: dict[str, torch.Tensor] = {}  # item → [K+1, D]: last layer, last prompt token then the K latents
+    keep_block = any(name in donors for name in runs)
+    recorder = LatentStateRecorder(net, latent_ids)
+    with tqdm(total=sum(len(v) for v in asked.values()), desc=desc, unit="item") as bar:
+        for i in range(0, len(ready), batch_size):
+            batch = ready[i:i + batch_size]
+            answers = generate(batch, "forced", recorder)
+            states = recorder.states.cpu()  # [L, B, K+1, D]
+            for b, (it, answer) in enumerate(zip(batch, answers)):
+                raw["forced"][it.id] = answer
+                final[it.id] = states[-1, b].clone()  # a copy: a view would keep every layer alive
+                if keep_block:
+                    block[it.id] = states[:, b, 1:k].clone()
+            bar.update(len(batch))
+            built.clear()
+        # Per batch, every intervention on the same inputs, the vision tower run once per prompt form
+        for i in range(0, len(ready), batch_size):
+            batch = ready[i:i + batch_size]
+            with reused_image_features(net):
+                for name in runs[1:]:
+                    todo = [it for it in batch if it.id in asked_ids[name]]
+                    if not todo:
+                        continue
+                    if name in ("none", "masked"):
+                        answers = generate(todo, name)
+                    else:
+                        if name in donors:
+                            replace = donor_block(torch.stack([block[donors[name][it.id]["donor"]] for it in todo],
+                                                              dim=1))  # [L, B, K−1, D]
+                        else:
+                            replace = zero_block if name == "zero" else first_repeat_block
+                        answers = generate(todo, "forced", LatentStatePatch(net, latent_ids, replace))
+                    raw[name].update({it.id: a for it, a in zip(todo, answers)})
+                    bar.update(len(todo))
+            built.clear()
+
+    scored = {name: {i: {"raw": a, "extracted": by_id[i].extract(a), "correct": by_id[i].is_correct(a)}
+                     for i, a in got.items()} for name, got in raw.items()}
+    table = [_row(name, scored, donors.get(name), len(ready)) for name in runs]
+    table += [{"intervention": name, "applicable": False, "reason": why} for name, why in not_applicable.items()]
+    table.sort(key=lambda r: (["forced", *INTERVENTIONS].index(r["intervention"])))
+    stacked = torch.stack([final[i] for i in ids])  # [N, K+1, D]
+    collapse = {"layer": len(family_of(net).decoder_layers(net)) - 1, "items": len(ids),
+                "latents": collapse_stats(stacked[:, 1:k].reshape(-1, stacked.shape[-1])) if k >= 2 else None,
+                "readout": collapse_stats(stacked[:, k]), "last_prompt_token": collapse_stats(stacked[:, 0])}
+    per_item = [{"id": it.id, "truth": it.truth, "pair": it.pair,
+                 "donors": {name: donors[name][it.id]["donor"] for name in donors},
+                 "answers": {name: scored[name][it.id] for name in runs if it.id in scored[name]}} for it in ready]
+    return {"latent_tokens": list(model.latent_tokens), "k": k, "seed": seed, "interventions": chosen,
+            "hide_latents": hide_latents,
+            "n_items": len(items), "n_asked": len(ready), "skipped": [{"id": it.id, "skipped": it.skip}
+                                                                      for it in items if it.skip is not None],
+            "skipped_by_reason": dict(Counter(it.skip.split(":")[0] for it in items if it.skip is not None)),
+            "donors": {name: {"seed": seed, "by_item": d} for name, d in donors.items()},
+            "table": table, "collapse": collapse, "items": per_item, "wall_seconds": time.time() - start}
+
+
+def _row(name: str, scored: dict[str, dict[str, dict]], donors: dict | None, n_ready: int) -> dict:
+    answers, forced = scored[name], scored["forced"]
+    ids = list(answers)
+    row = {"intervention": name, "applicable": True, **accuracy_summary([answers[i]["correct"] for i in ids])}
+    if name == "forced":
+        return row
+    row["vs_forced"] = paired_difference([answers[i]["correct"] for i in ids], [forced[i]["correct"] for i in ids])
+    row["flip_rate"] = sum(answers[i]["extracted"] != forced[i]["extracted"] for i in ids) / len(ids)
+    if name == "swap":
+        row["no_donor"] = n_ready - len(ids)
+        # items whose own answer differs from their donor's: does the swapped answer become the donor's?
+        contrast = [i for i in ids if forced[i]["extracted"] != forced[donors[i]["donor"]]["extracted"]]
+        followed = sum(answers[i]["extracted"] == forced[donors[i]["donor"]]["extracted"] for i in contrast)
+        row["follows_donor"] = {"n": len(contrast), "followed": followed,
+                                "rate": followed / len(contrast) if contrast else None}
+    return row
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+def run_audit(model, out: str | Path, *, benchmark: str = "", data_root: str | Path = "", samples: str | Path = "",
+              image_root: str | Path = "", interventions: list[str] | None = None, seed: int = 0,
+              batch_size: int = 8, max_samples: int = 0) -> dict:
+    """Audit `model` on a benchmark (`benchmark` + `data_root`) or a sample file (`samples` + `image_root`);
+    writes OUT/audit.json and OUT/audit.md and returns the results with their settings."""
+    if bool(benchmark) == bool(samples):
+        raise ValueError("give exactly one of a benchmark (with its data root) or a sample file (with its image root)")
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0 (0 = all), got {max_samples}")
+    out = Path(out)
+    if benchmark:
+        if not str(data_root):
+            raise ValueError("a benchmark needs its data root")
+        source = {"benchmark": benchmark, "data_root": str(Path(data_root).resolve())}
+        inputs = {"data_root": data_root}
+    else:
+        if not str(image_root):
+            raise ValueError("a sample file needs its image root")
+        source = {"samples": str(Path(samples).resolve()), "image_root": str(Path(image_root).resolve())}
+        inputs = {"samples": samples, "image_root": image_root}
+    settings = {**source, **model.describe(), "interventions": choose_interventions(interventions), "seed": seed,
+                "max_samples": max_samples}
+    if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
+        settings["model"] = str(Path(settings["model"]).resolve())
+    refuse_inputs_inside(out, inputs, key="output folder")
+    items = (benchmark_items(benchmark, data_root, max_samples) if benchmark
+             else sample_items(samples, image_root, max_samples))
+    with RunLock(out):
+        record_settings(out / "run.json", settings, hint="use another --out")
+        result = audit_items(model, items, interventions=interventions, seed=seed, batch_size=batch_size,
+                             desc=benchmark or Path(samples).name)
+        result = {"settings": settings, **result}
+        write_json_atomic(result, out / AUDIT_JSON)
+        tmp = out / (AUDIT_MD + ".tmp")
+        tmp.write_text(audit_markdown(result), encoding="utf-8")
+        os.replace(tmp, out / AUDIT_MD)
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _interval(ci: list[float] | None, signed: bool = False) -> str:
+    if ci is None:
+        return ""
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return " [" + ", ".join(fmt.format(100 * x) for x in ci) + "]"
+
+
+def audit_markdown(result: dict) -> str:
+    """The audit table (percent and points) and the collapse numbers; titled by the settings `run_audit` adds."""
+    s, k = result.get("settings"), result["k"]
+    title = f": {s['model']} on {s.get('benchmark') or s.get('samples')}" if s else ""
+    lines = [f"# Latent-usage audit{title}", "",
+             f"K = {k} latent tokens ({', '.join(result['latent_tokens'])}); "
+             + (f"audited block: latents 1..{k - 1}, readout: latent {k}. " if k >= 2 else
+                "no audited block: the only latent is the readout. ")
+             + f"{result['n_asked']} items asked, {len(result['skipped'])} skipped; seed "
+             f"{result['seed']}. Accuracy in %, Δ in points, 95% intervals (Wilson; paired: Newcombe).", "",
+             "| intervention | accuracy [CI] | Δ vs forced [CI] | McNemar p | flip rate | follows donor |",
+             "|---|---|---|---|---|---|"]
+    for row in result["table"]:
+        name = row["intervention"]
+        if not row["applicable"]:
+            lines.append(f"| {name} | not applicable: {row['reason']} | | | | |")
+            continue
+        acc = f"{_pct(row['accuracy'])}{_interval(row['ci95'])} (n={row['n']}"
+        acc += f", {row['no_donor']} without donor)" if "no_donor" in row else ")"
+        if name == "forced":
+            lines.append(f"| {name} (reference) | {acc} | — | — | — | — |")
+            continue
+        diff = row["vs_forced"]
+        follows = "—"
+        if "follows_donor" in row:
+            f = row["follows_donor"]
+            follows = f"{_pct(f['rate'])}% of {f['n']}" if f["n"] else "n/a (0 contrasting)"
+        lines.append(f"| {name} | {acc} | {100 * diff['difference']:+.1f}{_interval(diff['ci95'], True)} | "
+                     f"{diff['mcnemar_p']:.3g} | {_pct(row['flip_rate'])}% | {follows} |")
+    c = result["collapse"]
+    lines += ["", f"Collapse across items at the last decoder layer (layer {c['layer']}, {c['items']} items):", "",
+              "| states | vectors | mean pairwise cosine | effective rank |", "|---|---|---|---|"]
+    named = [(f"latents 1..{k - 1} (pooled)", c["latents"]), (f"readout (latent {k})", c["readout"]),
+             ("last prompt token", c["last_prompt_token"])]
+    for label, stats in named:
+        if stats is None:
+            lines.append(f"| {label} | — | no latent block (K = {k}) | |")
+            continue
+        cos, rank = stats["mean_pairwise_cosine"], stats["effective_rank"]
+        lines.append(f"| {label} | {stats['vectors']} | {'n/a' if cos is None else f'{cos:.3f}'} | "
+                     f"{'n/a' if rank is None else f'{rank:.2f}'} |")
+    return "\n".join(lines) + "\n"
