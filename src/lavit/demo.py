@@ -29,7 +29,7 @@ from transformers import set_seed
 from lavit.analysis.analyze import analyze
 from lavit.analysis.figures import dynamics_figure
 from lavit.analysis.latent_maps import BoxedSample, DynamicsCallback, build_probe_set, latent_map_stats
-from lavit.analysis.stats import paired_summary, verdict
+from lavit.analysis.stats import mean_of_present, paired_summary, verdict
 from lavit.config import build_config, field
 from lavit.console import quiet_libraries, say
 from lavit.data.samples import open_rgb
@@ -243,10 +243,6 @@ def latent_maps(student_dir: str, start_cfg: LavitTrainConfig, probe_samples: li
             "base": latent_map_stats(start.eval(), start_probe, targets)}
 
 
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
 
 def run_demo(cfg: DemoConfig) -> dict:
     quiet_libraries()
@@ -351,9 +347,9 @@ def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict
     def student_scores(method: str, split: str) -> dict:
         runs = [s["runs"][method][split] for s in seeds]
         kinds = sorted({k for r in runs for k in r["per_kind"]})
-        return {"overall": _mean([r["accuracy"] for r in runs]),
-                **{k: _mean([r["per_prior"][k] for r in runs]) for k in SPLITS},
-                **{k: _mean([r["per_kind"].get(k) for r in runs]) for k in kinds}}
+        return {"overall": mean_of_present([r["accuracy"] for r in runs]),
+                **{k: mean_of_present([r["per_prior"][k] for r in runs]) for k in SPLITS},
+                **{k: mean_of_present([r["per_kind"].get(k) for r in runs]) for k in kinds}}
 
     paired = paired_summary(per_seed("lavit"), per_seed("naive_sft"))
     per_split = {}
@@ -364,7 +360,7 @@ def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict
     paired["verdict"] = verdict(None if paired["ci95"] is None else tuple(paired["ci95"]))
 
     masked = [s["runs"]["lavit"]["test"]["accuracy"] - s["runs"]["lavit"]["test_masked"]["accuracy"] for s in seeds]
-    latent = {who: {stat: _mean([s["runs"]["lavit"]["latent_map"][who][stat] for s in seeds])
+    latent = {who: {stat: mean_of_present([s["runs"]["lavit"]["latent_map"][who][stat] for s in seeds])
                     for stat in ("kl_target_vs_latent", "s_focus")} for who in ("lavit", "base")}
     latent["per_seed"] = [{who: {k: v for k, v in s["runs"]["lavit"]["latent_map"][who].items() if k != "per_sample"}
                            for who in ("lavit", "base")} for s in seeds]
@@ -383,8 +379,8 @@ def summarise(cfg: DemoConfig, world: WorldConfig, fixed: dict, seeds: list[dict
         "paired_difference": paired,
         "accuracy": {"test": {"base": fixed_scores("base", "test"), "teacher": fixed_scores("teacher", "test"),
                               **{m: student_scores(m, "test") for m in STUDENTS},
-                              "lavit_masked": {"overall": _mean([s["runs"]["lavit"]["test_masked"]["accuracy"]
-                                                                 for s in seeds])}},
+                              "lavit_masked": {"overall": mean_of_present(
+                                  [s["runs"]["lavit"]["test_masked"]["accuracy"] for s in seeds])}},
                      "val": {"base": fixed_scores("base", "val"), "teacher": fixed_scores("teacher", "val"),
                              "text_only": fixed_scores("text_only", "val"),
                              **{m: student_scores(m, "val") for m in STUDENTS}},

@@ -15,6 +15,12 @@ from scipy import stats
 VERDICTS = ("lavit_better", "naive_better", "no_detectable_difference")
 
 
+def mean_of_present(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are there (a seed without a prior-violating question gives None), or None."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
     """Two-sided Student-t interval for the mean: mean ± t_{(1+c)/2, n-1} · s / √n, with s the sample
     standard deviation (n − 1 in the denominator). None for fewer than two values (no spread to estimate)."""

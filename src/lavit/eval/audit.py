@@ -280,6 +280,9 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
                          "--latent-tokens for a checkpoint without lavit.json)")
     start = time.time()
     chosen = _choose(interventions, model)
+    if hide_latents and any(c in ("none", "masked") for c in chosen):
+        raise ValueError("hide_latents (the negative control) audits the state interventions only: leave out none "
+                         "and masked")
     ready = [it for it in items if it.skip is None]
     if not ready:
         raise ValueError(f"no item can be asked: all {len(items)} are skipped "
@@ -300,13 +303,8 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
         if not any(d["donor"] for d in donors["swap"].values()):
             not_applicable["swap"] = "no item has a donor (no pair key or identical prompt on another image)"
     runs = ["forced", *(c for c in chosen if c not in not_applicable)]
-    asked = {name: [it for it in ready if name not in donors or donors[name][it.id]["donor"]] for name in runs}
+    asked = {name: {it.id for it in ready if name not in donors or donors[name][it.id]["donor"]} for name in runs}
     by_id = {it.id: it for it in ready}
-    asked_ids = {name: {it.id for it in todo} for name, todo in asked.items()}
-
-    if hide_latents and any(c in ("none", "masked") for c in chosen):
-        raise ValueError("hide_latents (the negative control) audits the state interventions only: leave out none "
-                         "and masked")
 
     built: dict[tuple, dict] = {}  # one batch's model inputs per (items, with latents?): built once per batch
 
@@ -344,7 +342,7 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
             batch = ready[i:i + batch_size]
             with reused_image_features(net):
                 for name in runs[1:]:
-                    todo = [it for it in batch if it.id in asked_ids[name]]
+                    todo = [it for it in batch if it.id in asked[name]]
                     if not todo:
                         continue
                     if name in ("none", "masked"):

@@ -130,28 +130,6 @@ def _rows_of_mask(attention_mask: torch.Tensor | None, rows: torch.Tensor, kv_le
     return picked.float()
 
 
-def _hide_keys(attention_mask: torch.Tensor | None, hidden_keys: torch.Tensor, q_len: int, kv_len: int,
-               dtype: torch.dtype) -> torch.Tensor:
-    """Combine the model's mask with 'no query sees a hidden key, except the hidden token itself'.
-
-    So each latent token reads only the prompt and itself, and nothing after it reads any latent:
-    the answer's first token is read off the last latent's state, which then carries no other latent.
-    """
-    device = hidden_keys.device
-    if hidden_keys.shape[1] < kv_len:  # tokens generated after the prompt are never hidden
-        pad = hidden_keys.new_zeros(hidden_keys.shape[0], kv_len - hidden_keys.shape[1])
-        hidden_keys = torch.cat([hidden_keys, pad], dim=1)
-    hidden_keys = hidden_keys[:, :kv_len]  # [B, KV]
-    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)  # queries are the last q_len positions
-    kv_pos = torch.arange(kv_len, device=device)
-    block = hidden_keys[:, None, None, :] & (q_pos[:, None] != kv_pos[None, :])[None, None]  # [B, 1, Q, KV]
-    if attention_mask is None:
-        attention_mask = (q_pos[:, None] >= kv_pos[None, :])[None, None]  # causal [1, 1, Q, KV]
-    if attention_mask.dtype == torch.bool:
-        return attention_mask & ~block
-    return attention_mask.masked_fill(block, torch.finfo(dtype).min)
-
-
 def _causal(attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device) -> torch.Tensor:
     """The model's mask, or (SDPA's is_causal shortcut) the causal one it stands for: [B|1, 1, Q, KV]."""
     if attention_mask is not None:
@@ -165,6 +143,24 @@ def _pad_to(mask: torch.Tensor, length: int, value: bool) -> torch.Tensor:
     if mask.shape[1] < length:
         mask = torch.cat([mask, mask.new_full((mask.shape[0], length - mask.shape[1]), value)], dim=1)
     return mask[:, :length]
+
+
+def _hide_keys(attention_mask: torch.Tensor | None, hidden_keys: torch.Tensor, q_len: int, kv_len: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Combine the model's mask with 'no query sees a hidden key, except the hidden token itself'.
+
+    So each latent token reads only the prompt and itself, and nothing after it reads any latent:
+    the answer's first token is read off the last latent's state, which then carries no other latent.
+    """
+    device = hidden_keys.device
+    hidden_keys = _pad_to(hidden_keys, kv_len, False)  # [B, KV]: tokens generated after the prompt are never hidden
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)  # queries are the last q_len positions
+    kv_pos = torch.arange(kv_len, device=device)
+    block = hidden_keys[:, None, None, :] & (q_pos[:, None] != kv_pos[None, :])[None, None]  # [B, 1, Q, KV]
+    attention_mask = _causal(attention_mask, q_len, kv_len, device)
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & ~block
+    return attention_mask.masked_fill(block, torch.finfo(dtype).min)
 
 
 def _gate_image_keys(attention_mask: torch.Tensor | None, gate: tuple[torch.Tensor, torch.Tensor, float],

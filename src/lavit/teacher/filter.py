@@ -109,14 +109,19 @@ def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers,
             continue
         alive.append(row)
 
+    def judged(stage: str, answer_key: str, correct_key: str) -> list:
+        """Each live row's answer in `answer_key` against its truth (rules, then the judge), recorded in
+        `correct_key` and counted under `stage`."""
+        decisions = decide([JudgeQuery(r["question"], r["answer"], r[answer_key]) for r in alive], rules, judge)
+        verdicts[stage] = _counts(decisions)
+        for row, d in zip(alive, decisions, strict=True):
+            row[correct_key] = d.match
+        return decisions
+
     for stage in cfg.stages:
         survivors = []
         if stage == "correctness":
-            queries = [JudgeQuery(r["question"], r["answer"], r["teacher_answer"]) for r in alive]
-            decisions = decide(queries, rules, judge)
-            verdicts[stage] = _counts(decisions)
-            for row, d in zip(alive, decisions, strict=True):
-                row["teacher_correct"] = d.match
+            for row, d in zip(alive, judged(stage, "teacher_answer", "teacher_correct"), strict=True):
                 if d.match:
                     survivors.append(row)
                 elif d.match is False:
@@ -128,11 +133,7 @@ def apply_filter(rows: list[dict], cfg: FilterConfig, text_only_answers,
             answers = text_only_answers([r["question"] for r in alive]) if alive else []
             for row, answer in zip(alive, answers, strict=True):
                 row["text_only_answer"] = answer
-            queries = [JudgeQuery(r["question"], r["answer"], r["text_only_answer"]) for r in alive]
-            decisions = decide(queries, rules, judge)
-            verdicts[stage] = _counts(decisions)
-            for row, d in zip(alive, decisions, strict=True):
-                row["text_only_correct"] = d.match
+            for row, d in zip(alive, judged(stage, "text_only_answer", "text_only_correct"), strict=True):
                 if d.match:
                     drop(row, stage, "text_only_correct", f"answered {row['text_only_answer']!r} without the image "
                          f"({_how(d)})", d)

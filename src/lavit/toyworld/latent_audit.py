@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from lavit.analysis.stats import t_interval
+from lavit.analysis.stats import mean_of_present, t_interval
 from lavit.eval.audit import LoadedModel, audit_items, sample_items
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
 from lavit.models.gating import InferenceGate
@@ -34,10 +32,6 @@ def audit_student(student_dir: str | Path, split: Path, *, seed: int = 0, max_ne
     result.pop("donors")
     return result
 
-
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
 
 
 def summarise_audits(audits: list[dict]) -> dict:
@@ -64,13 +58,15 @@ def summarise_audits(audits: list[dict]) -> dict:
             table.append({"intervention": name, "applicable": False, "reason": e["reason"]})
             continue
         ci = t_interval(e["difference"]) if e["difference"] else None
-        table.append({"intervention": name, "applicable": True, "accuracy": _mean(e["accuracy"]),
+        table.append({"intervention": name, "applicable": True, "accuracy": mean_of_present(e["accuracy"]),
                       "accuracy_per_seed": e["accuracy"],
-                      "difference": _mean(e["difference"]), "difference_ci95": None if ci is None else list(ci),
+                      "difference": mean_of_present(e["difference"]),
+                      "difference_ci95": None if ci is None else list(ci),
                       "difference_per_seed": e["difference"], "mcnemar_p_per_seed": e["mcnemar_p"],
                       "significant_seeds": sum(p < SIGNIFICANT for p in e["mcnemar_p"]),
-                      "flip_rate": _mean(e["flip_rate"]), "follows_donor": _mean(e["follows_donor"])})
-    collapse = {which: {stat: _mean([(a["collapse"][which] or {}).get(stat) for a in audits])
+                      "flip_rate": mean_of_present(e["flip_rate"]),
+                      "follows_donor": mean_of_present(e["follows_donor"])})
+    collapse = {which: {stat: mean_of_present([(a["collapse"][which] or {}).get(stat) for a in audits])
                         for stat in ("mean_pairwise_cosine", "effective_rank")}
                 for which in ("latents", "readout", "last_prompt_token")}
     return {"seeds": len(audits), "items": audits[0]["n_asked"] if audits else 0, "k": audits[0]["k"] if audits else 0,
