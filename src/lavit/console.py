@@ -5,6 +5,11 @@ from __future__ import annotations
 import warnings
 
 
+class MissingDependency(ImportError):
+    """An optional package a command was asked to use is not installed; the message says how to install it (the
+    CLI prints it as an error, not a traceback)."""
+
+
 def quiet_libraries() -> None:
     """No library warnings or weight-loading/saving bars on the console (errors still show)."""
     from transformers.utils import logging as hf_logging

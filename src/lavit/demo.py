@@ -321,12 +321,13 @@ def prepare_student_artifacts(cfg: DemoConfig) -> Path:
         return where
     record = where / "artifacts.json"
     models = json.loads(record.read_text()).get("models", {}) if record.is_file() else {}
-    budget = budget_for(cfg.family)
+    budget = budget_for(cfg.family, cfg.world_name)
     base_ready = models.get("base", {}).get("budget") == asdict(budget) and (where / "base" / "config.json").is_file()
     todo = [role for role, ready in (("base", base_ready), ("capacity", "capacity" in models)) if not ready]
     if todo:
         say(f"pretraining the {cfg.family} student artifacts {todo} → {where} (once)")
-        build_artifacts(where, budget, cfg.world, roles=tuple(todo), student_family=cfg.family)
+        build_artifacts(where, budget, cfg.world, roles=tuple(todo), student_family=cfg.family,
+                        world_name=cfg.world_name)
     return where
 
 

@@ -15,8 +15,10 @@ from lavit.cli import main
 from lavit.eval.audit import (
     INTERVENTIONS,
     LoadedModel,
+    _row,
     audit_items,
     audit_markdown,
+    benchmark_items,
     collapse_stats,
     derangement,
     run_audit,
@@ -58,7 +60,8 @@ def check_against_items(result: dict) -> None:
         assert row["flip_rate"] == pytest.approx(sum(flips) / len(asked))
         if name == "swap":
             forced = {it["id"]: it["answers"]["forced"]["extracted"] for it in items}
-            contrast = [it for it in asked if forced[it["id"]] != forced[it["donors"]["swap"]]]
+            contrast = [it for it in asked if forced[it["id"]] not in (None, "")
+                        and forced[it["donors"]["swap"]] not in (None, "", forced[it["id"]])]
             followed = sum(it["answers"]["swap"]["extracted"] == forced[it["donors"]["swap"]] for it in contrast)
             assert row["follows_donor"] == {"n": len(contrast), "followed": followed,
                                             "rate": followed / len(contrast) if contrast else None}
@@ -205,3 +208,36 @@ def test_cli_audit(tmp_path, export_tiny_student):
     assert main([*args, "--seed", "1"]) == 2  # other settings: refused
     assert main([*args[:-6], "--interventions", "zero,shuffle"]) == 2
     assert main([*args, "--samples", str(tmp_path / "s.jsonl")]) == 2
+
+
+def test_follows_donor_counts_only_items_and_donors_that_answered():
+    # a, b: each other's donor with different letters; c's donor d gave no letter; e's donor a agrees with e
+    forced = {"a": "A", "b": "B", "c": "A", "d": None, "e": "A"}
+    swapped = {"a": "B", "b": "B", "c": None, "d": "A", "e": "B"}
+
+    def scored(answers: dict) -> dict:
+        return {i: {"raw": str(x), "extracted": x, "correct": x == "A"} for i, x in answers.items()}
+
+    donors = {"a": {"donor": "b"}, "b": {"donor": "a"}, "c": {"donor": "d"}, "d": {"donor": "c"}, "e": {"donor": "a"}}
+    row = _row("swap", {"forced": scored(forced), "swap": scored(swapped)}, donors, n_ready=5)
+    # contrast: a (donor B), b (donor A); d has no answer of its own, c's donor d none, e's donor agrees with it
+    assert row["follows_donor"] == {"n": 2, "followed": 1, "rate": 0.5}
+    assert row["flip_rate"] == pytest.approx(4 / 5) and row["no_donor"] == 0
+
+
+def test_audit_applies_label_fixes_only_when_asked(tmp_path):
+    from tests.eval.test_runner import mmvp_rows
+
+    root = write_mmvp(tmp_path / "MMVP", rows=mmvp_rows())
+    plain, none = benchmark_items("mmvp", root)
+    fixed, record = benchmark_items("mmvp", root, label_fixes=True)
+    truths = lambda items: {it.id: it.truth for it in items if it.id in ("98", "99", "100", "279", "280")}  # noqa: E731
+    assert none == {} and truths(plain) == {"98": "B", "99": "A", "100": "B", "279": "A", "280": "B"}
+    assert truths(fixed) == {"98": "B", "99": "B", "100": "A", "279": "B", "280": "A"}
+    assert [f["id"] for f in record["label_fixes"]] == ["99", "100", "279", "280"]
+    assert record["label_fixes_not_applied"] == []
+    with pytest.raises(ValueError, match="no documented label errors"):
+        benchmark_items("mmstar", root, label_fixes=True)
+    samples, images = write_samples(tmp_path)
+    with pytest.raises(ValueError, match="apply to a benchmark"):
+        run_audit(None, tmp_path / "out", samples=samples, image_root=images, label_fixes=True)

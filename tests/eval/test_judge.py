@@ -157,3 +157,90 @@ def test_rules_decide_first_and_the_judge_only_the_rest(tmp_path):
     assert raw.batches == [QUERIES]
     # without a judge a deferred pair stays undecided
     assert [d.match for d in decide(queries, rule_verdict, None)] == [True, True, False, None, None]
+
+
+class _Endpoint:
+    """A stand-in OpenAI-compatible chat endpoint on 127.0.0.1: answers 'yes' when the candidate says 'red',
+    records every request body, and fails with HTTP 500 for the model 'broken'."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (the handler's API)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                bodies.append((self.path, body))
+                if body["model"] == "broken":
+                    self.send_response(500)
+                    self.end_headers()
+                    self.wfile.write(b"engine died")
+                    return
+                text = body["messages"][0]["content"]
+                reply = {"choices": [{"message": {"role": "assistant",
+                                                  "content": "Yes." if "Candidate answer: red" in text else "no"}}]}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_openai_judge_asks_one_chat_message_per_query_and_fails_loudly(tmp_path):
+    from lavit.eval.judge import openai_judge
+
+    endpoint = _Endpoint()
+    try:
+        queries = [JudgeQuery("what color ?", "red", "red"), JudgeQuery("what color ?", "red", "blue"),
+                   JudgeQuery("which shape ?", "circle", "red")]
+        judge = CachedJudge(openai_judge(endpoint.url + "/", "m", max_new_tokens=5, concurrency=2), "e#m",
+                            tmp_path / "cache.jsonl", batch_size=2)
+        assert [v.verdict for v in judge(queries)] == [True, False, True]
+        assert judge.asked == 3 and judge.calls == 2 and len(endpoint.bodies) == 3
+        path, body = endpoint.bodies[0]
+        assert path == "/v1/chat/completions"
+        assert body["model"] == "m" and body["temperature"] == 0 and body["max_tokens"] == 5
+        assert [m["role"] for m in body["messages"]] == ["user"]
+        assert {b["messages"][0]["content"] for _, b in endpoint.bodies} == {judge_prompt(q) for q in queries}
+        with pytest.raises(RuntimeError, match="HTTP 500"):
+            openai_judge(endpoint.url, "broken")(queries[:1])
+    finally:
+        endpoint.close()
+    with pytest.raises(RuntimeError, match="unreachable"):
+        openai_judge(endpoint.url, "m", timeout=5)(queries[:1])
+
+
+def test_filter_takes_an_endpoint_judge_with_its_model_name(tmp_path):
+    from lavit.teacher.filter import build_judge, judge_identity
+    from lavit.teacher.filter_config import FilterConfig
+
+    cfg = FilterConfig(matcher="judge", judge="http://127.0.0.1:8000/v1", judge_model="qwen")
+    assert judge_identity(cfg.judge, cfg.seed, cfg.judge_model) == "http://127.0.0.1:8000/v1#qwen"
+    endpoint = _Endpoint()
+    try:
+        cfg = FilterConfig(matcher="judge", judge=endpoint.url, judge_model="qwen", out=str(tmp_path / "sft"))
+        judge = build_judge(cfg, cfg.judge, {})
+        assert judge.name == f"{endpoint.url}#qwen" and judge.path == tmp_path / "sft.judge_cache.jsonl"
+        assert [v.verdict for v in judge([JudgeQuery("q ?", "red", "red")])] == [True]
+        assert endpoint.bodies[0][1]["model"] == "qwen"
+    finally:
+        endpoint.close()
+    with pytest.raises(ValueError, match="needs judge_model"):
+        FilterConfig(matcher="judge", judge="http://127.0.0.1:8000/v1")
+    with pytest.raises(ValueError, match="judge_model"):
+        FilterConfig(matcher="judge", judge="tiny", judge_model="qwen")

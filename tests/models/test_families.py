@@ -69,3 +69,10 @@ def test_tiny_configs_follow_the_spec(name):
     text = config.text_config
     assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (192, 3, 4)
     assert config.model_type == name and not config.tie_word_embeddings
+    # every head is hidden / heads wide, and mRoPE's (t, h, w) sections cover exactly its rotary frequencies (a
+    # config default, e.g. Qwen3-VL's head_dim 128, would leave dims rotated by time alone; vLLM refuses it)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert head_dim * text.num_attention_heads == text.hidden_size
+    rope = text.rope_parameters
+    rotary = int(head_dim * rope.get("partial_rotary_factor", getattr(text, "partial_rotary_factor", 1.0)))
+    assert sum(rope["mrope_section"]) == rotary // 2

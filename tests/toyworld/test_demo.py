@@ -205,7 +205,8 @@ def test_demo_with_students_of_another_family(tmp_path, monkeypatch):
     budget = ArtifactBudget(student_vision_steps=10, base_steps=5, capacity_steps=5, val_samples=16)
     built = build_artifacts(tmp_path / "artifacts-qwen3_vl", budget, DemoConfig().world, roles=("capacity",),
                             student_family="qwen3_vl")
-    monkeypatch.setattr(lavit.demo, "budget_for", lambda family: budget)
+    monkeypatch.setattr(lavit.demo, "budget_for", lambda family, world_name: {("qwen3_vl", "default"): budget}[
+        family, world_name])  # the demo asks for its own world's budget
     assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--student-family", "qwen3_vl", *SMALL]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert (results["settings"]["student_family"], results["settings"]["teacher_family"]) == ("qwen3_vl", "qwen2_5_vl")

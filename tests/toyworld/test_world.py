@@ -148,6 +148,10 @@ def test_the_premise_world_prior_names_one_shape_per_colour():
     assert abs(np.mean([s.answer == s.prior_answer for s in color_qs]) - PREMISE_WORLD.prior_strength) < 0.05
     shape_qs = [s for s in samples if s.kind == "shape"]
     assert all(s.prior_answer == {c: k for k, c in PRIOR_COLOR.items()}[s.question.split()[3]] for s in shape_qs)
+    # most questions ask for a shape (the kind a student learns to see last), and the prior is right about half the
+    # time on both kinds, so a student that does not find the evidence stays far below the teacher
+    assert 0.5 < len(shape_qs) / len(samples) <= PREMISE_WORLD.shape_question_share
+    assert all(0.4 < np.mean([s.answer == s.prior_answer for s in qs]) < 0.6 for qs in (color_qs, shape_qs))
 
 
 def test_premise_world_configs_are_validated():

@@ -37,6 +37,7 @@ from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
 from lavit.data.samples import Rejection, answer_text, check_text, read_jsonl_samples, resolve_image
 from lavit.data.signal_store import write_json_atomic
 from lavit.eval.benchmarks import get_benchmark
+from lavit.eval.benchmarks.label_fixes import apply_label_fixes
 from lavit.eval.items import ImageRef, kind
 from lavit.eval.matching import answers_match, extract_option_letter, normalize_answer
 from lavit.eval.stats import accuracy_summary, paired_difference
@@ -100,12 +101,22 @@ class LoadedModel:
 
 
 # -- items ------------------------------------------------------------------------------------------------------
-def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0) -> list[AuditItem]:
-    """A benchmark's items as `lavit eval` reads them (each image decoded once to decide its skip)."""
-    items = get_benchmark(benchmark).load(Path(data_root))
+def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False
+                    ) -> tuple[list[AuditItem], dict]:
+    """A benchmark's items as `lavit eval` reads them (each image decoded once to decide its skip), with its
+    documented label errors corrected when `label_fixes` (as `lavit eval --label-fixes`); and what was applied
+    (`{label_fixes, label_fixes_not_applied}`, empty without)."""
+    bench = get_benchmark(benchmark)
+    if label_fixes and not bench.label_fixes:
+        raise ValueError(f"no documented label errors are known for {benchmark}; drop --label-fixes")
+    items = bench.load(Path(data_root))
     items = items[:max_samples] if max_samples else items
+    record = {}
+    if label_fixes:
+        items, applied, not_applied = apply_label_fixes(items, bench.label_fixes, benchmark)
+        record = {"label_fixes": applied, "label_fixes_not_applied": not_applied}
     return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem())
-            for it in items]
+            for it in items], record
 
 
 def sample_items(samples: str | Path, image_root: str | Path, max_samples: int = 0) -> list[AuditItem]:
@@ -389,8 +400,10 @@ def _row(name: str, scored: dict[str, dict[str, dict]], donors: dict | None, n_r
     row["flip_rate"] = sum(answers[i]["extracted"] != forced[i]["extracted"] for i in ids) / len(ids)
     if name == "swap":
         row["no_donor"] = n_ready - len(ids)
-        # items whose own answer differs from their donor's: does the swapped answer become the donor's?
-        contrast = [i for i in ids if forced[i]["extracted"] != forced[donors[i]["donor"]]["extracted"]]
+        # items whose own answer differs from their donor's, both an answer (no letter, or an empty text, is none):
+        # does the swapped answer become the donor's?
+        contrast = [i for i in ids if forced[i]["extracted"] not in (None, "")
+                    and forced[donors[i]["donor"]]["extracted"] not in (None, "", forced[i]["extracted"])]
         followed = sum(answers[i]["extracted"] == forced[donors[i]["donor"]]["extracted"] for i in contrast)
         row["follows_donor"] = {"n": len(contrast), "followed": followed,
                                 "rate": followed / len(contrast) if contrast else None}
@@ -400,9 +413,12 @@ def _row(name: str, scored: dict[str, dict[str, dict]], donors: dict | None, n_r
 # -- files ------------------------------------------------------------------------------------------------------
 def run_audit(model, out: str | Path, *, benchmark: str = "", data_root: str | Path = "", samples: str | Path = "",
               image_root: str | Path = "", interventions: list[str] | None = None, seed: int = 0,
-              batch_size: int = 8, max_samples: int = 0) -> dict:
+              batch_size: int = 8, max_samples: int = 0, label_fixes: bool = False) -> dict:
     """Audit `model` on a benchmark (`benchmark` + `data_root`) or a sample file (`samples` + `image_root`);
-    writes OUT/audit.json and OUT/audit.md and returns the results with their settings."""
+    writes OUT/audit.json and OUT/audit.md and returns the results with their settings. `label_fixes`: the
+    benchmark's documented label errors corrected (a setting, and what was applied recorded in the result)."""
+    if label_fixes and not benchmark:
+        raise ValueError("label fixes apply to a benchmark, not a sample file")
     if bool(benchmark) == bool(samples):
         raise ValueError("give exactly one of a benchmark (with its data root) or a sample file (with its image root)")
     if max_samples < 0:
@@ -419,17 +435,19 @@ def run_audit(model, out: str | Path, *, benchmark: str = "", data_root: str | P
         source = {"samples": str(Path(samples).resolve()), "image_root": str(Path(image_root).resolve())}
         inputs = {"samples": samples, "image_root": image_root}
     settings = {**source, **model.describe(), "interventions": choose_interventions(interventions), "seed": seed,
-                "max_samples": max_samples}
+                "max_samples": max_samples,
+                **({"label_fixes": [fix.describe() for fix in get_benchmark(benchmark).label_fixes]}
+                   if label_fixes else {})}
     if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
         settings["model"] = str(Path(settings["model"]).resolve())
     refuse_inputs_inside(out, inputs, key="output folder")
-    items = (benchmark_items(benchmark, data_root, max_samples) if benchmark
-             else sample_items(samples, image_root, max_samples))
+    items, fixes = (benchmark_items(benchmark, data_root, max_samples, label_fixes) if benchmark
+                    else (sample_items(samples, image_root, max_samples), {}))
     with RunLock(out):
         record_settings(out / "run.json", settings, hint="use another --out")
         result = audit_items(model, items, interventions=interventions, seed=seed, batch_size=batch_size,
                              desc=benchmark or Path(samples).name)
-        result = {"settings": settings, **result}
+        result = {"settings": settings, **fixes, **result}
         write_json_atomic(result, out / AUDIT_JSON)
         tmp = out / (AUDIT_MD + ".tmp")
         tmp.write_text(audit_markdown(result), encoding="utf-8")

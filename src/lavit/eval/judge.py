@@ -1,8 +1,9 @@
 """A model judge for free-text answers the rules cannot decide (the teacher filter's `matcher=judge`).
 
 A judge is a function from a batch of `JudgeQuery` (question, reference answer, candidate answer) to the raw
-texts it wrote: `transformers_judge` asks a local checkpoint of any supported family through
-`generate_answers`; another backend (e.g. an OpenAI-compatible endpoint) only has to be such a function.
+texts it wrote: `engine_judge` asks a local checkpoint of any supported family on a generation engine
+(`lavit.inference.engines`: transformers or vLLM; `transformers_judge` for a loaded model), `openai_judge` any
+OpenAI-compatible chat endpoint (a `vllm serve`, a hosted model), one user message per query, greedy.
 The prompt is fixed and versioned (`JUDGE_PROMPT_VERSION`); `parse_judge_output` reads a strict yes/no.
 `CachedJudge` asks each distinct query once per prompt version and judge, in batches, and keeps every raw
 output in a JSONL cache so a rerun asks nothing again. `decide` lets the rules decide first and sends only
@@ -13,14 +14,17 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from lavit.eval.matching import Verdict
-from lavit.inference.generate import generate_answers
+from lavit.inference.engines import TransformersEngine
 
 JUDGE_PROMPT_VERSION = "judge-v1"
 JUDGE_PROMPT = (
@@ -73,12 +77,52 @@ def parse_judge_output(raw: str) -> bool | None:
     return word == "yes"
 
 
-def transformers_judge(model, processor, *, max_new_tokens: int = 8, system_prompt: str | None = None) -> RawJudge:
-    """A judge asking a loaded model (text only, greedy) one batch per call."""
+def engine_judge(engine, *, max_new_tokens: int = 8, system_prompt: str | None = None) -> RawJudge:
+    """A judge asking a model on a generation engine (text only, greedy) one batch per call."""
 
     def judge(queries: list[JudgeQuery]) -> list[str]:
-        return generate_answers(model, processor, None, [judge_prompt(q) for q in queries], latent_tokens=[],
-                                mode="none", system_prompt=system_prompt, max_new_tokens=max_new_tokens)
+        return engine.generate(None, [judge_prompt(q) for q in queries], latent_tokens=[], mode="none",
+                               system_prompt=system_prompt, max_new_tokens=max_new_tokens)
+
+    return judge
+
+
+def transformers_judge(model, processor, *, max_new_tokens: int = 8, system_prompt: str | None = None) -> RawJudge:
+    """A judge asking a loaded model (text only, greedy) one batch per call."""
+    return engine_judge(TransformersEngine(model, processor), max_new_tokens=max_new_tokens,
+                        system_prompt=system_prompt)
+
+
+def is_endpoint(judge: str) -> bool:
+    """Whether a judge setting names an OpenAI-compatible endpoint (http(s)://HOST:PORT/v1) rather than a model."""
+    return judge.startswith(("http://", "https://"))
+
+
+def openai_judge(base_url: str, model: str, *, max_new_tokens: int = 8, timeout: float = 120.0,
+                 concurrency: int = 8) -> RawJudge:
+    """A judge asking an OpenAI-compatible endpoint: one chat request per query (the prompt as the user's message,
+    temperature 0), `concurrency` at a time. A failed request is an error naming the endpoint, never a verdict."""
+    url = base_url.rstrip("/") + "/chat/completions"
+
+    def ask(query: JudgeQuery) -> str:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": judge_prompt(query)}],
+                           "temperature": 0, "max_tokens": max_new_tokens}).encode()
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                reply = json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"judge endpoint {url} answered HTTP {err.code}: {err.read()[:300]!r}") from None
+        except (urllib.error.URLError, TimeoutError) as err:
+            raise RuntimeError(f"judge endpoint {url} unreachable ({err}); is the server up?") from None
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise RuntimeError(f"judge endpoint {url} sent no chat completion: {str(reply)[:300]}") from None
+
+    def judge(queries: list[JudgeQuery]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(queries)))) as pool:
+            return list(pool.map(ask, queries))
 
     return judge
 

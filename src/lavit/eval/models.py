@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lavit.eval.items import EvalItem
-from lavit.inference.generate import LATENT_MODES, generate_answers
+from lavit.inference.engines import TransformersEngine, VllmEngine, check_engine
+from lavit.inference.generate import LATENT_MODES
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta, tiny_name
 from lavit.models.gating import InferenceGate
 from lavit.models.grid import processor_pixel_limits
@@ -27,11 +28,15 @@ class ConstantModel:
 
 
 class GenerativeModel:
-    """A Qwen-VL checkpoint answering greedily, with or without latent tokens (DESIGN §2 modes)."""
+    """A Qwen-VL checkpoint answering greedily, with or without latent tokens (DESIGN §2 modes), on transformers
+    (`.model`, `.processor`: the audit's interventions use them) or on vLLM (`engine='vllm'`: forced, natural and
+    none; no inference gate; `max_images` images per prompt at most)."""
 
     def __init__(self, name: str, *, latent_tokens: list[str] | None = None, mode: str | None = None,
                  system_prompt: str | None = None, max_new_tokens: int = 32, dtype: str = "auto",
-                 device_map: str = "", seed: int = 0, min_pixels: int = 0, max_pixels: int = 0):
+                 device_map: str = "", seed: int = 0, min_pixels: int = 0, max_pixels: int = 0,
+                 engine: str = "transformers", tensor_parallel_size: int = 1, max_model_len: int = 0,
+                 max_images: int = 4, enforce_eager: bool = False):
         meta = read_lavit_meta(name) if Path(name).is_dir() else {}
         self.latent_tokens = list(latent_tokens) if latent_tokens else list(meta.get("latent_tokens", []))
         self.mode = mode or ("forced" if self.latent_tokens else "none")
@@ -46,10 +51,31 @@ class GenerativeModel:
         self.gate = InferenceGate.from_meta(meta)  # a student trained to a final γ < 1 keeps its gate
         self.name = name
         self.max_new_tokens = max_new_tokens
+        self.engine_name = check_engine(engine)
         # Resolution: as asked, else the limits the student was trained at (lavit.json), else the processor's.
-        self.model, self.processor = load_for_inference(
-            name, dtype=dtype, device_map=device_map, seed=seed, min_pixels=min_pixels or meta.get("min_pixels", 0),
-            max_pixels=max_pixels or meta.get("max_pixels", 0))
+        pixels = {"min_pixels": min_pixels or meta.get("min_pixels", 0),
+                  "max_pixels": max_pixels or meta.get("max_pixels", 0)}
+        if engine == "vllm":
+            # refused before vLLM starts: what only lavit's attention function can do
+            if self.mode == "masked":
+                raise ValueError("latent mode 'masked' hides the latents with lavit's own attention function, which "
+                                 "vLLM does not run: use --engine transformers")
+            if self.gate is not None:
+                raise ValueError(f"{name} keeps an inference gate (lavit.json inference_gate, γ < 1 on image keys), "
+                                 "an attention bias vLLM does not apply: use --engine transformers")
+            if device_map:
+                raise ValueError("--device-map is transformers'; vLLM splits a model with --tensor-parallel-size")
+            self.model = None
+            self.engine = VllmEngine(name, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
+                                     max_model_len=max_model_len, max_images=max_images, enforce_eager=enforce_eager,
+                                     **pixels)
+            self.processor = self.engine.processor
+        else:
+            if tensor_parallel_size != 1:
+                raise ValueError("--tensor-parallel-size is vLLM's; transformers splits a model with --device-map auto")
+            self.model, self.processor = load_for_inference(name, dtype=dtype, device_map=device_map, seed=seed,
+                                                            **pixels)
+            self.engine = TransformersEngine(self.model, self.processor, gate=self.gate)
         self._check_tokens()
 
     def _check_tokens(self) -> None:
@@ -69,16 +95,21 @@ class GenerativeModel:
         return {"model": self.name, "latent_tokens": self.latent_tokens, "latent_mode": self.mode,
                 "system_prompt": self.system_prompt, "max_new_tokens": self.max_new_tokens,
                 **({"inference_gate": vars(self.gate)} if self.gate else {}),
-                "dtype": str(self.model.dtype).removeprefix("torch."), **self.pixel_limits}
+                **({"engine": self.engine_name} if self.engine_name != "transformers" else {}),
+                "dtype": self.engine.dtype, **self.pixel_limits}
 
     def answer(self, items: list[EvalItem]) -> list[str]:
         return self.generate([[ref.open() for ref in item.images] for item in items], [item.prompt for item in items])
 
     def generate(self, images: list[list], prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers for prompts with their images (a list per prompt, possibly empty)."""
-        return generate_answers(self.model, self.processor, images, prompts, latent_tokens=self.latent_tokens,
-                                mode=self.mode, system_prompt=self.system_prompt,
-                                max_new_tokens=max_new_tokens or self.max_new_tokens, gate=self.gate)
+        return self.engine.generate(images, prompts, latent_tokens=self.latent_tokens, mode=self.mode,
+                                    system_prompt=self.system_prompt,
+                                    max_new_tokens=max_new_tokens or self.max_new_tokens)
+
+    def close(self) -> None:
+        """Release the engine (vLLM's processes and memory)."""
+        self.engine.close()
 
 
 def load_eval_model(spec: str, **kwargs):

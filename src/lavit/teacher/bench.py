@@ -14,6 +14,11 @@ Times are medians of interleaved repeats. Peak memory: CUDA's peak allocator sta
 the process's peak resident set (Linux VmHWM, reset before each call) on CPU; `*_total` ratios
 include the weights, `*_activation` ratios only what each call adds above them.
 `bytes_per_sample`: one stored row at the real 32B teacher dims (5120-d V_sem fp16, 700-token map).
+
+With `--vllm` (`bench_answers`), the teacher-answer stage too, in the same run: the same model saved to disk,
+the same prompts (smaller images, `ANSWER_IMAGE_SIZE`), greedy answers of `max_new_tokens` on transformers
+(`generate`, `batch_size` prompts per call, as `lavit extract`) and on vLLM (one call, its scheduler batching):
+answers per second of each, their ratio, vLLM's start-up apart, and whether the answers were equal.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import torch
 from PIL import Image
 
 from lavit.data.signal_store import SIGNAL_SCHEMA
+from lavit.inference.engines import TransformersEngine, VllmEngine, import_vllm
 from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.checkpoint import load_for_inference
 from lavit.models.qwen_configs import qwen_spec
 from lavit.models.tiny import (
     BASE_WORDS,
@@ -58,6 +65,7 @@ SPECS = {"bench": BENCH_SPEC, "qwen2.5-vl-32b": QWEN_32B_SPEC, "tiny": TEACHER_S
 IMAGE_SIZE = (27 * 28, 26 * 28)  # 27 × 26 = 702 merged image tokens
 TEACHER_32B_DIM = _QWEN_32B.hidden_size  # V_sem width of the 32B teacher
 REAL_MAP_TOKENS = 700
+ANSWER_IMAGE_SIZE = (10 * 28, 9 * 28)  # 90 merged image tokens: the answer bench's prefill stays seconds on a CPU
 
 
 class PeakMemory:
@@ -231,3 +239,55 @@ def bench_extract(batch_size: int = 2, repeats: int = 5, seed: int = 0, config: 
         "bytes_per_sample": bytes_per_sample(),
         "bytes_per_sample_dims": {"v_sem": TEACHER_32B_DIM, "a_traj": REAL_MAP_TOKENS},
     }
+
+
+def bench_answers(num_prompts: int = 16, batch_size: int = 8, max_new_tokens: int = 32, seed: int = 0,
+                  config: str = "bench", num_layers: int = 0, enforce_eager: bool = False) -> dict:
+    """Teacher answers per second on transformers and on vLLM, same model (saved to a temporary directory), same
+    prompts; fp32 on a CPU, bf16 on a GPU. Random weights repeat tokens and rarely end early, so every answer
+    is about `max_new_tokens` long on both engines."""
+    import_vllm()  # before anything is built
+    if config not in SPECS:
+        raise ValueError(f"bench config must be one of {sorted(SPECS)}")
+    spec = dataclasses.replace(SPECS[config], num_hidden_layers=num_layers) if num_layers else SPECS[config]
+    pixels = ANSWER_IMAGE_SIZE[0] * ANSWER_IMAGE_SIZE[1]
+    processor = build_tiny_processor(build_tiny_tokenizer(), min_pixels=pixels, max_pixels=pixels)
+    model = build_tiny_model(processor.tokenizer, spec, seed=seed)
+    rng = np.random.default_rng(seed)
+    words = [w for w in BASE_WORDS if w.isalpha()]
+    images = [Image.fromarray(rng.integers(0, 255, (ANSWER_IMAGE_SIZE[1], ANSWER_IMAGE_SIZE[0], 3), dtype=np.uint8))
+              for _ in range(num_prompts)]
+    questions = [" ".join(rng.choice(words, 30)) + " ?" for _ in range(num_prompts)]
+    ask = {"latent_tokens": [], "mode": "none", "max_new_tokens": max_new_tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        del model
+        hf_model, hf_processor = load_for_inference(tmp)
+        hf = TransformersEngine(hf_model, hf_processor)
+        hf.generate(images[:1], questions[:1], **{**ask, "max_new_tokens": 2})  # warm-up
+        start = time.perf_counter()
+        hf_answers = [a for i in range(0, num_prompts, batch_size)
+                      for a in hf.generate(images[i:i + batch_size], questions[i:i + batch_size], **ask)]
+        hf_seconds = time.perf_counter() - start
+        hf.close()
+        start = time.perf_counter()
+        vllm = VllmEngine(tmp, dtype="float32" if not torch.cuda.is_available() else "bfloat16", seed=seed,
+                          max_model_len=2048, enforce_eager=enforce_eager)
+        startup = time.perf_counter() - start
+        try:
+            vllm.generate(images[:1], questions[:1], **{**ask, "max_new_tokens": 2})  # warm-up
+            start = time.perf_counter()
+            vllm_answers = vllm.generate(images, questions, **ask)
+            vllm_seconds = time.perf_counter() - start
+        finally:
+            vllm.close()
+    rates = {"transformers": num_prompts / hf_seconds, "vllm": num_prompts / vllm_seconds}
+    return {"device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+            "model": {"config": config, "hidden": spec.hidden_size, "layers": spec.num_hidden_layers},
+            "prompts": num_prompts, "transformers_batch_size": batch_size, "max_new_tokens": max_new_tokens,
+            "image_tokens": (ANSWER_IMAGE_SIZE[0] // 28) * (ANSWER_IMAGE_SIZE[1] // 28),
+            "seconds": {"transformers": hf_seconds, "vllm": vllm_seconds, "vllm_startup": startup},
+            "answers_per_second": rates, "ratio_vllm_over_transformers": rates["vllm"] / rates["transformers"],
+            "answers_equal": hf_answers == vllm_answers,
+            "answers_differing": sum(a != b for a, b in zip(hf_answers, vllm_answers))}

@@ -12,7 +12,10 @@ from lavit.data.run_dir import resolve_paths
 from lavit.teacher.probe import QUERY_CHOICES
 
 # Settings that do not change a single stored value; a resumed run may change them freely.
-RESUMABLE_KEYS = ("out", "shard", "max_samples", "rows_per_file", "device_map")
+# The vLLM options are the engine's placement and batching, as device_map is transformers'.
+RESUMABLE_KEYS = ("out", "shard", "max_samples", "rows_per_file", "device_map", "tensor_parallel_size",
+                  "vllm_batch_size", "vllm_max_model_len", "vllm_enforce_eager")
+ENGINES = ("transformers", "vllm")
 
 
 @dataclass
@@ -26,7 +29,20 @@ class ExtractConfig:
                          "built-in random tiny teacher (smoke tests).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field("auto", "auto = bfloat16 on GPU, float32 on CPU.")
     device_map: str = field("", "'' = one device (this worker's GPU, else CPU); 'auto' splits the teacher over all "
-                            "visible GPUs.")
+                            "visible GPUs (transformers: the answers and the probe pass; with engine=vllm the probe "
+                            "pass only).")
+    engine: Literal["transformers", "vllm"] = field(
+        "transformers", "Engine of the teacher's answers: transformers' generate, or vLLM (needs the vllm package). "
+        "With vllm the run has two phases — every answer of this worker (journaled in OUT/teacher_answers-*.jsonl), "
+        "then the probe pass in transformers — so the two never hold the teacher at once; a killed run resumes "
+        "either phase. The probe pass always runs in transformers.")
+    tensor_parallel_size: int = field(1, "engine=vllm: GPUs the teacher is split over within this worker "
+                                      "(data parallel across workers with shard=).")
+    vllm_batch_size: int = field(256, "engine=vllm: samples per vLLM generate call (its scheduler batches within; a "
+                                 "killed answer phase loses at most one call's answers).")
+    vllm_max_model_len: int = field(0, "engine=vllm: longest prompt + answer in tokens (0 = the model's own).")
+    vllm_enforce_eager: bool = field(False, "engine=vllm: no CUDA graphs / torch.compile (start-up in seconds: "
+                                     "small runs and tests).")
     batch_size: int = field(8, "Samples per generation call and per signal forward pass.")
     max_new_tokens: int = field(128, "Longest teacher answer (greedy).")
     layers: str = field("all", "Decoder layers averaged in A_traj: 'all' (eq. 2), 'last:N' (official code: last:8), "
@@ -59,10 +75,14 @@ class ExtractConfig:
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0")
         positive = ("batch_size", "max_new_tokens", "rows_per_file", "min_image_side", "max_image_pixels",
-                    "max_text_tokens")
+                    "max_text_tokens", "tensor_parallel_size", "vllm_batch_size")
         zero = [name for name in positive if getattr(self, name) < 1]
         if zero:
             raise ValueError(f"{', '.join(zero)} must be at least 1")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "transformers" and self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size is vLLM's (engine=vllm); transformers splits with device_map=auto")
         if self.queries not in QUERY_CHOICES:
             raise ValueError(f"queries must be one of {QUERY_CHOICES}")
         if self.min_pixels < 0 or self.max_pixels < 0 or (self.max_pixels and self.min_pixels > self.max_pixels):

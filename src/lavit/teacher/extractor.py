@@ -8,10 +8,18 @@ Per batch of samples: greedy teacher answers (one batched `generate`), then ONE 
 (eq. 2) for the chosen layers and query tokens, and the final-layer states at the image tokens give
 V_sem; S_focus (eq. 1) follows from A_traj and the sample's box. Batches are fixed groups of input
 positions, so an interrupted and resumed run stores exactly what an uninterrupted run stores.
+
+With `engine=vllm` a worker runs in two phases: first vLLM answers every sample of its share (one journal line
+per batch group in `OUT/teacher_answers-wIIIofNNN.jsonl`, appended after each vLLM call), then vLLM is shut down
+and the probe pass reads those answers, in transformers, group by group as above. A run killed in the answer
+phase resumes it from the journal; one killed in the probe pass skips the answer phase (every answer is
+journaled) and continues from the stored rows.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +53,7 @@ from lavit.data.signal_store import (
     write_json_atomic,
 )
 from lavit.data.visual_cot import read_visual_cot
+from lavit.inference.engines import VllmEngine, import_vllm
 from lavit.inference.generate import generate_answers
 from lavit.models.checkpoint import load_for_inference
 from lavit.models.families import family_of
@@ -204,8 +213,9 @@ def prepare(index: int, sample: Sample, image_root: Path, limits: ImageLimits,
     return Prepared(index, sample, image, pixel_box(sample, image.size))
 
 
-def process_group(extractor: SignalExtractor, group: list[tuple[int, Sample]], image_root: Path,
-                  limits: ImageLimits, text_limits: TextLimits | None = None) -> list[dict]:
+def prepare_group(group: list[tuple[int, Sample]], image_root: Path, limits: ImageLimits,
+                  text_limits: TextLimits | None) -> tuple[dict[int, dict], list[Prepared]]:
+    """Each sample's pending row (its rejection reason filled in where `prepare` refuses it) and the prepared rest."""
     rows: dict[int, dict] = {}
     ready: list[Prepared] = []
     for index, sample in group:
@@ -214,8 +224,25 @@ def process_group(extractor: SignalExtractor, group: list[tuple[int, Sample]], i
             ready.append(prepare(index, sample, image_root, limits, text_limits))
         except Rejection as rej:
             rows[index]["reject_reason"] = str(rej)
+    return rows, ready
+
+
+def process_group(extractor: SignalExtractor, group: list[tuple[int, Sample]], image_root: Path,
+                  limits: ImageLimits, text_limits: TextLimits | None = None,
+                  answers: dict[int, str] | None = None) -> list[dict]:
+    """The group's rows: teacher answers (generated, or read from `answers` by input index: the journal of
+    the vLLM answer phase), then the signal pass."""
+    rows, ready = prepare_group(group, image_root, limits, text_limits)
     if ready:
-        answers = extractor.answers([p.image for p in ready], [p.sample.question for p in ready])
+        if answers is None:
+            answers = extractor.answers([p.image for p in ready], [p.sample.question for p in ready])
+        else:
+            missing = [p.sample.id for p in ready if p.index not in answers]
+            if missing:
+                raise RuntimeError(f"no journaled teacher answer for samples {missing[:5]}: the answer phase did not "
+                                   "cover them (was the journal edited?); delete the teacher_answers-*.jsonl files "
+                                   "to answer again")
+            answers = [answers[p.index] for p in ready]
         for p, answer in zip(ready, answers):
             rows[p.index]["image_size"] = list(p.image.size)
             rows[p.index]["bbox"] = p.bbox
@@ -252,6 +279,7 @@ def open_store(cfg: ExtractConfig, num_inputs: int) -> ShardWriter:
                          f"{SCHEMA_VERSION}; extract into a new directory")
     stored = manifest.get("settings") or {}
     stored = resolve_paths(stored, [k for k in ("samples", "image_root") if k in stored])  # older stores: as typed
+    stored = {"engine": "transformers", **stored}  # stores from before the engine choice were answered by transformers
     differ = sorted(k for k in set(settings) | set(stored) if settings.get(k) != stored.get(k))
     if differ:
         shown = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} here" for k in differ[:6])
@@ -282,8 +310,74 @@ def record_counts(out: Path, num_inputs: int) -> dict:
     return update_manifest(out, change)["counts"]
 
 
+ANSWER_JOURNAL = "teacher_answers-w{worker:03d}of{workers:03d}.jsonl"
+
+
+def read_answer_journals(out: Path) -> tuple[dict[int, str], set[int]]:
+    """(teacher answers by input index, the batch groups answered) from every worker's journal in the store: the
+    store's settings are fixed, so any worker's answers hold, whatever the sharding was. A line torn by a kill is
+    dropped (and rewritten away), its group answered again."""
+    answers: dict[int, str] = {}
+    groups: set[int] = set()
+    for path in sorted(out.glob("teacher_answers-w*.jsonl")):
+        lines = path.read_text(encoding="utf-8").split("\n")
+        complete, tail = lines[:-1], lines[-1]
+        if tail.strip():
+            path.write_text("".join(line + "\n" for line in complete), encoding="utf-8")
+        for line in complete:
+            if line.strip():
+                entry = json.loads(line)
+                groups.add(entry["group"])
+                answers.update({int(i): a for i, a in entry["answers"].items()})
+    return answers, groups
+
+
+def vllm_answer_phase(cfg: ExtractConfig, out: Path, groups: list[tuple[int, list[tuple[int, Sample]]]],
+                      done: set[str], limits: ImageLimits) -> dict[int, str]:
+    """Phase 1 of engine=vllm: the teacher's answers for `groups` ((group number, samples)), journaled; vLLM is shut
+    down before returning, so the probe pass can load the teacher."""
+    answers, answered = read_answer_journals(out)
+    pending = [(g, [(i, s) for i, s in grp if s.id not in done]) for g, grp in groups if g not in answered]
+    if not pending:
+        return answers
+    engine = VllmEngine(cfg.teacher, dtype=cfg.dtype, seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size,
+                        max_model_len=cfg.vllm_max_model_len, max_images=1, min_pixels=cfg.min_pixels,
+                        max_pixels=cfg.max_pixels, enforce_eager=cfg.vllm_enforce_eager)
+    worker, workers = cfg.worker()
+    try:
+        record_pixel_limits(out, processor_pixel_limits(engine.processor.image_processor))
+        text_limits = TextLimits.for_tokenizer(engine.processor.tokenizer, cfg.max_text_tokens)
+        bar = tqdm(total=sum(len(grp) for _, grp in pending), unit="sample", desc="extract: vLLM answers")
+        with open(out / ANSWER_JOURNAL.format(worker=worker, workers=workers), "a", encoding="utf-8") as journal:
+            start = 0
+            while start < len(pending):
+                chunk, size = [], 0
+                while start < len(pending) and (not chunk or size + len(pending[start][1]) <= cfg.vllm_batch_size):
+                    chunk.append(pending[start])
+                    size += len(pending[start][1])
+                    start += 1
+                prepared = [(g, prepare_group(grp, Path(cfg.image_root), limits, text_limits)[1]) for g, grp in chunk]
+                flat = [p for _, ready in prepared for p in ready]
+                texts = engine.generate([p.image for p in flat], [p.sample.question for p in flat], latent_tokens=[],
+                                        mode="none", system_prompt=cfg.system_prompt or None,
+                                        max_new_tokens=cfg.max_new_tokens) if flat else []
+                got = {p.index: a for p, a in zip(flat, texts, strict=True)}
+                answers.update(got)
+                journal.write("".join(json.dumps({"group": g, "answers": {str(p.index): got[p.index] for p in ready}})
+                                      + "\n" for g, ready in prepared))
+                journal.flush()
+                os.fsync(journal.fileno())  # a kill after this point keeps the call's answers
+                bar.update(size)
+        bar.close()
+    finally:
+        engine.close()
+    return answers
+
+
 def run_extract(cfg: ExtractConfig) -> dict:
     start = time.time()
+    if cfg.engine == "vllm":
+        import_vllm()  # missing vllm fails before the store is created
     samples = read_samples(cfg.samples, cfg.input_format, cfg.lvr_box_format)
     if not Path(cfg.image_root or ".").is_dir():  # else every sample would be stored as 'image_missing'
         raise NotADirectoryError(f"image_root {cfg.image_root} is not a directory")
@@ -298,23 +392,25 @@ def run_extract(cfg: ExtractConfig) -> dict:
     worker, workers = cfg.worker()
     with open_store(cfg, num_inputs) as writer:
         done = writer.stored_ids()
-        ours = [grp for g, grp in enumerate(groups) if g % workers == worker]
-        todo = [grp for grp in ours if not all(s.id in done for _, s in grp)]
-        mine = sum(len(grp) for grp in ours)
+        ours = [(g, grp) for g, grp in enumerate(groups) if g % workers == worker]
+        todo = [(g, grp) for g, grp in ours if not all(s.id in done for _, s in grp)]
+        mine = sum(len(grp) for _, grp in ours)
         processed = 0
+        limits = ImageLimits(cfg.min_image_side, cfg.max_image_pixels)
+        # engine=vllm: every answer first (phase 1), the probe pass reads them; transformers answers per group
+        answers = vllm_answer_phase(cfg, out, todo, done, limits) if todo and cfg.engine == "vllm" else None
         if todo:
             model, processor = load_for_inference(cfg.teacher, dtype=cfg.dtype, device_map=cfg.device_map,
                                                   min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, seed=cfg.seed)
             record_pixel_limits(out, processor_pixel_limits(processor.image_processor))
             extractor = SignalExtractor(model, processor, layers=cfg.layers, queries=cfg.queries,
                                         system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
-            limits = ImageLimits(cfg.min_image_side, cfg.max_image_pixels)
             text_limits = TextLimits.for_tokenizer(processor.tokenizer, cfg.max_text_tokens)
             pending: list[dict] = []
-            bar = tqdm(total=mine, initial=mine - sum(len(g) for g in todo), unit="sample", desc="extract")
-            for grp in todo:
+            bar = tqdm(total=mine, initial=mine - sum(len(grp) for _, grp in todo), unit="sample", desc="extract")
+            for _, grp in todo:
                 grp = [(i, s) for i, s in grp if s.id not in done]
-                pending.extend(process_group(extractor, grp, Path(cfg.image_root), limits, text_limits))
+                pending.extend(process_group(extractor, grp, Path(cfg.image_root), limits, text_limits, answers))
                 processed += len(grp)
                 bar.update(len(grp))
                 if len(pending) >= cfg.rows_per_file:

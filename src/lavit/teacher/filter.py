@@ -36,9 +36,18 @@ from lavit.data.signal_store import (
     write_manifest,
     write_table_atomic,
 )
-from lavit.eval.judge import JUDGE_PROMPT_VERSION, CachedJudge, Decision, JudgeQuery, decide, transformers_judge
+from lavit.eval.judge import (
+    JUDGE_PROMPT_VERSION,
+    CachedJudge,
+    Decision,
+    JudgeQuery,
+    decide,
+    engine_judge,
+    is_endpoint,
+    openai_judge,
+)
 from lavit.eval.matching import get_verdict_matcher
-from lavit.inference.generate import generate_answers
+from lavit.inference.engines import TransformersEngine, VllmEngine, import_vllm
 from lavit.models.checkpoint import load_for_inference, tiny_name
 from lavit.teacher.filter_config import FilterConfig
 
@@ -162,26 +171,44 @@ def judge_cache_path(cfg: FilterConfig) -> Path:
     return Path(cfg.judge_cache) if cfg.judge_cache else out.parent / f"{out.name}.judge_cache.jsonl"
 
 
-def judge_identity(name: str, seed: int) -> str:
-    """The judge's name in cache keys: a local checkpoint by its absolute path, a tiny model with its seed."""
+def judge_identity(name: str, seed: int, endpoint_model: str = "") -> str:
+    """The judge's name in cache keys: a local checkpoint by its absolute path, a tiny model with its seed, an
+    endpoint by its URL and model name."""
+    if endpoint_model:
+        return f"{name.rstrip('/')}#{endpoint_model}"
     if tiny_name(name):
         return f"{name}@seed{seed}"
     return str(Path(name).resolve()) if Path(name).exists() else name
 
 
-def build_judge(cfg: FilterConfig, name: str, loaded: dict[str, tuple]) -> CachedJudge:
-    """A cached transformers judge that loads its model on its first uncached query (a rerun whose pairs are
-    all cached never loads it); a model already in `loaded` (the text-only model) is reused."""
+def load_engine(cfg: FilterConfig, name: str, max_images: int):
+    """`name` on the configured engine (`max_images`: images per vLLM prompt, 0 for text only)."""
+    if cfg.engine == "vllm":
+        return VllmEngine(name, dtype=cfg.dtype, seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size,
+                          max_model_len=cfg.vllm_max_model_len, max_images=max_images,
+                          enforce_eager=cfg.vllm_enforce_eager)
+    model, processor = load_for_inference(name, dtype=cfg.dtype, device_map=cfg.device_map, seed=cfg.seed)
+    return TransformersEngine(model, processor)
+
+
+def build_judge(cfg: FilterConfig, name: str, loaded: dict) -> CachedJudge:
+    """A cached judge: an endpoint, or a model that loads on its first uncached query (a rerun whose pairs are all
+    cached never loads it); an engine already in `loaded` (the text-only model) is reused, a new one is added."""
+    if is_endpoint(name):
+        raw = openai_judge(name, cfg.judge_model, max_new_tokens=cfg.judge_max_new_tokens, timeout=cfg.judge_timeout,
+                           concurrency=cfg.batch_size)
+        return CachedJudge(raw, judge_identity(name, cfg.seed, cfg.judge_model), judge_cache_path(cfg),
+                           cfg.batch_size)
     state: dict = {}
 
-    def raw(queries: list[JudgeQuery]) -> list[str]:
+    def raw_model(queries: list[JudgeQuery]) -> list[str]:
         if "judge" not in state:
-            model, processor = loaded.get(name) or load_for_inference(name, dtype=cfg.dtype,
-                                                                      device_map=cfg.device_map, seed=cfg.seed)
-            state["judge"] = transformers_judge(model, processor, max_new_tokens=cfg.judge_max_new_tokens)
+            if name not in loaded:
+                loaded[name] = load_engine(cfg, name, max_images=0)
+            state["judge"] = engine_judge(loaded[name], max_new_tokens=cfg.judge_max_new_tokens)
         return state["judge"](queries)
 
-    return CachedJudge(raw, judge_identity(name, cfg.seed), judge_cache_path(cfg), cfg.batch_size)
+    return CachedJudge(raw_model, judge_identity(name, cfg.seed), judge_cache_path(cfg), cfg.batch_size)
 
 
 def run_filter(cfg: FilterConfig) -> dict:
@@ -191,9 +218,11 @@ def run_filter(cfg: FilterConfig) -> dict:
     source = read_manifest(Path(cfg.signals))
     out = Path(cfg.out)
     # before anything is deleted: an out that is, or holds, an input is refused (overwrite=true would delete it)
+    if cfg.engine == "vllm":
+        import_vllm()  # missing vllm fails before anything is deleted or loaded
     prepare_output_folder(out, {"signals": cfg.signals, "text_only_image": cfg.text_only_image,
                                 "judge_cache": judge_cache_path(cfg), "text_model": cfg.text_model,
-                                "judge": cfg.judge}, cfg.overwrite)
+                                **({} if is_endpoint(cfg.judge) else {"judge": cfg.judge})}, cfg.overwrite)
     rows = read_store(cfg.signals).to_pylist()
     if not rows:
         raise ValueError(f"{cfg.signals} holds no rows")
@@ -202,28 +231,36 @@ def run_filter(cfg: FilterConfig) -> dict:
         raise ValueError(f"{cfg.signals} holds {len(rows)} of {expected} samples: an extract worker has not "
                          "finished (rerun `lavit extract` to complete the store)")
 
-    text_model_name, loaded = None, {}
-    if "difficulty" in cfg.stages:
-        text_model_name = source["teacher"] if cfg.text_model == "teacher" else cfg.text_model
-        model, processor = load_for_inference(text_model_name, dtype=cfg.dtype, device_map=cfg.device_map,
-                                              seed=cfg.seed)
-        loaded[text_model_name] = (model, processor)
-    judge_name = (source["teacher"] if cfg.judge == "teacher" else cfg.judge) if cfg.matcher == "judge" else None
-    judge = build_judge(cfg, judge_name, loaded) if judge_name else None
-
     blank = None
     if cfg.text_only_image:
         if not Path(cfg.text_only_image).is_file():
             raise FileNotFoundError(f"text_only_image {cfg.text_only_image} does not exist")
         blank = open_rgb(cfg.text_only_image)
+    loaded: dict = {}  # model name → engine, shared by the text-only model and the judge
+    try:
+        return _filter(cfg, source, rows, blank, loaded, start)
+    finally:
+        for engine in loaded.values():
+            engine.close()
+
+
+def _filter(cfg: FilterConfig, source: dict, rows: list[dict], blank, loaded: dict, start: float) -> dict:
+    out = Path(cfg.out)
+    text_model_name = None
+    if "difficulty" in cfg.stages:
+        text_model_name = source["teacher"] if cfg.text_model == "teacher" else cfg.text_model
+        loaded[text_model_name] = load_engine(cfg, text_model_name, max_images=0 if blank is None else 1)
+    judge_name = (source["teacher"] if cfg.judge == "teacher" else cfg.judge) if cfg.matcher == "judge" else None
+    judge = build_judge(cfg, judge_name, loaded) if judge_name else None
 
     def text_only_answers(questions: list[str]) -> list[str]:
+        engine = loaded[text_model_name]
         answers = []
         for i in tqdm(range(0, len(questions), cfg.batch_size), desc="text-only answers", unit="batch"):
             chunk = questions[i:i + cfg.batch_size]
-            answers += generate_answers(model, processor, None if blank is None else [blank] * len(chunk), chunk,
-                                        latent_tokens=[], mode="none", system_prompt=cfg.system_prompt or None,
-                                        max_new_tokens=cfg.max_new_tokens)
+            answers += engine.generate(None if blank is None else [blank] * len(chunk), chunk, latent_tokens=[],
+                                       mode="none", system_prompt=cfg.system_prompt or None,
+                                       max_new_tokens=cfg.max_new_tokens)
         return answers
 
     kept, dropped, verdicts = apply_filter(rows, cfg, text_only_answers, judge)

@@ -19,8 +19,11 @@ as for a real student that looks in the wrong places and guesses from priors: th
 (6 × 6 merged tokens, so it costs what the default world costs) with 3–5 objects in its 9 slots, of
 four shapes (a diamond, prior yellow, joins the three) that may repeat, so the asked-about object is one
 among coloured distractors. Questions name only an object that is unique in its scene (its shape, or
-its colour). Perception per token stays as easy as in the default world; attention spread over the image
-now reads mostly distractors, so the answer needs the model to find the one object asked about.
+its colour). Most questions (`shape_question_share` 0.6; 52 % once scenes without a uniquely coloured
+object fall back to a colour question) ask which shape has a colour: the kind a student learns last (find
+the one object of that colour, then read its shape off four 28-px tokens), and the prior is weaker
+(`prior_strength` 0.5: right about half the time on either kind), so a student that does not find the
+evidence guesses and stays far below the teacher.
 
 Scenes are drawn from seeded streams: `generate(split, n, world_seed=W, draw=D)` uses the stream
 (W, split, D). Splits (pretrain, teacher, pool, val, test) never share a stream; the toy models are
@@ -87,7 +90,8 @@ class WorldConfig:
         return ALL_SHAPES[:self.num_shapes]
 
 
-PREMISE_WORLD = WorldConfig(min_objects=3, max_objects=5, num_shapes=4, distinct_shapes=False)
+PREMISE_WORLD = WorldConfig(min_objects=3, max_objects=5, num_shapes=4, distinct_shapes=False, prior_strength=0.5,
+                            shape_question_share=0.6)
 WORLDS = {"default": WorldConfig(), "premise": PREMISE_WORLD}
 
 

@@ -17,8 +17,12 @@ def vision_config(spec, patch_size: int) -> dict:
 
 
 def tiny_config(tokenizer, spec) -> Qwen3VLConfig:
+    # head_dim set explicitly: Qwen3VLTextConfig's default (128) would not be hidden / heads, which mrope_section is
+    # sized for (vLLM refuses the mismatch; transformers would silently rotate the extra dims by time alone)
+    text = text_config_kwargs(tokenizer, spec, interleaved_mrope=True) | {
+        "head_dim": spec.hidden_size // spec.num_attention_heads}
     return Qwen3VLConfig(
-        text_config=text_config_kwargs(tokenizer, spec, interleaved_mrope=True),
+        text_config=text,
         # one DeepStack level, fed to decoder layer 0 (Qwen3-VL-8B: ViT layers 8, 16, 24 → decoder layers 0-2)
         vision_config={**vision_config(spec, FAMILY.patch_size), "deepstack_visual_indexes": [0]},
         tie_word_embeddings=spec.tie_word_embeddings, **token_ids(tokenizer))

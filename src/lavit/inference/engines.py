@@ -1,0 +1,217 @@
+"""Generation engines: one interface for every greedy answer lavit asks for (DESIGN §2, generation engines).
+
+Teacher answers (`lavit extract`), text-only answers and the model judge (`lavit filter`) and benchmark answers
+(`lavit eval`) call `engine.generate(images, questions, latent_tokens=..., mode=..., ...)` on one of:
+
+* `TransformersEngine` (`engine=transformers`, the default): transformers' `generate` through `generate_answers`,
+  with every latent mode and the inference gate.
+* `VllmEngine` (`engine=vllm`): vLLM's offline `LLM` on the checkpoint's directory, greedy, tensor parallel within
+  this worker (data parallel across `--shard`s as before). It gets the very prompt text transformers gets (the
+  chat template without latents, then the K latent tokens for `forced`), and every prompt's token ids as vLLM
+  tokenised them are checked against transformers' before an answer is accepted, so the two engines answer from
+  identical inputs. What needs lavit's own attention function — `masked`, an inference gate, audit
+  interventions — is refused, as is suppressing a student's latents in mode `none`.
+
+vllm is imported only when a `VllmEngine` is built: lavit runs without it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from lavit.console import MissingDependency
+from lavit.data.examples import render_prompt
+from lavit.data.samples import to_rgb
+from lavit.inference.generate import LATENT_MODES, ImagesPerQuestion, LatentMode, generate_answers
+from lavit.models.checkpoint import load_for_inference, load_model_and_processor, tiny_name
+from lavit.models.families import family_of
+from lavit.models.gating import InferenceGate
+
+ENGINES = ("transformers", "vllm")
+# Families whose tiny models vLLM's CPU build runs token for token as transformers
+# (tests/vllm_tests/test_vllm_engine.py).
+VLLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+VLLM_INSTALL_HINT = ("engine=vllm needs the vllm package: on a GPU machine `pip install vllm` (README, Installing "
+                     "by hand); on a CPU `make test-vllm` builds .venv-vllm with the tested CPU build")
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return engine
+
+
+def import_vllm():
+    """The vllm module, or an ImportError saying how to install it."""
+    # vLLM logs to stdout unless told otherwise; lavit's commands print their results there as JSON
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    try:
+        import vllm
+    except ImportError as err:
+        raise MissingDependency(f"{VLLM_INSTALL_HINT} ({err})") from err
+    if getattr(vllm, "__file__", None) is None:  # a folder named vllm on sys.path, not the package
+        raise MissingDependency(f"{VLLM_INSTALL_HINT} (`import vllm` found only the namespace {list(vllm.__path__)})")
+    return vllm
+
+
+def _per_question(images: ImagesPerQuestion, questions: list[str]) -> list[list[Image.Image]]:
+    if images is None:
+        return [[] for _ in questions]
+    per_question = [list(im) if isinstance(im, (list, tuple)) else [im] for im in images]
+    if len(per_question) != len(questions):
+        raise ValueError(f"{len(per_question)} image sets for {len(questions)} questions")
+    return [[to_rgb(im) for im in ims] for ims in per_question]  # in-memory images decode as files do
+
+
+class TransformersEngine:
+    """transformers' `generate` on a loaded model (`generate_answers`): every latent mode, the inference gate."""
+
+    name = "transformers"
+
+    def __init__(self, model, processor, *, gate: InferenceGate | None = None):
+        self.model, self.processor, self.gate = model, processor, gate
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model.dtype).removeprefix("torch.")
+
+    def generate(self, images: ImagesPerQuestion, questions: list[str], *, latent_tokens: list[str],
+                 mode: LatentMode = "forced", system_prompt: str | None = None, max_new_tokens: int = 32,
+                 min_new_tokens: int = 0) -> list[str]:
+        return generate_answers(self.model, self.processor, images, questions, latent_tokens=latent_tokens, mode=mode,
+                                system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                                min_new_tokens=min_new_tokens, gate=self.gate)
+
+    def close(self) -> None:
+        """Drop the model so a later engine can have its memory (the phases of `lavit extract engine=vllm`)."""
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class VllmEngine:
+    """vLLM's offline engine on a checkpoint directory (or a built-in tiny model, saved to a temporary one).
+
+    `dtype` 'auto' is bfloat16 on a GPU and float32 otherwise, as for transformers; `max_model_len` 0 keeps the
+    model's own; `max_images` is the most images one prompt holds (BLINK: 4; text-only: 0); `min_pixels` /
+    `max_pixels` (0 = the checkpoint processor's) resize images as transformers' processor does. `enforce_eager`
+    skips CUDA graphs and torch.compile (start-up in seconds instead of a minute: tests, small runs).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model: str, *, dtype: str = "auto", seed: int = 0, tensor_parallel_size: int = 1,
+                 max_model_len: int = 0, max_images: int = 1, min_pixels: int = 0, max_pixels: int = 0,
+                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False):
+        vllm = import_vllm()
+        from transformers import AutoConfig, AutoProcessor
+
+        self._tmp = None
+        if tiny_name(model):  # vLLM loads from disk: write the seeded tiny model out once
+            self._tmp = tempfile.TemporaryDirectory(prefix="lavit-vllm-")
+            built, processor = load_model_and_processor(model, seed=seed)
+            built.save_pretrained(self._tmp.name)
+            processor.save_pretrained(self._tmp.name)
+            directory = self._tmp.name
+        else:
+            directory = str(Path(model).resolve()) if Path(model).exists() else model
+        family = family_of(AutoConfig.from_pretrained(directory))  # an unsupported model fails here
+        if family.model_type not in VLLM_FAMILIES:
+            raise ValueError(f"engine=vllm: {family.model_type} models are not run by vLLM here (tested families: "
+                             f"{', '.join(VLLM_FAMILIES)}); use engine=transformers")
+        self.dtype = dtype if dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+        pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+        self.processor = AutoProcessor.from_pretrained(directory, **pixels)  # renders prompts, checks and decodes ids
+        self.model_name = model
+        self.llm = vllm.LLM(model=directory, tokenizer=directory, dtype=self.dtype, seed=seed,
+                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len or None,
+                            limit_mm_per_prompt={"image": max_images, "video": 0},
+                            mm_processor_kwargs=pixels or None, gpu_memory_utilization=gpu_memory_utilization,
+                            enforce_eager=enforce_eager)
+        self._sampling = vllm.SamplingParams
+
+    def generate_token_ids(self, images: ImagesPerQuestion, questions: list[str], *, latent_tokens: list[str],
+                           mode: LatentMode = "forced", system_prompt: str | None = None, max_new_tokens: int = 32,
+                           min_new_tokens: int = 0) -> list[list[int]]:
+        """Greedy new token ids per question (latents included, as generated), after checking vLLM's prompt ids."""
+        if mode not in LATENT_MODES:
+            raise ValueError(f"latent mode must be one of {LATENT_MODES}, got {mode!r}")
+        if mode == "masked":
+            raise ValueError("latent mode 'masked' hides the latents with lavit's own attention function, which vLLM "
+                             "does not run: use engine=transformers")
+        if mode in ("forced", "natural") and not latent_tokens:
+            raise ValueError(f"latent mode {mode!r} needs the model's latent tokens; use mode='none' for a plain model")
+        if mode == "none" and latent_tokens:
+            raise ValueError("mode 'none' with a student's latent tokens suppresses them in transformers' generate; "
+                             "vLLM is not asked to: use engine=transformers")
+        per_question = _per_question(images, questions)
+        suffix = "".join(latent_tokens) if mode == "forced" else ""
+        texts = [render_prompt(self.processor, q, system_prompt, num_images=len(ims)) + suffix
+                 for q, ims in zip(questions, per_question)]
+        prompts = [{"prompt": text, **({"multi_modal_data": {"image": ims}} if ims else {})}
+                   for text, ims in zip(texts, per_question)]
+        params = self._sampling(temperature=0.0, max_tokens=max_new_tokens, min_tokens=min_new_tokens,
+                                detokenize=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        for i, (out, text, ims) in enumerate(zip(outputs, texts, per_question)):
+            expected = self.processor(text=[text], images=ims or None, return_tensors="pt")["input_ids"][0].tolist()
+            got = list(out.prompt_token_ids)
+            if got != expected:
+                first = next((p for p, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+                raise ValueError(f"vLLM tokenised prompt {i} differently from transformers ({len(got)} vs "
+                                 f"{len(expected)} ids, first difference at position {first}): its answers would "
+                                 "not be transformers'; check the processor's pixel limits and chat template")
+        return [list(out.outputs[0].token_ids) for out in outputs]
+
+    def generate(self, images: ImagesPerQuestion, questions: list[str], *, latent_tokens: list[str],
+                 mode: LatentMode = "forced", system_prompt: str | None = None, max_new_tokens: int = 32,
+                 min_new_tokens: int = 0) -> list[str]:
+        """Greedy answers, latent tokens stripped and decoded exactly as `generate_answers` decodes."""
+        rows = self.generate_token_ids(images, questions, latent_tokens=latent_tokens, mode=mode,
+                                       system_prompt=system_prompt, max_new_tokens=max_new_tokens,
+                                       min_new_tokens=min_new_tokens)
+        tokenizer = self.processor.tokenizer
+        drop = set(tokenizer.convert_tokens_to_ids(latent_tokens)) if latent_tokens else set()
+        return [tokenizer.decode([t for t in row if t not in drop], skip_special_tokens=True).strip() for row in rows]
+
+    def close(self) -> None:
+        """Shut the engine down (its processes and memory), so the next phase can load the model in transformers."""
+        if getattr(self, "llm", None) is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def build_engine(engine: str, name: str, *, dtype: str = "auto", device_map: str = "", seed: int = 0,
+                 min_pixels: int = 0, max_pixels: int = 0, gate: InferenceGate | None = None,
+                 max_images: int = 1, tensor_parallel_size: int = 1, max_model_len: int = 0,
+                 enforce_eager: bool = False):
+    """`TransformersEngine` on `load_for_inference(name, ...)` or `VllmEngine(name, ...)`; `device_map` is
+    transformers' and the vLLM options vLLM's (each refused where it means nothing)."""
+    check_engine(engine)
+    if engine == "transformers":
+        if tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size is vLLM's; transformers splits a model with device_map=auto")
+        model, processor = load_for_inference(name, dtype=dtype, device_map=device_map, seed=seed,
+                                              min_pixels=min_pixels, max_pixels=max_pixels)
+        return TransformersEngine(model, processor, gate=gate)
+    if device_map:
+        raise ValueError("device_map is transformers'; vLLM splits a model over GPUs with tensor_parallel_size")
+    if gate is not None:
+        raise ValueError("this student keeps an inference gate (lavit.json inference_gate: γ < 1 on image keys), an "
+                         "attention bias only lavit's attention function applies: use engine=transformers")
+    return VllmEngine(name, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
+                      max_model_len=max_model_len, max_images=max_images, min_pixels=min_pixels,
+                      max_pixels=max_pixels, enforce_eager=enforce_eager)
