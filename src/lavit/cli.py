@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lavit.config import describe_config, load_config
-from lavit.console import MissingDependency
+from lavit.console import EndpointError, MissingDependency
 
 
 def _recipe_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, MissingDependency) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError, MissingDependency, EndpointError) as err:
         print(f"lavit {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

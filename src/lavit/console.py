@@ -10,6 +10,11 @@ class MissingDependency(ImportError):
     CLI prints it as an error, not a traceback)."""
 
 
+class EndpointError(RuntimeError):
+    """A service a command was pointed at (an OpenAI-compatible judge) is unreachable or answered badly; the
+    message names it (the CLI prints it as an error, not a traceback)."""
+
+
 def quiet_libraries() -> None:
     """No library warnings or weight-loading/saving bars on the console (errors still show)."""
     from transformers.utils import logging as hf_logging

@@ -303,3 +303,18 @@ def test_an_out_that_is_or_holds_the_signals_is_refused_before_anything_is_delet
         with pytest.raises(ValueError, match=f"out {out} (is|contains) the input signals"):
             run_filter(FilterConfig(signals=str(signals), out=str(out), stages=["correctness"], overwrite=True))
     assert sorted(p.name for p in signals.rglob("*")) == before
+
+
+def test_an_unreachable_endpoint_judge_stops_the_cli_with_an_error_line(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_store(tmp_path / "signals", ROWS_FOR_JUDGE)
+    assert main(["filter", f"signals={tmp_path / 'signals'}", f"out={tmp_path / 'sft'}", "stages=[correctness]",
+                 "matcher=judge", f"judge=http://127.0.0.1:{port}/v1", "judge_model=m", "judge_timeout=5"]) == 2
+    err = capsys.readouterr().err  # after the judge's progress bar
+    assert f"\nlavit filter: error: judge endpoint http://127.0.0.1:{port}/v1/chat/completions unreachable" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "sft" / "filter_report.json").exists()  # no verdict was invented

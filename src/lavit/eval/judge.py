@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lavit.console import EndpointError
 from lavit.eval.matching import Verdict
 from lavit.inference.engines import TransformersEngine
 
@@ -112,13 +113,13 @@ def openai_judge(base_url: str, model: str, *, max_new_tokens: int = 8, timeout:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 reply = json.loads(response.read())
         except urllib.error.HTTPError as err:
-            raise RuntimeError(f"judge endpoint {url} answered HTTP {err.code}: {err.read()[:300]!r}") from None
+            raise EndpointError(f"judge endpoint {url} answered HTTP {err.code}: {err.read()[:300]!r}") from None
         except (urllib.error.URLError, TimeoutError) as err:
-            raise RuntimeError(f"judge endpoint {url} unreachable ({err}); is the server up?") from None
+            raise EndpointError(f"judge endpoint {url} unreachable ({err}); is the server up?") from None
         try:
             return reply["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise RuntimeError(f"judge endpoint {url} sent no chat completion: {str(reply)[:300]}") from None
+            raise EndpointError(f"judge endpoint {url} sent no chat completion: {str(reply)[:300]}") from None
 
     def judge(queries: list[JudgeQuery]) -> list[str]:
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(queries)))) as pool:
