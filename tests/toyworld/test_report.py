@@ -29,7 +29,9 @@ def results(kl_after: float, masked_drop: list[float], verdict: str = "no_detect
 def test_each_link_is_worded_from_its_numbers(kl_after, masked_drop, learned, depends):
     lines = diagnosis_lines(results(kl_after, masked_drop))
     assert learned in lines[0] and depends in lines[1]
-    assert ("95 % t interval of the drop" in lines[1]) == (len(masked_drop) > 1)
+    assert ("95 % t interval over seeds" in lines[1]) == (len(masked_drop) > 1)
+    if masked_drop == [0.05, 0.04, 0.06]:  # the change is −5.0 points, its interval the drop's negated
+        assert "by -5.0 points (95 % t interval over seeds -7.5 to -2.5)" in lines[1]
     # gate opens at 0.4 × 200 steps; the answer's final image mass is the mean of each seed's last record
     assert "step 80" in lines[2] and "0.70 of their attention" in lines[2] and "Naive-SFT 0.50" in lines[2]
     broken = any("chain breaks" in line for line in lines)

@@ -113,7 +113,7 @@ def diagnosis_lines(results: dict) -> list[str]:
              f"{_num(latent['base']['s_focus'])} → {_num(latent['lavit']['s_focus'])}.",
              f"2. The answer **{'depends' if depends else 'does not depend'}** on them: hiding the latents at "
              f"inference changes test accuracy by {_pts(-masked)} points"
-             + ("." if ci is None else f" (95 % t interval of the drop over seeds {_pts(ci[0])} to {_pts(ci[1])})."),
+             + ("." if ci is None else f" (95 % t interval over seeds {_pts(-ci[1])} to {_pts(-ci[0])})."),
              f"3. After the gate opens (γ = 1 from step {warmup}) the answer tokens read the image directly: at the "
              f"end of training {_num(end_mass.get('lavit'), 2)} of their attention is on the image tokens "
              f"(Naive-SFT {_num(end_mass.get('naive_sft'), 2)}). A one-token answer is predicted one position "
