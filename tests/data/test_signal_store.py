@@ -186,3 +186,17 @@ def test_one_writer_per_shard_prefix(tmp_path):
         ShardWriter(tmp_path / "s", "signals-w001of002").close()  # other prefixes write alongside
     ShardWriter(tmp_path / "s", "signals-w000of002").close()
     assert not list((tmp_path / "s").glob(".writer-*"))
+
+
+def test_a_journal_keeps_its_complete_lines_and_drops_a_torn_one(tmp_path):
+    from lavit.data.signal_store import read_journal
+
+    path = tmp_path / "journal.jsonl"
+    assert read_journal(path) == []
+    path.write_text('{"a": 1}\n\n{"a": 2}\n', encoding="utf-8")
+    assert read_journal(path) == [{"a": 1}, {"a": 2}] and path.read_text() == '{"a": 1}\n\n{"a": 2}\n'  # untouched
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3', encoding="utf-8")  # killed mid-line
+    assert read_journal(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n' and not list(tmp_path.glob("*.tmp"))
+    path.write_text('{"a": 1}\n{"a": 2}', encoding="utf-8")  # even a parsable line without its newline is torn
+    assert read_journal(path) == [{"a": 1}]

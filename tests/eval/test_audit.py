@@ -25,6 +25,7 @@ from lavit.eval.audit import (
     sample_items,
 )
 from lavit.eval.matching import normalize_answer
+from lavit.eval.runner import load_benchmark
 from tests.conftest import Tiny
 from tests.eval.fixtures import write_mmvp
 from tests.inference.test_interventions import redrawn
@@ -229,10 +230,12 @@ def test_audit_applies_label_fixes_only_when_asked(tmp_path):
     from tests.eval.test_runner import mmvp_rows
 
     root = write_mmvp(tmp_path / "MMVP", rows=mmvp_rows())
-    plain, none = benchmark_items("mmvp", root)
-    fixed, record = benchmark_items("mmvp", root, label_fixes=True)
+    plain, fixed = benchmark_items("mmvp", root), benchmark_items("mmvp", root, label_fixes=True)
+    *_, no_settings, none = load_benchmark("mmvp", root)
+    *_, settings, record = load_benchmark("mmvp", root, label_fixes=True)
     truths = lambda items: {it.id: it.truth for it in items if it.id in ("98", "99", "100", "279", "280")}  # noqa: E731
-    assert none == {} and truths(plain) == {"98": "B", "99": "A", "100": "B", "279": "A", "280": "B"}
+    assert none == no_settings == {} and settings == {"label_fixes": ["99:A→B", "100:B→A", "279:A→B", "280:B→A"]}
+    assert truths(plain) == {"98": "B", "99": "A", "100": "B", "279": "A", "280": "B"}
     assert truths(fixed) == {"98": "B", "99": "B", "100": "A", "279": "B", "280": "A"}
     assert [f["id"] for f in record["label_fixes"]] == ["99", "100", "279", "280"]
     assert record["label_fixes_not_applied"] == []

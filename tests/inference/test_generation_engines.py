@@ -78,7 +78,7 @@ def test_what_needs_lavit_attention_refuses_vllm_before_it_starts(no_vllm, expor
     # refused on the mode, before vLLM would be imported (it is absent here)
     with pytest.raises(ValueError, match="latent mode 'masked' hides the latents"):
         GenerativeModel(str(tmp_path / "student"), mode="masked", engine="vllm")
-    with pytest.raises(ValueError, match="--tensor-parallel-size is vLLM's"):
+    with pytest.raises(ValueError, match="tensor_parallel_size is vLLM's"):
         GenerativeModel(str(tmp_path / "student"), tensor_parallel_size=2)
-    with pytest.raises(ValueError, match="--device-map is transformers'"):
+    with pytest.raises(ValueError, match="device_map is transformers'"):
         GenerativeModel(str(tmp_path / "student"), engine="vllm", device_map="auto")

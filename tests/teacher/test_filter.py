@@ -16,7 +16,6 @@ from lavit.data.sft_dataset import LavitSftDataset, read_sft_table
 from lavit.data.signal_store import SCHEMA_VERSION, ShardWriter, read_store, write_json_atomic
 from lavit.eval.judge import CachedJudge, transformers_judge
 from lavit.models.tiny import build_tiny_processor, build_tiny_tokenizer
-from lavit.teacher import filter as filter_module
 from lavit.teacher.filter import apply_filter, judge_identity, run_filter
 from lavit.teacher.filter_config import FilterConfig
 
@@ -220,8 +219,10 @@ def test_run_filter_with_a_judge_model_counts_caches_and_records(tmp_path, monke
         loads.append(Path(name).name)
         return load(name, **kwargs)
 
-    load = filter_module.load_for_inference
-    monkeypatch.setattr(filter_module, "load_for_inference", counting_load)
+    import lavit.inference.engines as engines  # where the filter's models are loaded (`build_engine`)
+
+    load = engines.load_for_inference
+    monkeypatch.setattr(engines, "load_for_inference", counting_load)
     cfg = FilterConfig(signals=str(tmp_path / "signals"), out=str(tmp_path / "sft"), text_model=str(blue_dir),
                        matcher="judge", judge=str(yes_dir), max_new_tokens=3)
     report = run_filter(cfg)

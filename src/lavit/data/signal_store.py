@@ -109,6 +109,18 @@ def write_json_atomic(data: dict, path: Path) -> None:
     _write_text_atomic(json.dumps(data, indent=2, sort_keys=True), path)
 
 
+def read_journal(path: Path) -> list[dict]:
+    """The records of an append-only JSON-lines journal (eval predictions, extract's vLLM answers): its complete
+    lines. A last line torn by a kill (no newline) is dropped, and the file rewritten without it, atomically."""
+    if not path.is_file():
+        return []
+    complete, _, tail = path.read_text(encoding="utf-8").rpartition("\n")
+    lines = [line for line in complete.split("\n") if line.strip()]
+    if tail.strip():
+        _write_text_atomic("".join(line + "\n" for line in lines), path)
+    return [json.loads(line) for line in lines]
+
+
 def _link_exclusive(source: Path, target: Path) -> bool:
     """Make `target` a hard link to `source` unless `target` exists: an atomic, exclusive create of a complete
     file, also on NFS (the method open(2) gives there: a link whose reply was lost shows in the link count)."""

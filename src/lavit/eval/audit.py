@@ -36,10 +36,9 @@ from tqdm import tqdm
 from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
 from lavit.data.samples import Rejection, answer_text, check_text, read_jsonl_samples, resolve_image
 from lavit.data.signal_store import write_json_atomic
-from lavit.eval.benchmarks import get_benchmark
-from lavit.eval.benchmarks.label_fixes import apply_label_fixes
-from lavit.eval.items import ImageRef, kind
+from lavit.eval.items import EvalItem, ImageRef, kind
 from lavit.eval.matching import answers_match, extract_option_letter, normalize_answer
+from lavit.eval.runner import load_benchmark
 from lavit.eval.stats import accuracy_summary, paired_difference
 from lavit.inference.generate import build_generation_inputs, generate_answers
 from lavit.inference.interventions import (
@@ -101,22 +100,16 @@ class LoadedModel:
 
 
 # -- items ------------------------------------------------------------------------------------------------------
-def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False
-                    ) -> tuple[list[AuditItem], dict]:
-    """A benchmark's items as `lavit eval` reads them (each image decoded once to decide its skip), with its
-    documented label errors corrected when `label_fixes` (as `lavit eval --label-fixes`); and what was applied
-    (`{label_fixes, label_fixes_not_applied}`, empty without)."""
-    bench = get_benchmark(benchmark)
-    if label_fixes and not bench.label_fixes:
-        raise ValueError(f"no documented label errors are known for {benchmark}; drop --label-fixes")
-    items = bench.load(Path(data_root))
-    items = items[:max_samples] if max_samples else items
-    record = {}
-    if label_fixes:
-        items, applied, not_applied = apply_label_fixes(items, bench.label_fixes, benchmark)
-        record = {"label_fixes": applied, "label_fixes_not_applied": not_applied}
+def as_audit_items(items: list[EvalItem]) -> list[AuditItem]:
+    """Benchmark items as the audit asks them (each image decoded once to decide its skip)."""
     return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem())
-            for it in items], record
+            for it in items]
+
+
+def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False
+                    ) -> list[AuditItem]:
+    """A benchmark's items as `lavit eval` reads them (`load_benchmark`: label errors corrected with `label_fixes`)."""
+    return as_audit_items(load_benchmark(benchmark, data_root, max_samples, label_fixes)[1])
 
 
 def sample_items(samples: str | Path, image_root: str | Path, max_samples: int = 0) -> list[AuditItem]:
@@ -435,14 +428,16 @@ def run_audit(model, out: str | Path, *, benchmark: str = "", data_root: str | P
         source = {"samples": str(Path(samples).resolve()), "image_root": str(Path(image_root).resolve())}
         inputs = {"samples": samples, "image_root": image_root}
     settings = {**source, **model.describe(), "interventions": choose_interventions(interventions), "seed": seed,
-                "max_samples": max_samples,
-                **({"label_fixes": [fix.describe() for fix in get_benchmark(benchmark).label_fixes]}
-                   if label_fixes else {})}
+                "max_samples": max_samples}
     if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
         settings["model"] = str(Path(settings["model"]).resolve())
     refuse_inputs_inside(out, inputs, key="output folder")
-    items, fixes = (benchmark_items(benchmark, data_root, max_samples, label_fixes) if benchmark
-                    else (sample_items(samples, image_root, max_samples), {}))
+    if benchmark:  # label fixes: a setting, and what was applied a part of the result (as in `lavit eval`)
+        _, loaded, fix_settings, fixes = load_benchmark(benchmark, data_root, max_samples, label_fixes)
+        items = as_audit_items(loaded)
+        settings.update(fix_settings)
+    else:
+        items, fixes = sample_items(samples, image_root, max_samples), {}
     with RunLock(out):
         record_settings(out / "run.json", settings, hint="use another --out")
         result = audit_items(model, items, interventions=interventions, seed=seed, batch_size=batch_size,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lavit.eval.items import EvalItem
-from lavit.inference.engines import TransformersEngine, VllmEngine, check_engine
+from lavit.inference.engines import TransformersEngine, build_engine
 from lavit.inference.generate import LATENT_MODES
-from lavit.models.checkpoint import load_for_inference, read_lavit_meta, tiny_name
+from lavit.models.checkpoint import read_lavit_meta, tiny_name
 from lavit.models.gating import InferenceGate
 from lavit.models.grid import processor_pixel_limits
 
@@ -51,31 +51,17 @@ class GenerativeModel:
         self.gate = InferenceGate.from_meta(meta)  # a student trained to a final γ < 1 keeps its gate
         self.name = name
         self.max_new_tokens = max_new_tokens
-        self.engine_name = check_engine(engine)
         # Resolution: as asked, else the limits the student was trained at (lavit.json), else the processor's.
-        pixels = {"min_pixels": min_pixels or meta.get("min_pixels", 0),
-                  "max_pixels": max_pixels or meta.get("max_pixels", 0)}
-        if engine == "vllm":
-            # refused before vLLM starts: what only lavit's attention function can do
-            if self.mode == "masked":
-                raise ValueError("latent mode 'masked' hides the latents with lavit's own attention function, which "
-                                 "vLLM does not run: use --engine transformers")
-            if self.gate is not None:
-                raise ValueError(f"{name} keeps an inference gate (lavit.json inference_gate, γ < 1 on image keys), "
-                                 "an attention bias vLLM does not apply: use --engine transformers")
-            if device_map:
-                raise ValueError("--device-map is transformers'; vLLM splits a model with --tensor-parallel-size")
-            self.model = None
-            self.engine = VllmEngine(name, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                                     max_model_len=max_model_len, max_images=max_images, enforce_eager=enforce_eager,
-                                     **pixels)
-            self.processor = self.engine.processor
-        else:
-            if tensor_parallel_size != 1:
-                raise ValueError("--tensor-parallel-size is vLLM's; transformers splits a model with --device-map auto")
-            self.model, self.processor = load_for_inference(name, dtype=dtype, device_map=device_map, seed=seed,
-                                                            **pixels)
-            self.engine = TransformersEngine(self.model, self.processor, gate=self.gate)
+        self.engine = build_engine(engine, name, dtype=dtype, device_map=device_map, seed=seed,
+                                   min_pixels=min_pixels or meta.get("min_pixels", 0),
+                                   max_pixels=max_pixels or meta.get("max_pixels", 0), gate=self.gate,
+                                   max_images=max_images, tensor_parallel_size=tensor_parallel_size,
+                                   max_model_len=max_model_len, enforce_eager=enforce_eager, mode=self.mode,
+                                   latent_tokens=self.latent_tokens)
+        self.engine_name = self.engine.name
+        # transformers: the loaded model, which the audit's interventions hook; vLLM holds its own
+        self.model = self.engine.model if isinstance(self.engine, TransformersEngine) else None
+        self.processor = self.engine.processor
         self._check_tokens()
 
     def _check_tokens(self) -> None:

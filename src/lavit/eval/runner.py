@@ -26,8 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
-from lavit.data.signal_store import write_json_atomic
-from lavit.eval.benchmarks import get_benchmark
+from lavit.data.signal_store import read_journal, write_json_atomic
+from lavit.eval.benchmarks import Benchmark, get_benchmark
 from lavit.eval.benchmarks.label_fixes import apply_label_fixes
 from lavit.eval.items import EvalItem
 from lavit.eval.matching import extract_option_letter
@@ -40,19 +40,6 @@ SUMMARY = "summary.json"
 def output_dir(out: str | Path, benchmark: str) -> Path:
     """`OUT/<name>` with the sub-task separator made path-friendly: blink:IQ_Test → blink_IQ_Test."""
     return Path(out) / benchmark.replace(":", "_")
-
-
-def read_predictions(path: Path) -> list[dict]:
-    """Records written so far; a line torn by a crash (no newline, not JSON) is dropped and rewritten."""
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    complete, tail = lines[:-1], lines[-1]
-    records = [json.loads(line) for line in complete if line.strip()]
-    if tail.strip():
-        write_predictions(path, records)
-    return records
 
 
 def write_predictions(path: Path, records: list[dict]) -> None:
@@ -81,6 +68,23 @@ def summarise(records: list[dict], extra, interval: str) -> dict:
     return summary
 
 
+def load_benchmark(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False
+                   ) -> tuple[Benchmark, list[EvalItem], dict, dict]:
+    """(the benchmark, its first `max_samples` items (0 = all), the settings and the summary fields its label fixes
+    add): with `label_fixes` the documented label errors are corrected (an error for a benchmark that has none)."""
+    bench = get_benchmark(benchmark)
+    if label_fixes and not bench.label_fixes:
+        raise ValueError(f"no documented label errors are known for {benchmark} (only for mmvp); drop --label-fixes")
+    items = bench.load(Path(data_root))
+    if max_samples:
+        items = items[:max_samples]
+    if not label_fixes:
+        return bench, items, {}, {}
+    items, applied, not_applied = apply_label_fixes(items, bench.label_fixes, benchmark)
+    return (bench, items, {"label_fixes": [fix.describe() for fix in bench.label_fixes]},
+            {"label_fixes": applied, "label_fixes_not_applied": not_applied})
+
+
 def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, max_samples: int = 0,
              batch_size: int = 8, interval: str = "wilson", label_fixes: bool = False) -> dict:
     """Score `model` on `benchmark` into `output_dir(out, benchmark)`; `interval` names the method of every
@@ -93,17 +97,7 @@ def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, m
     if interval not in INTERVAL_METHODS:
         raise ValueError(f"interval must be one of {INTERVAL_METHODS}, got {interval!r}")
     start = time.time()
-    bench = get_benchmark(benchmark)
-    if label_fixes and not bench.label_fixes:
-        raise ValueError(f"no documented label errors are known for {benchmark} (only for mmvp); drop --label-fixes")
-    items = bench.load(Path(data_root))
-    if max_samples:
-        items = items[:max_samples]
-    extra_settings, extra_summary = {}, {}
-    if label_fixes:
-        items, applied, not_applied = apply_label_fixes(items, bench.label_fixes, benchmark)
-        extra_settings = {"label_fixes": [fix.describe() for fix in bench.label_fixes]}
-        extra_summary = {"label_fixes": applied, "label_fixes_not_applied": not_applied}
+    bench, items, extra_settings, extra_summary = load_benchmark(benchmark, data_root, max_samples, label_fixes)
     directory = output_dir(out, benchmark)
     refuse_inputs_inside(directory, {"data_root": data_root}, key="output folder")
     with RunLock(directory):  # one eval per folder at a time: two would append to one predictions file
@@ -122,7 +116,7 @@ def _score(model, bench, items: list[EvalItem], benchmark: str, data_root: str |
     record_settings(directory / "run.json", settings, hint="use another --out")
 
     path = directory / PREDICTIONS
-    records = read_predictions(path)
+    records = read_journal(path)  # a line torn by a crash is dropped
     # Skips are decided again (no model call: cheap); a scored record of an item the loader now refuses (an older
     # loader scored a null category) gives way to its skip, so no unvalidated cell reaches the summary.
     invalid = {item.id for item in items if item.invalid is not None}

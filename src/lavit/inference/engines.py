@@ -69,6 +69,21 @@ def _per_question(images: ImagesPerQuestion, questions: list[str]) -> list[list[
     return [[to_rgb(im) for im in ims] for ims in per_question]  # in-memory images decode as files do
 
 
+def check_vllm_mode(mode: str, latent_tokens: list[str]) -> None:
+    """Refuse a latent mode vLLM cannot run as transformers does (per call, and in `build_engine` before vLLM starts
+    when the caller knows its mode)."""
+    if mode not in LATENT_MODES:
+        raise ValueError(f"latent mode must be one of {LATENT_MODES}, got {mode!r}")
+    if mode == "masked":
+        raise ValueError("latent mode 'masked' hides the latents with lavit's own attention function, which vLLM "
+                         "does not run: use engine=transformers")
+    if mode in ("forced", "natural") and not latent_tokens:
+        raise ValueError(f"latent mode {mode!r} needs the model's latent tokens; use mode='none' for a plain model")
+    if mode == "none" and latent_tokens:
+        raise ValueError("mode 'none' with a student's latent tokens suppresses them in transformers' generate; "
+                         "vLLM is not asked to: use engine=transformers")
+
+
 class TransformersEngine:
     """transformers' `generate` on a loaded model (`generate_answers`): every latent mode, the inference gate."""
 
@@ -141,16 +156,7 @@ class VllmEngine:
                            mode: LatentMode = "forced", system_prompt: str | None = None, max_new_tokens: int = 32,
                            min_new_tokens: int = 0) -> list[list[int]]:
         """Greedy new token ids per question (latents included, as generated), after checking vLLM's prompt ids."""
-        if mode not in LATENT_MODES:
-            raise ValueError(f"latent mode must be one of {LATENT_MODES}, got {mode!r}")
-        if mode == "masked":
-            raise ValueError("latent mode 'masked' hides the latents with lavit's own attention function, which vLLM "
-                             "does not run: use engine=transformers")
-        if mode in ("forced", "natural") and not latent_tokens:
-            raise ValueError(f"latent mode {mode!r} needs the model's latent tokens; use mode='none' for a plain model")
-        if mode == "none" and latent_tokens:
-            raise ValueError("mode 'none' with a student's latent tokens suppresses them in transformers' generate; "
-                             "vLLM is not asked to: use engine=transformers")
+        check_vllm_mode(mode, latent_tokens)
         per_question = _per_question(images, questions)
         suffix = "".join(latent_tokens) if mode == "forced" else ""
         texts = [render_prompt(self.processor, q, system_prompt, num_images=len(ims)) + suffix
@@ -197,9 +203,10 @@ class VllmEngine:
 def build_engine(engine: str, name: str, *, dtype: str = "auto", device_map: str = "", seed: int = 0,
                  min_pixels: int = 0, max_pixels: int = 0, gate: InferenceGate | None = None,
                  max_images: int = 1, tensor_parallel_size: int = 1, max_model_len: int = 0,
-                 enforce_eager: bool = False):
+                 enforce_eager: bool = False, mode: LatentMode | None = None, latent_tokens: list[str] | None = None):
     """`TransformersEngine` on `load_for_inference(name, ...)` or `VllmEngine(name, ...)`; `device_map` is
-    transformers' and the vLLM options vLLM's (each refused where it means nothing)."""
+    transformers' and the vLLM options vLLM's (each refused where it means nothing). `mode` (with the model's
+    `latent_tokens`), when the caller will ask only that mode: one vLLM cannot run is refused before it starts."""
     check_engine(engine)
     if engine == "transformers":
         if tensor_parallel_size != 1:
@@ -207,6 +214,8 @@ def build_engine(engine: str, name: str, *, dtype: str = "auto", device_map: str
         model, processor = load_for_inference(name, dtype=dtype, device_map=device_map, seed=seed,
                                               min_pixels=min_pixels, max_pixels=max_pixels)
         return TransformersEngine(model, processor, gate=gate)
+    if mode is not None:
+        check_vllm_mode(mode, latent_tokens or [])
     if device_map:
         raise ValueError("device_map is transformers'; vLLM splits a model over GPUs with tensor_parallel_size")
     if gate is not None:

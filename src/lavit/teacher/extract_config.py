@@ -9,13 +9,13 @@ from typing import Literal
 
 from lavit.config import field
 from lavit.data.run_dir import resolve_paths
+from lavit.inference.engines import check_engine
 from lavit.teacher.probe import QUERY_CHOICES
 
 # Settings that do not change a single stored value; a resumed run may change them freely.
 # The vLLM options are the engine's placement and batching, as device_map is transformers'.
 RESUMABLE_KEYS = ("out", "shard", "max_samples", "rows_per_file", "device_map", "tensor_parallel_size",
                   "vllm_batch_size", "vllm_max_model_len", "vllm_enforce_eager")
-ENGINES = ("transformers", "vllm")
 
 
 @dataclass
@@ -79,8 +79,7 @@ class ExtractConfig:
         zero = [name for name in positive if getattr(self, name) < 1]
         if zero:
             raise ValueError(f"{', '.join(zero)} must be at least 1")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        check_engine(self.engine)
         if self.engine == "transformers" and self.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size is vLLM's (engine=vllm); transformers splits with device_map=auto")
         if self.queries not in QUERY_CHOICES:

@@ -48,6 +48,7 @@ from lavit.data.signal_store import (
     ShardWriter,
     create_store,
     pending_row,
+    read_journal,
     store_counts,
     update_manifest,
     write_json_atomic,
@@ -320,15 +321,9 @@ def read_answer_journals(out: Path) -> tuple[dict[int, str], set[int]]:
     answers: dict[int, str] = {}
     groups: set[int] = set()
     for path in sorted(out.glob("teacher_answers-w*.jsonl")):
-        lines = path.read_text(encoding="utf-8").split("\n")
-        complete, tail = lines[:-1], lines[-1]
-        if tail.strip():
-            path.write_text("".join(line + "\n" for line in complete), encoding="utf-8")
-        for line in complete:
-            if line.strip():
-                entry = json.loads(line)
-                groups.add(entry["group"])
-                answers.update({int(i): a for i, a in entry["answers"].items()})
+        for entry in read_journal(path):
+            groups.add(entry["group"])
+            answers.update({int(i): a for i, a in entry["answers"].items()})
     return answers, groups
 
 

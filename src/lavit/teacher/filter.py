@@ -47,8 +47,8 @@ from lavit.eval.judge import (
     openai_judge,
 )
 from lavit.eval.matching import get_verdict_matcher
-from lavit.inference.engines import TransformersEngine, VllmEngine, import_vllm
-from lavit.models.checkpoint import load_for_inference, tiny_name
+from lavit.inference.engines import build_engine, import_vllm
+from lavit.models.checkpoint import tiny_name
 from lavit.teacher.filter_config import FilterConfig
 
 SFT_SCHEMA = pa.schema([*SIGNAL_SCHEMA, ("teacher_correct", pa.bool_()), ("text_only_answer", pa.string()),
@@ -183,12 +183,9 @@ def judge_identity(name: str, seed: int, endpoint_model: str = "") -> str:
 
 def load_engine(cfg: FilterConfig, name: str, max_images: int):
     """`name` on the configured engine (`max_images`: images per vLLM prompt, 0 for text only)."""
-    if cfg.engine == "vllm":
-        return VllmEngine(name, dtype=cfg.dtype, seed=cfg.seed, tensor_parallel_size=cfg.tensor_parallel_size,
-                          max_model_len=cfg.vllm_max_model_len, max_images=max_images,
-                          enforce_eager=cfg.vllm_enforce_eager)
-    model, processor = load_for_inference(name, dtype=cfg.dtype, device_map=cfg.device_map, seed=cfg.seed)
-    return TransformersEngine(model, processor)
+    return build_engine(cfg.engine, name, dtype=cfg.dtype, device_map=cfg.device_map, seed=cfg.seed,
+                        max_images=max_images, tensor_parallel_size=cfg.tensor_parallel_size,
+                        max_model_len=cfg.vllm_max_model_len, enforce_eager=cfg.vllm_enforce_eager)
 
 
 def build_judge(cfg: FilterConfig, name: str, loaded: dict) -> CachedJudge:

@@ -15,11 +15,6 @@ MODELS = ("base", "naive_sft", "lavit", "teacher")
 # The answer depends on the latent tokens when masking them costs at least one point on average and the 95 % t
 # interval of the drop over seeds lies above 0 (one seed's large drop is not a dependence).
 READS_LATENTS = 0.01
-
-
-def reads_latents(masked_drop: dict) -> bool:
-    ci = t_interval(masked_drop["per_seed"])
-    return masked_drop["mean"] >= READS_LATENTS and ci is not None and ci[0] > 0
 VERDICT_TEXT = {
     "lavit_better": "LaViT is **better** than Naive-SFT: the whole 95 % interval of the paired difference is above 0.",
     "naive_better": "Naive-SFT is **better** than LaViT: the whole 95 % interval of the paired difference is below 0.",
@@ -101,8 +96,8 @@ def diagnosis_lines(results: dict) -> list[str]:
     """The mechanism chain of the paper, link by link, read off this run's diagnostics: do the latents learn
     the teacher's map, does the answer depend on them, and does it reach the image some other way."""
     latent, masked = results["latent_map"], results["masked_drop"]["mean"]
-    depends = reads_latents(results["masked_drop"])
     ci = t_interval(results["masked_drop"]["per_seed"])
+    depends = masked >= READS_LATENTS and ci is not None and ci[0] > 0
     learned = latent["lavit"]["kl_target_vs_latent"] < latent["base"]["kl_target_vs_latent"]
     end_mass = {m: float(np.mean([records[-1]["answer_image_mass"] for records in runs.values()]))
                 for m, runs in results["dynamics"].items()}
