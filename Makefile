@@ -7,9 +7,13 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 TRANSFORMERS_LOWEST_VERSION := 5.20.0
 TRANSFORMERS_LOWEST := transformers==$(TRANSFORMERS_LOWEST_VERSION)
 # lmms-eval's full dependency set is ~150 packages (CUDA wheels, wandb, ...). The tests need only its model
-# interface and registry, so the test environment installs it without dependencies plus the three it imports.
+# interface and registry, and its task code for mmvp / blink / vstar_bench / mmstar (the `--protocol lmms-eval`
+# parity tests), so the test environment installs it without dependencies plus the three it imports, and
+# qwen-vl-utils (the image resize lmms-eval's qwen2_5_vl model applies; it imports only torch, torchvision, PIL,
+# numpy, requests and packaging, already here) without its video decoder `av`.
 LMMS_EVAL := lmms-eval==0.7.3
 LMMS_EVAL_DEPS := loguru pytz sqlitedict
+QWEN_VL_UTILS := qwen-vl-utils==0.0.14
 # DeepSpeed for the ZeRO-2/3 bf16 tests, run on its CPU accelerator (DS_ACCELERATOR=cpu, no compiled ops; tested
 # version). GPU users install it themselves (`pip install deepspeed`); its tests skip where it is absent.
 DEEPSPEED := deepspeed==0.19.8
@@ -49,7 +53,7 @@ define venv
 	$(1)/bin/pip install --quiet --upgrade pip
 	$(1)/bin/pip install --quiet $(TORCH)
 	$(1)/bin/pip install --quiet -e ".[test]" $(2)
-	$(1)/bin/pip install --quiet --no-deps $(LMMS_EVAL)
+	$(1)/bin/pip install --quiet --no-deps $(LMMS_EVAL) $(QWEN_VL_UTILS)
 	$(1)/bin/pip install --quiet $(LMMS_EVAL_DEPS)
 	$(1)/bin/pip install --quiet $(DEEPSPEED)
 	touch $(1)/bin/lavit

@@ -56,13 +56,16 @@ def _import_official(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_pixel_limits(args: argparse.Namespace) -> dict[str, int]:
-    """The resolution to evaluate at: as given; for --suite paper the paper's training limits for every model
-    (Table 1 compares models at one resolution); otherwise 0 = the model's training limits, else its processor's."""
+def eval_pixel_limits(args: argparse.Namespace) -> dict:
+    """The resolution to evaluate at: as given (a deviation from the protocol, recorded); for --suite paper under
+    protocol lavit the paper's training limits for every model (Table 1 compares models at one resolution);
+    otherwise 0 = as the protocol says (lavit: the model's training limits, else its processor's)."""
     from lavit.models.grid import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
 
-    if args.suite:
-        return {"min_pixels": args.min_pixels or PAPER_MIN_PIXELS, "max_pixels": args.max_pixels or PAPER_MAX_PIXELS}
+    if args.suite and args.protocol == "lavit":
+        given = bool(args.min_pixels or args.max_pixels)
+        return {"min_pixels": args.min_pixels or PAPER_MIN_PIXELS, "max_pixels": args.max_pixels or PAPER_MAX_PIXELS,
+                **({} if given else {"pixels_by": "--suite paper under protocol lavit (Table A1's limits)"})}
     return {"min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
 
 
@@ -86,12 +89,17 @@ def _eval(args: argparse.Namespace) -> int:
     if bool(args.benchmark) == bool(args.suite):
         raise ValueError("give exactly one of --benchmark NAME or --suite paper")
     tokens = [t.strip() for t in args.latent_tokens.split(",") if t.strip()] if args.latent_tokens else None
-    kwargs = {} if args.model.startswith("constant:") else {
-        "latent_tokens": tokens, "mode": args.latent_mode, "max_new_tokens": args.max_new_tokens,
-        "system_prompt": args.system_prompt, "dtype": args.dtype, "device_map": args.device_map,
-        "engine": args.engine, "tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len,
-        "enforce_eager": args.enforce_eager, **eval_pixel_limits(args)}
+    kwargs = {"protocol": args.protocol} if args.model.startswith("constant:") else {
+        "protocol": args.protocol, "latent_tokens": tokens, "mode": args.latent_mode,
+        "max_new_tokens": args.max_new_tokens, "system_prompt": args.system_prompt, "dtype": args.dtype,
+        "device_map": args.device_map, "engine": args.engine, "tensor_parallel_size": args.tensor_parallel_size,
+        "max_model_len": args.max_model_len, "enforce_eager": args.enforce_eager, "processor": args.processor,
+        "force_lvr": args.force_lvr, **eval_pixel_limits(args)}
     model = load_eval_model(args.model, **kwargs)
+    deviations = model.describe()["protocol"]["deviations"]
+    if deviations:
+        print(f"lavit eval: warning: this run departs from protocol {args.protocol} ({deviations}): its numbers are "
+              "not that protocol's, and lavit compare pairs it only with runs of the same deviations", file=sys.stderr)
     try:
         return _score_eval(args, model)
     finally:
@@ -122,7 +130,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.out and Path(args.out).name in ("summary.json", "predictions.jsonl", "run.json", "suite_paper.json"):
         raise ValueError(f"--out {args.out} would overwrite a lavit eval file; name another JSON file")
-    result = compare_runs(args.run_a, args.run_b, benchmarks=args.benchmark or None)
+    result = compare_runs(args.run_a, args.run_b, benchmarks=args.benchmark or None, pair_anyway=args.pair_anyway)
     for warning in result["warnings"]:
         print(f"lavit compare: warning: {warning}", file=sys.stderr)
     print(render_markdown(result))
@@ -141,8 +149,9 @@ def _audit(args: argparse.Namespace) -> int:
     tokens = [t.strip() for t in args.latent_tokens.split(",") if t.strip()] if args.latent_tokens else None
     chosen = [t.strip() for t in args.interventions.split(",") if t.strip()] if args.interventions else None
     choose_interventions(chosen)  # a misspelt name fails before the model loads
-    model = load_eval_model(args.model, latent_tokens=tokens, mode="forced", max_new_tokens=args.max_new_tokens,
-                            system_prompt=args.system_prompt, dtype=args.dtype, device_map=args.device_map)
+    model = load_eval_model(args.model, protocol=args.protocol, latent_tokens=tokens, mode="forced",
+                            max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt, dtype=args.dtype,
+                            device_map=args.device_map, processor=args.processor)
     if not isinstance(model, GenerativeModel):
         raise ValueError(f"{args.model} answers without a model: there is no latent block to audit")
     result = run_audit(model, args.out, benchmark=args.benchmark, data_root=args.data_root, samples=args.samples,
@@ -216,15 +225,18 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from lavit.analysis.analyze import analyze
+    from lavit.analysis.pixel_limits import parse_pixel_limits
 
     models = dict(item.split("=", 1) for item in args.model)
+    pixels = parse_pixel_limits(args.pixels)
     correct = None
     if args.correct:
         correct = json.loads(Path(args.correct).read_text(encoding="utf-8-sig"))  # a BOM, as every reader accepts
     result = analyze(args.samples, args.image_root, models, args.out, teacher=args.teacher, correct=correct,
-                     max_samples=args.max_samples, heatmaps=args.heatmaps)
+                     max_samples=args.max_samples, heatmaps=args.heatmaps, batch_size=args.batch_size, pixels=pixels,
+                     teacher_store=args.teacher_store or None, device_map=args.device_map)
     summary = {n: {k: round(v["mean"], 4) for k, v in m.items() if isinstance(v, dict) and "mean" in v}
-               for n, m in result["per_model"].items()}
+               | {"pixel_limits": m["pixel_limits"]} for n, m in result["per_model"].items()}
     print(json.dumps({"per_model": summary, "rejected": result["rejected_by_reason"], "figures": result["figures"]},
                      indent=2))
     return 0
@@ -258,14 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "holding MMVP/, vstar_bench/, BLINK/, MMStar/)")
     ev.add_argument("--out", required=True, help="writes OUT/<benchmark>/predictions.jsonl and summary.json")
     ev.add_argument("--latent-mode", default=None, choices=["forced", "natural", "masked", "none"],
-                    help="default: forced when the model has latent tokens, else none")
+                    help="default: the protocol's (lavit: forced when the model has latent tokens, else none; authors "
+                    "and lmms-eval: what the checkpoint's chat template does — forced for an exported lavit student, "
+                    "natural for the authors' LaViT-3B)")
     checkpoint_args(ev, "score")
+    ev.add_argument("--force-lvr", action="store_true", help="protocol authors: their --force_lvr variant (four "
+                    "'<lvr>' appended to the prompt); refused when '<lvr>' has no trained embedding")
     ev.add_argument("--min-pixels", type=non_negative_int, default=0, help="image processor min pixels (0 = the "
-                    "model's training limit from lavit.json, else its processor's; --suite paper: 200704 for every "
-                    "model); recorded in summary.json")
-    ev.add_argument("--max-pixels", type=non_negative_int, default=0, help="image processor max pixels (0 = as "
-                    "--min-pixels says; --suite paper: 1003520)")
-    ev.add_argument("--max-new-tokens", type=int, default=32, help="longest answer")
+                    "protocol's: lavit the model's training limit from lavit.json, else its processor's, and for "
+                    "--suite paper 200704 for every model; authors the checkpoint's processor; lmms-eval 200704); "
+                    "given, a deviation from the protocol; recorded in summary.json")
+    ev.add_argument("--max-pixels", type=non_negative_int, default=0, help="image processor max pixels (0 = the "
+                    "protocol's: lavit as --min-pixels says, --suite paper 1003520; lmms-eval 1605632)")
+    ev.add_argument("--max-new-tokens", type=positive_int, default=None, help="longest answer (default: the "
+                    "protocol's per benchmark: lavit 32; authors 512; lmms-eval 16 MMVP and V*, 1024 BLINK, 128 "
+                    "MMStar); given, a deviation from the protocol")
     ev.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ev.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs (transformers)")
     ev.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
@@ -279,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", default="", help="row label for --suite (default: the model spec)")
     ev.add_argument("--interval", default="wilson", choices=["wilson", "clopper_pearson"],
                     help="method of every accuracy's 95%% interval in summary.json (clopper_pearson: exact)")
-    ev.add_argument("--label-fixes", action="store_true", help="correct the benchmark's documented label errors "
-                    "(MMVP: 4 swapped answers) before scoring; listed in summary.json and a setting of the run")
+    ev.add_argument("--label-fixes", action="store_true", help="protocol lavit: correct the benchmark's documented "
+                    "label errors (MMVP: 4 swapped answers) before scoring; listed in summary.json and a setting of "
+                    "the run (lmms-eval always scores the corrected labels, authors never)")
     ev.set_defaults(run=_eval)
 
     cmp = sub.add_parser("compare", help="pair two lavit eval runs item by item: A − B with a 95%% interval and an "
@@ -291,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--benchmark", action="extend", nargs="+", default=[], metavar="NAME",
                      help="only these benchmarks (e.g. mmvp blink:IQ_Test; default: every one in both runs)")
     cmp.add_argument("--out", default="", help="also write the comparison, with both runs' settings, as JSON here")
+    cmp.add_argument("--pair-anyway", action="store_true", help="pair runs of different protocols, data or items "
+                     "instead of refusing them; the differences overridden are recorded in the JSON (paired_anyway)")
     cmp.set_defaults(run=_compare)
 
     au = sub.add_parser("audit", help="does the answer read the latent block? interventions vs the forced run",
@@ -308,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_args(au, "audit")
     au.add_argument("--seed", type=int, default=0, help="draws the random donors (a derangement) and same-prompt "
                     "swap donors; recorded")
-    au.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer, in every run")
+    au.add_argument("--max-new-tokens", type=positive_int, default=None, help="longest answer, in every run "
+                    "(default: the protocol's per benchmark, 32 for a samples file)")
     au.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     au.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs")
     au.add_argument("--label-fixes", action="store_true", help="correct the benchmark's documented label errors "
@@ -393,12 +416,30 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--out", required=True, help="analysis.json and PNG figures go here")
     an.add_argument("--max-samples", type=int, default=100, help="samples to analyse")
     an.add_argument("--heatmaps", type=int, default=4, help="samples shown in the heatmap figure")
+    an.add_argument("--pixels", action="append", default=[], metavar="NAME=MIN:MAX",
+                    help="image processor pixel limits of model NAME, e.g. teacher=200704:1003520 (repeatable). "
+                    "Default: for the teacher those of --teacher-store, else the model's training limits "
+                    "(lavit.json), else a built-in tiny model's processor's; a model with none of them is an error")
+    an.add_argument("--teacher-store", default="", metavar="STORE",
+                    help="a `lavit extract` store of this teacher: the pixel limits its signals were extracted at "
+                    "(manifest.json pixel_limits) are the teacher's")
+    an.add_argument("--device-map", default="", help="from_pretrained device_map, e.g. auto to split each model "
+                    "over the GPUs (default: the whole model on one device)")
+    an.add_argument("--batch-size", type=positive_int, default=16, help="samples per forward pass of a model")
     an.set_defaults(run=_analyze)
     return parser
 
 
 def checkpoint_args(parser: argparse.ArgumentParser, verb: str) -> None:
-    """The latent-token, prompt and batching options `lavit eval` and `lavit audit` share."""
+    """The protocol, latent-token, prompt and batching options `lavit eval` and `lavit audit` share."""
+    from lavit.eval.protocols import protocol_names
+
+    parser.add_argument("--protocol", default="lavit", choices=protocol_names(), help="evaluation protocol: prompts, "
+                        "answer length, decoding, resolution, item set and scoring (README 'Evaluation protocols'); "
+                        "recorded with every result")
+    parser.add_argument("--processor", default="", help="take the processor (image processor, chat template) from "
+                        "this folder or hub id, for a checkpoint saved without one (a Trainer checkpoint-N folder); "
+                        "the checkpoint's own tokenizer is kept; recorded")
     parser.add_argument("--latent-tokens", default="", help="comma list overriding lavit.json, e.g. "
                         "'<lvr1>,<lvr2>,<lvr3>,<lvr4>' for the authors' LaViT-3B")
     parser.add_argument("--system-prompt", default=None, help="default: the one recorded in lavit.json, else the "

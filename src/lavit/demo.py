@@ -298,8 +298,10 @@ def run_demo(cfg: DemoConfig) -> dict:
               "lavit": first["lavit"]["dir"]}
     correct = {"teacher": fixed["teacher"]["test"]["correct"], "base": fixed["base"]["test"]["correct"],
                "naive_sft": first["naive_sft"]["test"]["correct"], "lavit": first["lavit"]["test"]["correct"]}
+    toy = toy_pixels(cfg.family, cfg.world)  # the base was pretrained at the students' limits; the teacher's: its store
     analysis = analyze(test, test.parent / "images", models, out / "analysis", correct=correct,
-                       max_samples=cfg.analysis_samples)
+                       max_samples=cfg.analysis_samples, teacher_store=out / "test_signals",
+                       pixels={"base": {"min_pixels": toy, "max_pixels": toy}})
     results = summarise(cfg, world, fixed, seeds, analysis, students)
     results["validity"] |= premise_validity(results)  # the premise world's two checks (none in the default world)
     figures = {f"dynamics_{m}": f"analysis/dynamics_{m}.png" for m in STUDENTS}

@@ -203,12 +203,18 @@ def test_cli_audit(tmp_path, export_tiny_student):
     assert main(args) == 0
     result = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert result["settings"]["model"] == str((tmp_path / "student").resolve())
+    assert result["settings"]["protocol"]["name"] == "lavit" and result["settings"]["max_new_tokens"] == 2
     assert result["settings"]["interventions"] == ["zero", "swap"] and result["n_asked"] == 4
     assert [r["intervention"] for r in result["table"]] == ["forced", "zero", "swap"]
     assert (tmp_path / "out" / "audit.md").is_file()
     assert main([*args, "--seed", "1"]) == 2  # other settings: refused
     assert main([*args[:-6], "--interventions", "zero,shuffle"]) == 2
     assert main([*args, "--samples", str(tmp_path / "s.jsonl")]) == 2
+    # another protocol asks and scores the items its way, and says so
+    authors = [*args[:8], str(tmp_path / "authors"), *args[9:], "--protocol", "authors"]
+    assert main(authors) == 0
+    result = json.loads((tmp_path / "authors" / "audit.json").read_text())
+    assert result["settings"]["protocol"]["name"] == "authors" and result["settings"]["latent_mode"] == "forced"
 
 
 def test_follows_donor_counts_only_items_and_donors_that_answered():

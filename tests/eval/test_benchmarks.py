@@ -39,15 +39,18 @@ from PIL import Image
 import lavit.eval.items as items_module
 from lavit.cli import main
 from lavit.eval.benchmarks import get_benchmark
-from lavit.eval.items import ANSWER_DIRECTLY
 from lavit.eval.models import ConstantModel, load_eval_model
+from lavit.eval.protocols import apply_protocol
+from lavit.eval.protocols.lavit import ANSWER_DIRECTLY
+from lavit.eval.protocols.lavit import PROTOCOL as LAVIT
 from lavit.eval.runner import run_eval
 
-RECORD_KEYS = {"id", "prompt", "raw_output", "extracted", "truth", "correct"}
+RECORD_KEYS = {"id", "prompt", "raw_output", "extracted", "truth", "correct", "item_sha256"}
 
 
 def load(name, root):
-    return get_benchmark(name).load(root)
+    """The benchmark's items as the default protocol (lavit) asks them."""
+    return apply_protocol(get_benchmark(name).load(root), LAVIT, name)
 
 
 def predictions(out, name):
@@ -58,13 +61,15 @@ def predictions(out, name):
 class CannedModel:
     """Answers each item id with a fixed string; counts what it was asked."""
 
+    protocol = LAVIT
+
     def __init__(self, outputs: dict[str, str], name: str = "canned"):
         self.outputs, self.name, self.asked = outputs, name, []
 
     def describe(self) -> dict:
-        return {"model": self.name}
+        return {"model": self.name, "protocol": {**LAVIT.describe(), "deviations": {}}}
 
-    def answer(self, items):
+    def answer(self, items, max_new_tokens=None):
         self.asked += [it.id for it in items]
         return [self.outputs[it.id] for it in items]
 
@@ -359,7 +364,7 @@ def test_corrupt_image_bytes_are_a_recorded_skip(tmp_path):
 class OpeningModel(CannedModel):
     """Opens every image before answering, as `GenerativeModel.answer` does."""
 
-    def answer(self, items):
+    def answer(self, items, max_new_tokens=None):
         for it in items:
             for ref in it.images:
                 ref.open()
@@ -645,7 +650,7 @@ def test_cli_paper_suite(tmp_path, capsys):
     assert lines[-1] == ("| constant:A | 62.5 [30.6, 86.3] | 40.0 [11.8, 76.9] | 60.0 [23.1, 88.2] | 50.0 [15.0, 85.0] "
                          "| 33.3 [6.1, 79.2] | 75.0 [30.1, 95.4] | 50.0 [18.8, 81.2] |")
     result = json.loads((out / "suite_paper.json").read_text())
-    assert result["accuracy"]["Rel. Ref."] == 1 / 3 and result["model"] == "constant:A"
+    assert result["score"]["Rel. Ref."] == 1 / 3 and result["model"] == "constant:A" and result["protocol"] == "lavit"
     for name in ("mmvp", "vstar", "blink_Relative_Depth", "blink_IQ_Test", "blink_Relative_Reflectance",
                  "blink_Spatial_Relation", "mmstar"):
         assert (out / name / "summary.json").is_file()

@@ -10,29 +10,36 @@ import pytest
 from fixtures import write_paper_root
 
 from lavit.cli import main
-from lavit.eval.compare import compare_runs, render_markdown
+from lavit.eval.compare import RunMismatch, compare_runs, render_markdown
 from lavit.eval.stats import paired_difference, proportion_interval
 
 PIXELS = {"min_pixels": 200704, "max_pixels": 1003520}
 
 
+LAVIT_PROTOCOL = {"name": "lavit", "version": "lavit-2", "deviations": {}}
+
+
 def scored(item: str, correct: bool, truth: str = "A", **meta) -> dict:
     return {"id": item, "prompt": f"question {item}", "raw_output": "A" if correct == (truth == "A") else "B",
-            "extracted": "A" if correct == (truth == "A") else "B", "truth": truth, "correct": correct, **meta}
+            "extracted": "A" if correct == (truth == "A") else "B", "truth": truth, "correct": correct,
+            "item_sha256": f"item {item} truth {truth}", **meta}
 
 
 def skipped(item: str, reason: str, truth: str = "A", **meta) -> dict:
-    return {"id": item, "skipped": f"{reason}: details", "truth": truth, **meta}
+    return {"id": item, "skipped": f"{reason}: details", "truth": truth, "item_sha256": f"item {item} truth {truth}",
+            **meta}
 
 
-def write_bench(run, benchmark: str, records: list[dict], **settings):
-    """OUT/<benchmark>/predictions.jsonl and a summary.json counting them, as `lavit eval` leaves a folder."""
+def write_bench(run, benchmark: str, records: list[dict], data: str = "data", protocol=LAVIT_PROTOCOL, **settings):
+    """OUT/<benchmark>/predictions.jsonl and a summary.json counting them, as `lavit eval` leaves a folder: run on
+    the benchmark data fingerprinted `data` under `protocol` (None: a run from before protocols were recorded)."""
     folder = run / benchmark.replace(":", "_")
     folder.mkdir(parents=True)
     (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     n = sum("skipped" not in r for r in records)
-    summary = {"benchmark": benchmark, "n": n, "skipped": len(records) - n,
-               "settings": {"benchmark": benchmark, "model": str(run.name), **settings}}
+    summary = {"benchmark": benchmark, "n": n, "skipped": len(records) - n, "data_fingerprint": {"sha256": data},
+               "settings": {"benchmark": benchmark, "model": str(run.name), **settings,
+                            **({"protocol": protocol} if protocol else {})}}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -76,14 +83,21 @@ def test_every_item_left_out_is_counted_and_listed_by_reason(tmp_path):
          skipped("skip_both", "image_corrupt"), scored("fixed", False, truth="A")]
     write_bench(tmp_path / "a", "vstar", a)
     write_bench(tmp_path / "b", "vstar", b)
-    r = compare_runs(tmp_path / "a", tmp_path / "b")["benchmarks"]["vstar"]
+    with pytest.raises(RunMismatch) as refused:  # other items, another truth: not the same questions
+        compare_runs(tmp_path / "a", tmp_path / "b")
+    assert refused.value.differences == [
+        "vstar: 1 items only in A (only_a)", "vstar: 1 items only in B (only_b)",
+        "vstar: the truth differs on 1 items (fixed; label fixes A: none, B: none)"]
+    result = compare_runs(tmp_path / "a", tmp_path / "b", pair_anyway=True)
+    r = result["benchmarks"]["vstar"]
+    assert result["pair_anyway"] and r["paired_anyway"] == refused.value.differences
     assert r["n"] == 3 and r["a"]["correct"] == 2 and r["b"]["correct"] == 2
     assert r["excluded_by_reason"] == {"only_in_a": 1, "only_in_b": 1, "skipped_in_a:image_missing": 1,
                                        "skipped_in_b:image_corrupt": 1, "skipped_in_both": 1, "truth_differs": 1}
     assert {e["id"]: e["reason"] for e in r["excluded"]} == {
         "only_a": "only_in_a", "only_b": "only_in_b", "skip_a": "skipped_in_a:image_missing",
         "skip_b": "skipped_in_b:image_corrupt", "skip_both": "skipped_in_both", "fixed": "truth_differs"}
-    notes = render_markdown(compare_runs(tmp_path / "a", tmp_path / "b"))
+    notes = render_markdown(result)
     assert ("- vstar: 6 items not paired (only_in_a 1, only_in_b 1, skipped_in_a:image_missing 1, "
             "skipped_in_b:image_corrupt 1, skipped_in_both 1, truth_differs 1)") in notes
 
@@ -138,7 +152,7 @@ def test_settings_are_recorded_and_other_resolutions_or_fixes_warned(tmp_path, c
     assert "| mmvp | 1 | 100.0 [" in captured.out
     assert "lavit compare: warning: mmvp: A was evaluated at min_pixels/max_pixels 200704/1003520, B at " \
            "3136/1003520" in captured.err
-    assert "label fixes differ (A: ['99:A→B'], B: none)" in captured.err
+    assert "label fix tables differ (A: ['99:A→B'], B: none)" in captured.err
     saved = json.loads(out.read_text())
     assert saved["benchmarks"]["mmvp"]["settings_b"]["min_pixels"] == 3136 and len(saved["warnings"]) == 2
 
@@ -190,7 +204,7 @@ def test_two_suite_runs_compare_through_the_cli(tmp_path, capsys):
     capsys.readouterr()
     suite_b = json.loads((tmp_path / "B" / "suite_paper.json").read_text())
     assert suite_b["interval"] == "clopper_pearson"
-    assert suite_b["accuracy_ci95"]["MMVP"] == pytest.approx(list(proportion_interval(3, 8, method="clopper_pearson")))
+    assert suite_b["score_ci95"]["MMVP"] == pytest.approx(list(proportion_interval(3, 8, method="clopper_pearson")))
     # the fixture's 8 MMVP rows hold none of the fixed items; only MMVP's run carries the table
     mmvp_a = json.loads((tmp_path / "A" / "mmvp" / "summary.json").read_text())
     assert mmvp_a["label_fixes"] == []
@@ -200,7 +214,7 @@ def test_two_suite_runs_compare_through_the_cli(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--out", str(out)]) == 0
     printed = capsys.readouterr()
     # one resolution for the suite: the only warning is MMVP's fix table, in A alone
-    assert printed.err.count("warning") == 1 and "mmvp: label fixes differ" in printed.err
+    assert printed.err.count("warning") == 1 and "mmvp: label fix tables differ" in printed.err
     result = json.loads(out.read_text())
     assert len(result["benchmarks"]) == 7 and all(c is not None for c in result["suite"]["columns"].values())
     mmvp = result["benchmarks"]["mmvp"]
@@ -211,3 +225,49 @@ def test_two_suite_runs_compare_through_the_cli(tmp_path, capsys):
     assert "| A: constant:A | 62.5 [30.6, 86.3] | 40.0 [11.8, 76.9] | 60.0 [23.1, 88.2] | 50.0 [15.0, 85.0] | " \
            "33.3 [6.1, 79.2] | 75.0 [30.1, 95.4] | 50.0 [18.8, 81.2] |" in lines
     assert any(line.startswith("| A − B | +25.0 [") for line in lines)
+
+
+def test_runs_on_different_benchmark_folders_are_refused(tmp_path, capsys):
+    """Two MMVP copies whose 8 items share ids and, for 7 of them, truths, but not their images and questions: the
+    pairing would print a McNemar p for questions that were never the same; it is refused, listing why."""
+    from fixtures import MMVP_ROWS, write_mmvp
+
+    first = write_mmvp(tmp_path / "MMVP")
+    other_rows = [(f"Another question {n}?", options, answer) for n, (_, options, answer) in enumerate(MMVP_ROWS, 1)]
+    other_rows[0] = (other_rows[0][0], other_rows[0][1], "(b)")  # one truth differs too
+    second = write_mmvp(tmp_path / "MMVP_other", rows=other_rows)
+    (second / "MMVP Images" / "3.jpg").write_bytes((first / "MMVP Images" / "5.jpg").read_bytes())
+    for letter, root in (("A", first), ("B", second)):
+        assert main(["eval", "--model", f"constant:{letter}", "--benchmark", "mmvp", "--data-root", str(root),
+                     "--out", str(tmp_path / letter)]) == 0
+    capsys.readouterr()
+    with pytest.raises(RunMismatch) as refused:
+        compare_runs(tmp_path / "A", tmp_path / "B")
+    reasons = refused.value.differences
+    assert reasons[0].startswith("mmvp: data files differ (A sha256 ")
+    assert reasons[1] == "mmvp: the truth differs on 1 items (1; label fixes A: none, B: none)"
+    assert reasons[2] == "mmvp: 7 items were asked differently (prompt, options or image bytes; 2, 3, 4, 5, 6, … (7 in all))"
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B")]) == 2
+    err = capsys.readouterr().err
+    assert "lavit compare: error: the runs are not comparable: mmvp: data files differ" in err and "--pair-anyway" in err
+    out = tmp_path / "anyway.json"
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--pair-anyway", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["pair_anyway"] and saved["benchmarks"]["mmvp"]["paired_anyway"] == reasons
+    assert saved["benchmarks"]["mmvp"]["n"] == 7  # the item whose truth differs is still not paired
+
+
+def test_runs_of_other_protocols_or_from_before_protocols_are_refused(tmp_path):
+    records = [scored(str(i), i % 2 == 0) for i in range(1, 5)]
+    write_bench(tmp_path / "lavit", "vstar", records)
+    write_bench(tmp_path / "lmms", "vstar", records,
+                protocol={"name": "lmms-eval", "version": "lmms-eval 0.7.3 (qwen2_5_vl)", "deviations": {}})
+    write_bench(tmp_path / "longer", "vstar", records, protocol={**LAVIT_PROTOCOL, "deviations": {"max_new_tokens": 64}})
+    write_bench(tmp_path / "old", "vstar", records, protocol=None)
+    with pytest.raises(RunMismatch, match="vstar: protocol A .*'lavit'.* B .*'lmms-eval'"):
+        compare_runs(tmp_path / "lavit", tmp_path / "lmms")
+    with pytest.raises(RunMismatch, match="'deviations': {'max_new_tokens': 64}"):
+        compare_runs(tmp_path / "lavit", tmp_path / "longer")
+    with pytest.raises(RunMismatch, match="vstar: B predates recorded protocols and fingerprints"):
+        compare_runs(tmp_path / "lavit", tmp_path / "old")
+    assert compare_runs(tmp_path / "lavit", tmp_path / "lavit")["benchmarks"]["vstar"]["paired_anyway"] == []

@@ -99,9 +99,14 @@ def test_the_paper_suite_compares_every_model_at_one_resolution():
     parser = build_parser()
     for model in ("runs/a/student", "Qwen/Qwen2.5-VL-3B-Instruct"):
         args = parser.parse_args(["eval", "--model", model, "--suite", "paper", "--data-root", "d", "--out", "o"])
-        assert eval_pixel_limits(args) == {"min_pixels": 200704, "max_pixels": 1003520}
+        assert eval_pixel_limits(args) == {"min_pixels": 200704, "max_pixels": 1003520,
+                                           "pixels_by": "--suite paper under protocol lavit (Table A1's limits)"}
     args = parser.parse_args(["eval", "--model", "m", "--suite", "paper", "--data-root", "d", "--out", "o",
                               "--max-pixels", "401408"])
-    assert eval_pixel_limits(args) == {"min_pixels": 200704, "max_pixels": 401408}
+    assert eval_pixel_limits(args) == {"min_pixels": 200704, "max_pixels": 401408}  # given: a deviation
+    for protocol in ("authors", "lmms-eval"):  # each protocol's own resolution rule, not Table A1's
+        args = parser.parse_args(["eval", "--model", "m", "--suite", "paper", "--data-root", "d", "--out", "o",
+                                  "--protocol", protocol])
+        assert eval_pixel_limits(args) == {"min_pixels": 0, "max_pixels": 0}
     single = parser.parse_args(["eval", "--model", "m", "--benchmark", "mmvp", "--data-root", "d", "--out", "o"])
     assert eval_pixel_limits(single) == {"min_pixels": 0, "max_pixels": 0}  # the model's own limits

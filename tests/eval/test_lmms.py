@@ -36,6 +36,8 @@ def requests() -> list[Request]:
 def test_model_args_and_stop_strings():
     args = parse_model_args("dir", latent_mode="masked", latent_tokens="<lvr1>|<lvr2>", batch_size="4")
     assert args["latent_tokens"] == ["<lvr1>", "<lvr2>"] and args["mode"] == "masked" and args["batch_size"] == 4
+    assert args["protocol"] == "lavit" and args["max_new_tokens"] is None  # the task's, else the protocol's default
+    assert parse_model_args("dir", protocol="lmms-eval", processor="base")["protocol"] == "lmms-eval"
     with pytest.raises(ValueError, match="unknown lavit model_args"):
         parse_model_args("dir", temperature=0.5)
     assert cut_at_stop("red. blue", ["."]) == "red" and cut_at_stop("red\n\nmore", "\n\n") == "red"

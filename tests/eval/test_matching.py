@@ -150,7 +150,7 @@ VERDICT_CASES = [  # (prediction, truth, True / False / None = the rules defer)
     ("3-4", "3", False),
     ("There are 7 birds and 2 cats.", "7", None),
     ("I count 2 dogs and 3 cats; the answer is 3.", "3", True),
-    ("thirty-one", "31", None),
+    ("thirty-one", "31", True),  # compounds are read now (this deferred before)
     ("a couple of horses", "2", None),
     ("The one on the left.", "1", None),
     ("One of the dogs is brown.", "1", True),
@@ -201,6 +201,84 @@ def test_rule_verdict(prediction, truth, expected):
     verdict = rule_verdict(prediction, truth)
     assert verdict.match is expected, verdict
     assert answers_match(prediction, truth) is (expected is True)  # the bool API: a deferred pair is no match
+
+
+# Numbers the filter must not get wrong: a certain verdict where the value is plain, a deferral where the number
+# is a bound, a guess, or carries a multiplier or fraction the other side lacks. 'was X' is the verdict before the
+# number rules learned words, fractions, bounds and multipliers; 'pins' marks a verdict kept on purpose.
+NUMBER_CASES = [
+    # bounds and estimates are not the value
+    ("less than 5", "5", None),  # was True
+    ("at least 3", "3", None),  # was True
+    ("5+", "5", None),  # was True
+    ("~5", "5", None),  # was True
+    ("5 or more", "5", None),  # was True
+    ("about twenty", "20", None),  # was True
+    ("up to 10", "10", None),  # was True
+    ("It is not 5.", "5", None),  # was True
+    ("maybe 3", "3", None),  # was True
+    ("There are probably 3 dogs.", "3", None),  # was True: the hedge need not touch the number
+    ("between 3 and 5", "4", None),  # was False, though 4 lies between
+    ("half a dozen", "12", None),  # pins: 'a dozen' is read as 12, but 'half' qualifies it
+    # a truth that is a bound: normalising drops '+' and '>', which made '5' equal to it
+    ("5", "5+", None),  # was True
+    ("5", ">5", None),  # was True
+    ("5", "about 5", None),  # pins
+    ("5+", "5+", True),  # pins: the same bound
+    ("about 5", "about 5", True),  # pins
+    # multipliers: equal values match, a multiplier on one side only defers (the truth may count thousands)
+    ("3 thousand people", "3", None),  # was True
+    ("2 dozen eggs", "2", None),  # was True
+    ("1.5 million", "1.5", None),  # was True
+    ("three thousand", "3", None),  # was True
+    ("$1.5 million", "$1.5", None),  # was True
+    ("three thousand", "3000", True),  # was None
+    ("3000", "3 thousand", True),  # was None
+    ("$1.5 million", "1,500,000", True),  # was None
+    ("5k", "5000", True),  # was None
+    ("a hundred percent", "100%", True),  # was None
+    ("4 thousand", "5 thousand", False),  # was None: the same multiplier, different values
+    # spelled numbers
+    ("twenty-one", "21", True),  # was False (read as the range '20-1')
+    ("twenty one", "21", True),  # was False (20 and 1)
+    ("21", "twenty-one", True),  # was None
+    ("one hundred and five", "105", True),  # was None
+    ("a hundred", "100", True),  # was None
+    ("seventy", "17", False),  # was None
+    ("minus five", "-5", True),  # was False
+    # fractions and decimals, both ways round
+    ("1/2", "0.5", True),  # was False
+    ("3/4", "0.75", True),  # was False
+    ("0.5", "1/2", True),  # was None
+    ("one half", "0.5", True),  # was None
+    ("a quarter", "0.25", True),  # was None
+    ("two thirds", "2/3", True),  # was None
+    ("½", "0.5", True),  # was None
+    ("2½", "2.5", True),  # was None
+    ("2 1/2", "2.5", True),  # was False (2 and 0.5)
+    (".5", "0.5", True),  # pins
+    ("1/3", "0.33", None),  # was False: a rounded decimal may state the fraction
+    ("4/5", "4", None),  # pins: '4/5' may be a score of 4
+    ("1,5", "1.5", None),  # was False: a decimal comma, or 1 and 5
+    ("3/4/2020", "3", None),  # pins: a date is no fraction
+    # several numbers, ranges, signs, ordinals, years
+    ("I see 2 dogs and 4 cats.", "6", None),  # was False: the question may ask for the sum
+    ("3-5", "4", False),  # pins: a range commits to no single number
+    ("3 to 5", "3", False),  # pins
+    ("-5", "5", False),  # pins
+    ("There are no dogs.", "0", None),  # pins: 'no' is not read as zero
+    ("3rd", "3", None),  # pins: an ordinal is not a count
+    ("a third dog", "3", None),  # pins: nor a fraction
+    ("2019", "2,019", True),  # pins
+    ("There are 3 dogs", "3", True),  # pins
+]
+
+
+@pytest.mark.parametrize(("prediction", "truth", "expected"), NUMBER_CASES)
+def test_number_rules(prediction, truth, expected):
+    verdict = rule_verdict(prediction, truth)
+    assert verdict.match is expected, verdict
+    assert verdict.rule.startswith(("number", "hedge", "equal")), verdict
 
 
 def read_labelled() -> list[dict]:

@@ -13,6 +13,7 @@ from fixtures import write_blink, write_mmstar, write_mmvp
 
 from lavit.data.run_dir import RunLock
 from lavit.eval.models import ConstantModel
+from lavit.eval.protocols.lavit import PROTOCOL as LAVIT
 from lavit.eval.runner import output_dir, run_eval
 from lavit.eval.stats import proportion_interval
 
@@ -20,13 +21,15 @@ from lavit.eval.stats import proportion_interval
 class LocalModel:
     """A checkpoint folder by its path as given, answering A; counts what it was asked."""
 
+    protocol = LAVIT
+
     def __init__(self, path):
         self.path, self.asked = str(path), []
 
     def describe(self) -> dict:
-        return {"model": self.path, "max_new_tokens": 32}
+        return {"model": self.path, "protocol": {**LAVIT.describe(), "deviations": {}}}
 
-    def answer(self, items):
+    def answer(self, items, max_new_tokens=None):
         self.asked += [it.id for it in items]
         return ["A"] * len(items)
 

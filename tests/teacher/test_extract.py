@@ -15,13 +15,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from lavit.cli import main
-from lavit.data.samples import ImageLimits, Sample
+from lavit.data.fingerprints import file_fingerprint
+from lavit.data.samples import ImageLimits, Sample, read_jsonl_samples, sample_fingerprint
 from lavit.data.signal_store import SCHEMA_VERSION, read_store, shard_files, write_manifest
 from lavit.teacher.extract_config import ExtractConfig
-from lavit.teacher.extractor import TeacherSignals, process_group, run_extract
+from lavit.teacher.extractor import (
+    TeacherSignals,
+    process_group,
+    rank_gpus,
+    read_answer_journals,
+    run_extract,
+    teacher_placement,
+)
 from lavit.toyworld.shapes import make_scene
 
 BAD = {  # id -> expected rejection reason
@@ -325,3 +334,214 @@ def test_extract_recipes_load(recipe):
     cfg = load_config(ExtractConfig, str(recipe), ["samples=s.jsonl"])
     assert cfg.teacher.startswith("Qwen/") and cfg.dtype == "bfloat16" and cfg.layers == "all"
     assert (cfg.min_pixels, cfg.max_pixels) == (200704, 1003520)  # Table A1's, the student's
+
+
+def edit_sample(root: Path, sample_id: str, **fields) -> None:
+    """Rewrite the samples file with `fields` changed in one record."""
+    path = root / "samples.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, **fields} if r["id"] == sample_id else r) + "\n" for r in records))
+
+
+def test_a_changed_sample_is_refused_until_told_to_extract_it_again(tmp_path):
+    write_samples(tmp_path, 5, bad=False)
+    run_extract(config(tmp_path))
+    before = {r["id"]: r for r in stored(tmp_path / "out")}
+    samples = read_jsonl_samples(tmp_path / "samples.jsonl")
+    assert all(before[s.id]["sample_sha256"] == sample_fingerprint(s) for s in samples)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["samples_fingerprint"] == file_fingerprint(tmp_path / "samples.jsonl")
+
+    edit_sample(tmp_path, "g1", question="what shape is red ?")
+    # the old code skipped g1 as stored, keeping the teacher's answer to the old question
+    with pytest.raises(ValueError, match=r"1 samples of .*samples.jsonl changed .*: g1\. .*changed_samples=reextract"):
+        run_extract(config(tmp_path))
+    assert {r["id"]: r for r in stored(tmp_path / "out")} == before  # refused before anything was written
+
+    result = run_extract(config(tmp_path, changed_samples="reextract"))
+    assert result["changed_samples_reextracted"] == ["g1"] and result["processed_this_run"] == 1
+    after = {r["id"]: r for r in stored(tmp_path / "out")}
+    assert {k: v for k, v in after.items() if k != "g1"} == {k: v for k, v in before.items() if k != "g1"}
+    assert after["g1"]["question"] == "what shape is red ?" and after["g1"]["index"] == 1
+    assert after["g1"]["sample_sha256"] == sample_fingerprint(read_jsonl_samples(tmp_path / "samples.jsonl")[1])
+    # what a fresh extraction of the edited file stores for it (in a batch of 1 here, of 3 there)
+    run_extract(config(tmp_path, "fresh"))
+    fresh = {r["id"]: r for r in stored(tmp_path / "fresh")}["g1"]
+    assert after["g1"]["teacher_answer"] == fresh["teacher_answer"]
+    assert after["g1"]["a_traj"] == pytest.approx(fresh["a_traj"], rel=1e-4, abs=1e-6)
+    # a box or a source is a change too; an unchanged file resumes as before
+    assert run_extract(config(tmp_path))["processed_this_run"] == 0
+    edit_sample(tmp_path, "g3", bbox=[1, 1, 20, 20], source="other")
+    with pytest.raises(ValueError, match=r": g3\."):
+        run_extract(config(tmp_path))
+
+
+def test_rows_stored_before_the_fingerprint_column_load_and_are_reported_unchecked(tmp_path):
+    write_samples(tmp_path, 5, bad=False)
+    run_extract(config(tmp_path))
+    shards = shard_files(tmp_path / "out")
+    for path in shards:  # a store written before the column existed
+        pq.write_table(pq.read_table(path).drop_columns(["sample_sha256"]), path, compression="zstd")
+    shards[-1].unlink()  # leave work, so that a rerun adds a shard with the column beside the old ones
+    edit_sample(tmp_path, "g0", question="what shape is red ?")
+    with pytest.warns(RuntimeWarning, match="3 stored rows were written before .* cannot be checked"):
+        result = run_extract(config(tmp_path))
+    assert result["rows_without_fingerprint"] == 3 and result["processed_this_run"] == 2
+    rows = {r["id"]: r for r in stored(tmp_path / "out")}  # old and new shards read as one table
+    assert [rows[f"g{i}"]["sample_sha256"] is None for i in range(5)] == [True] * 3 + [False] * 2
+
+
+def test_a_journaled_answer_is_used_only_while_its_sample_is_unchanged(tmp_path):
+    lines = [{"group": 0, "answers": {"0": "red", "1": "blue"}, "samples": {"0": "a", "1": "b", "2": "c"}},
+             {"group": 1, "answers": {"3": "green"}, "samples": {"3": "d"}},
+             {"group": 2, "answers": {"4": "old"}}]  # written before the journal recorded fingerprints
+    (tmp_path / "teacher_answers-w000of001.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    answers, groups = read_answer_journals(tmp_path, {0: "a", 1: "b", 2: "c", 3: "edited", 4: "e"})
+    assert answers == {0: "red", 1: "blue", 4: "old"} and groups == {0, 2}  # group 1 is answered again
+
+
+def test_a_journaled_vllm_answer_of_a_changed_sample_is_answered_again(tmp_path, monkeypatch):
+    """engine=vllm on a stand-in for vLLM (the answer phase's journal is what is tested; the probe pass is real)."""
+    from lavit.models.checkpoint import load_model_and_processor
+    from lavit.teacher import extractor
+
+    _, processor = load_model_and_processor("tiny-teacher")
+    asked: list[str] = []
+
+    class StandInVllm:
+        def __init__(self, *args, **kwargs):
+            self.processor = processor
+
+        def generate(self, images, questions, **kwargs):
+            asked.extend(questions)
+            return [f"answer to {q}" for q in questions]
+
+        def close(self):
+            pass
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(extractor, "VllmEngine", StandInVllm)
+    monkeypatch.setattr(extractor, "import_vllm", lambda: None)
+    write_samples(tmp_path, 4, bad=False)  # groups of 3: [g0, g1, g2], [g3]
+    signals = extractor.SignalExtractor.signals
+    monkeypatch.setattr(extractor.SignalExtractor, "signals", killed)
+    with pytest.raises(Killed):  # every answer journaled, the probe pass killed before it stored a row
+        run_extract(config(tmp_path, engine="vllm"))
+    assert len(asked) == 4 and not shard_files(tmp_path / "out")
+    monkeypatch.setattr(extractor.SignalExtractor, "signals", signals)
+    edit_sample(tmp_path, "g3", question="what shape is red ?")
+    asked.clear()
+    run_extract(config(tmp_path, engine="vllm"))
+    assert asked == ["what shape is red ?"]  # only the changed sample's group is answered again
+    rows = {r["id"]: r for r in stored(tmp_path / "out")}
+    assert rows["g3"]["teacher_answer"] == "answer to what shape is red ?"
+    assert rows["g0"]["teacher_answer"] == f"answer to {rows['g0']['question']}"
+
+
+def cuda_env(world: int, local_rank: int, local_world: int | None) -> dict[str, str]:
+    env = {"WORLD_SIZE": str(world), "RANK": str(local_rank), "LOCAL_RANK": str(local_rank)}
+    return env if local_world is None else {**env, "LOCAL_WORLD_SIZE": str(local_world)}
+
+
+def test_each_rank_gets_its_own_block_of_gpus():
+    assert [rank_gpus(r, 2, 8) for r in range(2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [rank_gpus(r, 4, 8) for r in range(4)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [rank_gpus(r, 8, 8) for r in range(8)] == [[r] for r in range(8)]
+    assert rank_gpus(0, 1, 8) == list(range(8))
+    for local_world, gpus in ((3, 8), (4, 6), (8, 4)):
+        with pytest.raises(ValueError, match=f"{local_world} data-parallel ranks on this node cannot share its "
+                                             f"{gpus} visible GPUs evenly: launch --nproc_per_node with one of"):
+            rank_gpus(0, local_world, gpus)
+
+
+def test_teacher_placement_per_rank():
+    # the README's command on 8 GPUs with the recipe's device_map=auto: one GPU per rank, not 8 full copies each
+    eight = [teacher_placement("auto", cuda_env(8, r, 8), 8) for r in range(8)]
+    assert [(p.device_map, p.gpus, p.confined) for p in eight] == [("", [r], False) for r in range(8)]
+    # 2 ranks × 4 GPUs: rank 1 splits the teacher over GPUs 4..7 only
+    second = teacher_placement("auto", cuda_env(2, 1, 2), 8)
+    assert (second.device_map, second.gpus, second.confined) == ("auto", [4, 5, 6, 7], True)
+    assert "rank 1 splits the teacher over GPUs [4, 5, 6, 7]" in second.rule
+    # two nodes of 4 GPUs, 1 rank per node: each rank has its whole node
+    assert teacher_placement("auto", cuda_env(2, 0, 1), 4).confined is False
+    # one plain process: device_map as given over every visible GPU; '' = its one GPU
+    assert (teacher_placement("auto", {}, 8).gpus, teacher_placement("", {}, 8).gpus) == (list(range(8)), [0])
+    # no CUDA: every rank loads onto the CPU, whatever the device_map
+    for device_map in ("auto", "", "cpu"):
+        cpu = teacher_placement(device_map, cuda_env(2, 1, 2), 0)
+        assert (cpu.device_map, cpu.gpus, cpu.max_memory()) == ("", [], None) and "CPU" in cpu.rule
+    assert teacher_placement("cpu", cuda_env(2, 1, 2), 8).device_map == "cpu"  # never moved to a GPU
+    with pytest.raises(ValueError, match="cannot share its 6 visible GPUs evenly"):
+        teacher_placement("auto", cuda_env(4, 0, 4), 6)
+    with pytest.raises(ValueError, match="each of the 4 data-parallel ranks on this node on its own GPU, but 2"):
+        teacher_placement("", cuda_env(4, 0, 4), 2)
+    with pytest.raises(ValueError, match="without LOCAL_WORLD_SIZE"):
+        teacher_placement("auto", cuda_env(2, 0, None), 8)
+    with pytest.raises(ValueError, match="device_map must be one of"):
+        ExtractConfig(samples="s.jsonl", device_map="cuda:1")
+
+
+def test_a_ranks_split_stays_on_its_own_gpus(monkeypatch):
+    from transformers.integrations.accelerate import _get_device_map
+
+    from lavit.models.checkpoint import load_model_and_processor
+    from lavit.teacher import extractor
+
+    model, _ = load_model_and_processor("tiny-teacher")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (size, 2 * size))  # free, total bytes of GPU i
+    placement = teacher_placement("auto", cuda_env(2, 1, 2), 4)  # rank 1 of 2 on a node of 4 GPUs
+    assert placement.max_memory() == {2: size, 3: size}
+    # the device map from_pretrained computes from it (no GPU needed to compute it) uses GPUs 2 and 3 only
+    assert set(_get_device_map(model, "auto", placement.max_memory(), None).values()) == {2, 3}
+    seen = {}
+    monkeypatch.setattr(extractor, "load_model_and_processor", lambda name, **kw: seen.update(kw) or (model, None))
+    extractor.load_teacher(ExtractConfig(samples="s.jsonl", device_map="auto"), placement)
+    assert (seen["device_map"], seen["max_memory"]) == ("auto", {2: size, 3: size})
+
+
+def test_a_placement_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    write_samples(tmp_path, 2, bad=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 6)
+    for key, value in cuda_env(4, 0, 4).items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="4 data-parallel ranks on this node cannot share its 6 visible GPUs"):
+        run_extract(config(tmp_path, device_map="auto"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_readmes_torchrun_command_runs_one_worker_per_rank_on_cpu(tmp_path):
+    """`torchrun --nproc_per_node N -m lavit.cli extract recipes/extract_qwen2_5_vl_32b.yaml ...` as the README
+    writes it (the recipe's device_map: auto), on 2 CPU ranks: each loads the teacher onto the CPU and takes its
+    batch groups, and the store holds every sample once."""
+    write_samples(tmp_path, 6, bad=False)
+    recipe = Path(__file__).parents[2] / "recipes" / "extract_qwen2_5_vl_32b.yaml"
+    overrides = [f"samples={tmp_path / 'samples.jsonl'}", f"image_root={tmp_path / 'images'}", "teacher=tiny-teacher",
+                 "dtype=float32", "batch_size=2", "max_new_tokens=4"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lavit.cli",
+           "extract", str(recipe), *overrides, f"out={tmp_path / 'ranks'}"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = [json.loads((tmp_path / "ranks" / f"extract_results-w{r:03d}of002.json").read_text()) for r in range(2)]
+    for result in results:
+        assert result["placement"] == {"device_map": "", "gpus": [], "confined": False,
+                                       "rule": "no CUDA device: the teacher loads onto the CPU"}
+        assert result["settings"]["device_map"] == "auto"
+    assert [r["processed_this_run"] for r in results] == [4, 2]  # groups of 2: rank 0 takes groups 0 and 2
+    assert "no CUDA device: the teacher loads onto the CPU" in done.stderr
+    assert {p.name.split("-")[1] for p in shard_files(tmp_path / "ranks")} == {"w000of002", "w001of002"}
+    from lavit.config import load_config
+
+    run_extract(load_config(ExtractConfig, str(recipe), [*overrides, f"out={tmp_path / 'one'}"]))
+    one, ranks = stored(tmp_path / "one"), stored(tmp_path / "ranks")
+    assert [(r["id"], r["status"], r["teacher_answer"]) for r in ranks] == [
+        (r["id"], r["status"], r["teacher_answer"]) for r in one] and len(one) == 6
+    for a, b in zip(ranks, one):
+        assert a["a_traj"] == pytest.approx(b["a_traj"], rel=1e-4, abs=1e-7)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from lavit.cli import main
+from lavit.data.fingerprints import store_fingerprint
 from lavit.data.sft_dataset import LavitSftDataset, read_sft_table
 from lavit.data.signal_store import SCHEMA_VERSION, ShardWriter, read_store, write_json_atomic
 from lavit.eval.judge import CachedJudge, transformers_judge
@@ -118,6 +119,10 @@ def test_run_filter_writes_a_trainable_set_and_a_report(tmp_path):
         stage: n for stage, n in report["dropped_by_stage"].items() if n}
     kept = read_store(tmp_path / "sft").to_pylist()
     assert len(kept) == report["kept"] and all(r["text_only_answer"] is not None for r in kept)
+    # the set names what it was filtered from, by content
+    manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    assert manifest["signals_fingerprint"] == report["signals_fingerprint"] == store_fingerprint(tmp_path / "signals")
+    assert report["signals_fingerprint"]["files"] == 2  # the shard and the manifest
     # the trainer reads the filtered set directly, targets resampled to the student grid
     table = read_sft_table([str(tmp_path / "sft")], "answer", need_signals=True)
     dataset = LavitSftDataset(table, str(tmp_path), build_tiny_processor(build_tiny_tokenizer()), [],

@@ -184,6 +184,7 @@ def test_analyze_cli_on_the_committed_toy_models(tmp_path, capsys):
     (tmp_path / "correct.json").write_text(json.dumps(correct))
     assert main(["analyze", "--samples", str(samples), "--image-root", str(tmp_path / "data" / "images"),
                  "--model", f"teacher={ARTIFACTS_DIR / 'teacher'}", "--model", f"base={ARTIFACTS_DIR / 'base'}",
+                 "--pixels", "teacher=28224:28224", "--pixels", "base=28224:28224",  # the toy models' 6 × 6 grid
                  "--correct", str(tmp_path / "correct.json"), "--out", str(tmp_path / "an"), "--heatmaps", "2"]) == 0
     analysis = json.loads((tmp_path / "an" / "analysis.json").read_text())
     assert analysis["samples"] == 6 and set(analysis["perception_gap"]) == {"base"}

@@ -1,6 +1,7 @@
 """Resume from the newest complete checkpoint: `lavit train` killed inside each phase of a save (and stopped by a
 full disk) resumes with `resume=latest` to the uninterrupted loss curve, the torn checkpoint reported and set
-aside, the last complete one never rotated away; a resume with settings that change the run is refused."""
+aside, the last complete one never rotated away; a resume with settings that change the run, or on data rewritten
+since, is refused."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lavit.data.sft_dataset import data_fingerprint
 from lavit.toyworld.shapes import write_sft_set
 from lavit.training.lavit_config import LavitTrainConfig
 from lavit.training.lavit_trainer import CHECKPOINT_MARKER, checkpoint_problem
@@ -162,3 +164,56 @@ def test_a_checkpoint_file_damaged_after_its_save_is_not_complete(copied, sft_se
     assert checkpoint_problem(copied / "checkpoint-6") == "optimizer.pt is missing"
     with pytest.raises(FileNotFoundError, match="checkpoint-6: optimizer.pt is missing"):
         run_training(config(sft_set, copied, resume="latest"))
+
+
+def test_a_resume_on_rewritten_data_is_refused_and_on_the_same_data_continues(tmp_path):
+    data = write_sft_set(tmp_path / "sft", 24, seed=0)
+    out = tmp_path / "run"
+    short = dict(max_steps=2, save_steps=2, gate_warmup_steps=1)
+    first = run_training(config(data, out, **short))
+    recorded = json.loads((out / "run_settings.json").read_text())["data_fingerprint"]
+    assert recorded == first["data_fingerprint"] == data_fingerprint([str(data)])
+    assert recorded[str(data.resolve())]["rows"] == 24
+    marker = json.loads((out / "checkpoint-2" / CHECKPOINT_MARKER).read_text())
+    assert marker["settings"]["data_fingerprint"] == recorded
+    shutil.copy(data, tmp_path / "original.parquet")
+
+    write_sft_set(tmp_path / "sft", 30, seed=1)  # the same path, other rows (the old code resumed on them)
+    listing = sorted(p.name for p in out.rglob("*"))
+    log = (out / TRAIN_LOG).read_text()
+    with pytest.raises(ValueError, match="the training data differs from what the run that wrote .*checkpoint-2 "
+                                         "trained on") as err:
+        run_training(config(data, out, resume="latest", **short))
+    assert f"{data.resolve()}: {recorded[str(data.resolve())]['sha256'][:12]}… (1 files" in str(err.value)
+    assert f"{data.resolve()}: 24 rows → 30 rows" in str(err.value)
+    assert sorted(p.name for p in out.rglob("*")) == listing and (out / TRAIN_LOG).read_text() == log
+
+    shutil.copy(tmp_path / "original.parquet", data)  # the data the run began with
+    # a checkpoint recorded before lavit fingerprinted its data resumes, saying it cannot check
+    old = tmp_path / "old"
+    shutil.copytree(out / "checkpoint-2", old / "checkpoint-2")
+    marker = json.loads((old / "checkpoint-2" / CHECKPOINT_MARKER).read_text())
+    del marker["settings"]["data_fingerprint"]
+    (old / "checkpoint-2" / CHECKPOINT_MARKER).write_text(json.dumps(marker))
+    with pytest.warns(RuntimeWarning, match="checkpoint-2 recorded no fingerprint of its training data"):
+        run_training(config(data, old, resume="latest", **short))
+    # the same data: the resume goes on
+    resumed = run_training(config(data, out, resume="latest", **short))
+    assert resumed["resumed_from"] == str(out / "checkpoint-2") and resumed["data_fingerprint"] == recorded
+
+
+def test_the_data_fingerprint_of_a_store_a_folder_of_shards_and_a_file(tmp_path):
+    data = write_sft_set(tmp_path / "sft", 5, seed=0)
+    store, folder = tmp_path / "store", tmp_path / "folder"
+    (store / "data").mkdir(parents=True)
+    folder.mkdir()
+    for target in (store / "data", folder):
+        shutil.copy(data, target / "a.parquet")
+        shutil.copy(data, target / "b.parquet")
+    (store / "manifest.json").write_text(json.dumps({"kind": "lavit_sft", "counts": {"kept": 10}}))
+    found = data_fingerprint([str(store), str(folder), str(data)])
+    assert list(found) == [str(store.resolve()), str(folder.resolve()), str(data.resolve())]
+    assert [(f["files"], f["rows"]) for f in found.values()] == [(3, 10), (2, 10), (1, 5)]  # a store: its manifest too
+    # a filter rerun with other settings rewrites the manifest, even where the kept rows happen to be the same
+    (store / "manifest.json").write_text(json.dumps({"kind": "lavit_sft", "counts": {"kept": 10}, "other": 1}))
+    assert data_fingerprint([str(store)])[str(store.resolve())]["sha256"] != found[str(store.resolve())]["sha256"]

@@ -59,3 +59,39 @@ def save_redrawn_teacher(directory, family: str = "qwen2_5_vl", seed: int = 6):
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+AUTHORS_TOKENS = ["<lvr1>", "<lvr2>", "<lvr3>", "<lvr4>"]
+
+
+def save_authors_style(directory, *, with_processor: bool = True, repetition_penalty: float = 1.3, seed: int = 7):
+    """A re-drawn tiny Qwen2.5-VL saved as the authors' training saves LaViT-3B (tests/eval/authors_checkpoint.py):
+    `<lvr1>`…`<lvr4>` special tokens, `len(tokenizer)` embedding rows, extra `v_top_head.*` / `traj_head.*` tensors,
+    `architectures: ["LaViTQwen2VL"]`, a Qwen-style generation config (sampling greedy in effect, with a repetition
+    penalty large enough to change these answers); without the processor's files when `with_processor` is false."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+    from transformers import GenerationConfig
+
+    model, processor = build_redrawn("qwen2_5_vl", seed=seed)
+    processor.tokenizer.add_tokens(AUTHORS_TOKENS, special_tokens=True)
+    model.resize_token_embeddings(len(processor.tokenizer))
+    eos = processor.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model.generation_config = GenerationConfig(do_sample=True, top_k=1, top_p=0.001, temperature=0.1, eos_token_id=eos,
+                                               repetition_penalty=repetition_penalty, pad_token_id=eos[1])
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    weights = directory / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["v_top_head.0.weight"] = torch.randn(8, 4)
+    tensors["traj_head.query.weight"] = torch.randn(4, 8)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "architectures": ["LaViTQwen2VL"]}))
+    if with_processor:
+        processor.save_pretrained(directory)
+    else:
+        processor.tokenizer.save_pretrained(directory)
+    return processor

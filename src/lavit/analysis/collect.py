@@ -23,6 +23,7 @@ from lavit.data.samples import (
     resolve_image,
 )
 from lavit.models.checkpoint import load_for_inference, read_lavit_meta
+from lavit.models.grid import processor_pixel_limits
 from lavit.teacher.extractor import SignalExtractor, TokenTrace
 
 # Word lists for the token categories of Fig. 3 (lower-cased, tokenizer prefix marks stripped).
@@ -86,12 +87,27 @@ def check_record(sample: Sample, image_root: Path) -> SampleRecord:
     return SampleRecord(sample.id, sample.image, sample.question, str(sample.answer), pixel_box(sample, size), size)
 
 
-def trace_model(path: str, records: list[SampleRecord], image_root: Path, *, batch_size: int = 16,
-                desc: str = "") -> tuple[list[TokenTrace], list[list[str]]]:
-    """Generation-aligned token traces of one model over the records, plus each trace's produced tokens as
-    strings."""
+@dataclass
+class ModelTraces:
+    """One model's traces over the records, each trace's produced tokens as strings, and the pixel limits its
+    processor applied (as the processor reports them)."""
+
+    traces: list[TokenTrace]
+    tokens: list[list[str]]
+    pixel_limits: dict[str, int]
+
+
+def trace_model(path: str, records: list[SampleRecord], image_root: Path, *, pixel_limits: dict[str, int],
+                device_map: str = "", batch_size: int = 16, desc: str = "") -> ModelTraces:
+    """Generation-aligned token traces of one model over the records, its processor resizing within
+    `pixel_limits` ({min_pixels, max_pixels}); a processor that applies other limits is an error, so every
+    number is measured at the stated resolution. `device_map` (e.g. 'auto') splits the model over devices."""
     meta = read_lavit_meta(path) if Path(path).is_dir() else {}
-    model, processor = load_for_inference(path)
+    model, processor = load_for_inference(path, device_map=device_map, min_pixels=pixel_limits["min_pixels"],
+                                          max_pixels=pixel_limits["max_pixels"])
+    in_force = processor_pixel_limits(processor.image_processor)
+    if in_force != pixel_limits:
+        raise ValueError(f"{desc or path}: asked for pixel limits {pixel_limits}, its processor applies {in_force}")
     extractor = SignalExtractor(model, processor, system_prompt=meta.get("system_prompt") or None,
                                 latent_tokens=meta.get("latent_tokens", []))
     traces: list[TokenTrace] = []
@@ -102,5 +118,4 @@ def trace_model(path: str, records: list[SampleRecord], image_root: Path, *, bat
                                         [r.answer for r in chunk])
         traces += extractor.forward_traces(batch)
     tokens = [processor.tokenizer.convert_ids_to_tokens(t.token_ids.tolist()) for t in traces]
-    return traces, tokens
-
+    return ModelTraces(traces, tokens, in_force)

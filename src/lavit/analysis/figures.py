@@ -77,7 +77,8 @@ def fig4(path: Path, per_model: dict) -> None:
 
 
 def fig5(path: Path, answer_maps: dict, records, sizes, image_root: Path, grids: dict, count: int) -> None:
-    """Heatmaps in units of 'times the uniform share', one colour scale per row, so a flat map looks flat."""
+    """Heatmaps in units of 'times the uniform share', one colour scale per row, so a flat map looks flat; each
+    model's map on its own grid (named in its title), stretched over the whole image."""
     names = _ordered(answer_maps)
     count = min(count, len(records))
     fig, axes = plt.subplots(count, len(names) + 1, figsize=(2.4 * (len(names) + 1), 2.6 * count), squeeze=False)
@@ -98,7 +99,7 @@ def fig5(path: Path, answer_maps: dict, records, sizes, image_root: Path, grids:
             im = ax.imshow(grid, cmap="inferno", alpha=0.6, vmin=0.0, vmax=vmax, interpolation="nearest",
                            extent=(0, sizes[row][0], sizes[row][1], 0))
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1))
-            ax.set_title(f"{name}  (peak {float(grid.max()):.1f}× uniform)", fontsize=7)
+            ax.set_title(f"{name}, {h}×{w} grid\npeak {float(grid.max()):.1f}× uniform", fontsize=7)
         fig.colorbar(im, ax=axes[row, 1:].tolist(), fraction=0.02, pad=0.01, label="× uniform")
     for ax in axes.flat:
         ax.axis("off")

@@ -19,6 +19,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from lavit.data.fingerprints import record_fingerprint
+
 # Qwen2.5-VL's smart_resize refuses aspect ratios above this.
 MAX_ASPECT_RATIO = 200
 BOX_FORMATS = ("pixels", "normalized", "normalized_square")
@@ -117,6 +119,18 @@ def read_jsonl_samples(path: str | Path) -> list[Sample]:
                               answer=record.get("answer"), bbox=record.get("bbox"), source=record.get("source")))
     check_unique_ids(samples, str(path))
     return samples
+
+
+def sample_fingerprint(sample: Sample) -> str:
+    """sha256 of the fields a sample's extraction reads — image path, question, answer, box (and how the box is
+    given), source — as read from the samples file. The image file's content is not part of it: hashing every image
+    on every rerun would cost as much I/O as the extraction's own reading."""
+    fields = {"image": sample.image, "question": sample.question, "answer": sample.answer, "bbox": sample.bbox,
+              "bbox_format": sample.bbox_format, "source": sample.source}
+    try:
+        return record_fingerprint(fields)
+    except UnicodeEncodeError:  # JSON admits lone surrogates, UTF-8 does not: fingerprint their escaped form
+        return record_fingerprint({"escaped": json.dumps(fields, sort_keys=True)})
 
 
 def check_unique_ids(samples: list[Sample], where: str) -> None:

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from lavit.data.examples import TrainingSample, build_example
+from lavit.data.fingerprints import file_fingerprint, files_fingerprint, store_fingerprint
 from lavit.data.samples import ImageLimits, Rejection, open_rgb, resolve_image
 from lavit.data.signal_store import MANIFEST, shard_files
 
@@ -52,6 +53,24 @@ def parquet_files(paths: list[str]) -> list[Path]:
     if not files:
         raise ValueError("no training data given (set data=PATH)")
     return files
+
+
+def data_fingerprint(paths: list[str]) -> dict[str, dict]:
+    """What a run trains on, by content: per path of `data` (absolute), `{"sha256", "files", "bytes", "rows"}` —
+    a lavit store's shards and manifest, another folder's .parquet files, or the file itself — with the rows its
+    Parquet files hold (rejected rows of a raw store included)."""
+    found = {}
+    for path in map(Path, paths):
+        files = parquet_files([str(path)])
+        if not path.is_dir():
+            fingerprint = {**file_fingerprint(path), "files": 1}
+        elif (path / MANIFEST).is_file():
+            fingerprint = store_fingerprint(path)
+        else:
+            fingerprint = files_fingerprint(files, path)
+        fingerprint["rows"] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        found[str(path.resolve())] = fingerprint
+    return found
 
 
 def _decoded_batches(files: list[Path], target: pa.Schema, filter_status: bool):

@@ -30,11 +30,12 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lavit.data.samples import answer_text, text_value
@@ -60,7 +61,10 @@ SIGNAL_SCHEMA = pa.schema([
     ("a_traj_grid", pa.list_(pa.int32())),  # [t, h, w] merged-token grid of a_traj
     ("v_sem", pa.list_(pa.float16())),  # mean-pooled final-layer teacher states at the image tokens
     ("s_focus", pa.float64()),  # eq. 1, null without a box
+    # samples.sample_fingerprint of the fields extracted from; null in shards written before the column existed
+    ("sample_sha256", pa.string()),
 ])
+SAMPLE_FINGERPRINT = "sample_sha256"
 
 
 def pending_row(index: int, sample_id: str, image, question, answer, source) -> dict:
@@ -445,3 +449,48 @@ def store_counts(directory: Path) -> dict:
     statuses = Counter(table.column("status").to_pylist())
     return {"rows": table.num_rows, "ok": statuses.get("ok", 0), "rejected": statuses.get("rejected", 0),
             "rejected_by_reason": dict(sorted(reasons.items()))}
+
+
+def stored_sample_fingerprints(directory: str | Path) -> dict[str, str | None]:
+    """Each stored row's id → the fingerprint of the sample fields it was extracted from; None for the rows of
+    shards written before the column existed (they cannot be checked)."""
+    found: dict[str, str | None] = {}
+    for path in shard_files(Path(directory)):
+        if SAMPLE_FINGERPRINT not in pq.read_schema(path).names:
+            found.update(dict.fromkeys(pq.read_table(path, columns=["id"]).column("id").to_pylist()))
+            continue
+        table = pq.read_table(path, columns=["id", SAMPLE_FINGERPRINT])
+        found.update(zip(table.column("id").to_pylist(), table.column(SAMPLE_FINGERPRINT).to_pylist()))
+    return found
+
+
+def changed_ids(stored: Mapping[str, str | None], current: Mapping[str, str]) -> list[str]:
+    """The ids of `current` (id → fingerprint of the sample now) whose stored row was extracted from other fields.
+    A row without a recorded fingerprint cannot be compared and is not among them."""
+    return sorted(i for i, sha in stored.items() if sha is not None and i in current and current[i] != sha)
+
+
+def remove_changed_rows(directory: str | Path, current: Mapping[str, str]) -> list[str]:
+    """Delete every row that `changed_ids` names, under the store's lock: each shard holding one is rewritten
+    without it, atomically (a shard left empty is removed). Idempotent, so concurrent workers may all call it: a
+    row extracted from the current fields is never touched. Returns the ids removed."""
+    directory = Path(directory)
+    removed: list[str] = []
+    with StoreLock(directory / MANIFEST_LOCK, f"the rows of {directory}").acquire(wait=True) as lock:
+        for path in shard_files(directory):
+            if SAMPLE_FINGERPRINT not in pq.read_schema(path).names:
+                continue
+            keys = pq.read_table(path, columns=["id", SAMPLE_FINGERPRINT])
+            stale = changed_ids(dict(zip(keys.column("id").to_pylist(),
+                                         keys.column(SAMPLE_FINGERPRINT).to_pylist())), current)
+            if not stale:
+                continue
+            table = pq.read_table(path)
+            kept = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(stale, pa.string()))))
+            lock.check()
+            if kept.num_rows:
+                write_table_atomic(kept, path)
+            else:
+                path.unlink()
+            removed += stale
+    return sorted(removed)

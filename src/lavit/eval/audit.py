@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,9 @@ from lavit.data.samples import Rejection, answer_text, check_text, read_jsonl_sa
 from lavit.data.signal_store import write_json_atomic
 from lavit.eval.items import EvalItem, ImageRef, kind
 from lavit.eval.matching import answers_match, extract_option_letter, normalize_answer
+from lavit.eval.protocols import Protocol, TaskRules
+from lavit.eval.protocols.lavit import PROTOCOL as LAVIT_PROTOCOL
+from lavit.eval.protocols.lmms_eval import fetch_image
 from lavit.eval.runner import load_benchmark
 from lavit.eval.stats import accuracy_summary, paired_difference
 from lavit.inference.generate import build_generation_inputs, generate_answers
@@ -71,10 +74,13 @@ class AuditItem:
     letters: str = ""  # a multiple-choice item's option letters; '' = free text, scored with `answers_match`
     pair: str | int | None = None  # two items of one pair ask one question of two images (MMVP's pairs)
     skip: str | None = None  # why it cannot be asked: a recorded, counted skip
+    read_letter: Callable[[str], str | None] | None = None  # the protocol's letter extraction (default: lavit's)
 
     def extract(self, raw: str) -> str | None:
         """What answers are compared by: the option letter (None when there is none), or the normalised text."""
-        return extract_option_letter(raw, self.letters) if self.letters else normalize_answer(raw)
+        if not self.letters:
+            return normalize_answer(raw)
+        return self.read_letter(raw) if self.read_letter else extract_option_letter(raw, self.letters)
 
     def is_correct(self, raw: str) -> bool:
         return self.extract(raw) == self.truth if self.letters else answers_match(raw, self.truth)
@@ -92,24 +98,30 @@ class LoadedModel:
     max_new_tokens: int = 32
     gate: InferenceGate | None = None
     name: str = "in-memory model"
+    protocol: Protocol = LAVIT_PROTOCOL
 
     def describe(self) -> dict:
         return {"model": self.name, "latent_tokens": list(self.latent_tokens), "system_prompt": self.system_prompt,
                 "max_new_tokens": self.max_new_tokens, **({"inference_gate": vars(self.gate)} if self.gate else {}),
+                "protocol": {**self.protocol.describe(), "deviations": {}},
                 "dtype": str(self.model.dtype).removeprefix("torch.")}
 
 
 # -- items ------------------------------------------------------------------------------------------------------
-def as_audit_items(items: list[EvalItem]) -> list[AuditItem]:
-    """Benchmark items as the audit asks them (each image decoded once to decide its skip)."""
-    return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem())
+def as_audit_items(items: list[EvalItem], rules: TaskRules | None = None) -> list[AuditItem]:
+    """Benchmark items as the audit asks them (each image decoded once to decide its skip), scored by the protocol
+    `rules` (default: lavit's)."""
+    return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem(),
+                      functools.partial(lambda raw, item: rules.extract(raw, item), item=it) if rules else None)
             for it in items]
 
 
-def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False
-                    ) -> list[AuditItem]:
-    """A benchmark's items as `lavit eval` reads them (`load_benchmark`: label errors corrected with `label_fixes`)."""
-    return as_audit_items(load_benchmark(benchmark, data_root, max_samples, label_fixes)[1])
+def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False,
+                    protocol: Protocol = LAVIT_PROTOCOL) -> list[AuditItem]:
+    """A benchmark's items as `lavit eval` reads them (`load_benchmark`: asked as `protocol` asks them, label errors
+    corrected with `label_fixes`)."""
+    return as_audit_items(load_benchmark(benchmark, data_root, max_samples, label_fixes, protocol)[1],
+                          protocol.rules(benchmark))
 
 
 def sample_items(samples: str | Path, image_root: str | Path, max_samples: int = 0) -> list[AuditItem]:
@@ -267,11 +279,13 @@ def _not_applicable(chosen: list[str], k: int, n: int) -> dict[str, str]:
 
 
 def audit_items(model, items: list[AuditItem], *, interventions: list[str] | None = None, seed: int = 0,
-                batch_size: int = 8, desc: str = "audit", hide_latents: bool = False) -> dict:
+                batch_size: int = 8, desc: str = "audit", hide_latents: bool = False,
+                max_new_tokens: int | None = None) -> dict:
     """Run the reference (`forced`) and each chosen intervention on `items`; the audit's results (no files).
 
     `model` is a `GenerativeModel` loaded in forced mode or a `LoadedModel`: `.model`, `.processor`,
-    `.latent_tokens`, `.system_prompt`, `.max_new_tokens` (and `.gate`, if any). `hide_latents` runs the
+    `.latent_tokens`, `.system_prompt`, `.max_new_tokens`, `.protocol` (and `.gate`, if any); `max_new_tokens`
+    overrides the model's (None with None: 32). `hide_latents` runs the
     reference and every state intervention with the latents hidden from everything after them (masked mode):
     the audit's negative control, under which no state intervention can change an answer.
     """
@@ -309,6 +323,9 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
     runs = ["forced", *(c for c in chosen if c not in not_applicable)]
     asked = {name: {it.id for it in ready if name not in donors or donors[name][it.id]["donor"]} for name in runs}
     by_id = {it.id: it for it in ready}
+    tokens = max_new_tokens or model.max_new_tokens or model.protocol.default_max_new_tokens
+    protocol = model.protocol
+    transport = fetch_image if protocol.image_transport == "qwen_vl_utils" else (lambda image: image)
 
     built: dict[tuple, dict] = {}  # one batch's model inputs per (items, with latents?): built once per batch
 
@@ -316,13 +333,15 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
         mode = "masked" if hide_latents and mode == "forced" else mode
         key = (tuple(it.id for it in batch), mode != "none")  # forced and masked prompts are the same tokens
         if key not in built:
-            built[key] = build_generation_inputs(model.processor, [[ref.open() for ref in it.images] for it in batch],
+            built[key] = build_generation_inputs(model.processor,
+                                                 [[transport(ref.open()) for ref in it.images] for it in batch],
                                                  [it.prompt for it in batch], latent_tokens=model.latent_tokens,
                                                  mode=mode, system_prompt=model.system_prompt)
         return generate_answers(net, model.processor, None, [it.prompt for it in batch],
                                 latent_tokens=model.latent_tokens, mode=mode, system_prompt=model.system_prompt,
-                                max_new_tokens=model.max_new_tokens, gate=getattr(model, "gate", None),
-                                intervention=intervention, inputs=built[key])
+                                max_new_tokens=tokens, gate=getattr(model, "gate", None),
+                                intervention=intervention, inputs=built[key],
+                                keep_special_tokens=protocol.keep_special_tokens)
 
     raw: dict[str, dict[str, str]] = {name: {} for name in runs}
     block: dict[str, torch.Tensor] = {}  # item → [L, K−1, D], the donors' states
@@ -427,21 +446,24 @@ def run_audit(model, out: str | Path, *, benchmark: str = "", data_root: str | P
             raise ValueError("a sample file needs its image root")
         source = {"samples": str(Path(samples).resolve()), "image_root": str(Path(image_root).resolve())}
         inputs = {"samples": samples, "image_root": image_root}
+    tokens = model.max_new_tokens or (model.protocol.rules(benchmark).max_new_tokens if benchmark
+                                      else model.protocol.default_max_new_tokens)
     settings = {**source, **model.describe(), "interventions": choose_interventions(interventions), "seed": seed,
-                "max_samples": max_samples}
+                "max_samples": max_samples, "max_new_tokens": tokens}
     if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
         settings["model"] = str(Path(settings["model"]).resolve())
     refuse_inputs_inside(out, inputs, key="output folder")
     if benchmark:  # label fixes: a setting, and what was applied a part of the result (as in `lavit eval`)
-        _, loaded, fix_settings, fixes = load_benchmark(benchmark, data_root, max_samples, label_fixes)
-        items = as_audit_items(loaded)
+        _, loaded, fix_settings, fixes = load_benchmark(benchmark, data_root, max_samples, label_fixes,
+                                                        model.protocol)
+        items = as_audit_items(loaded, model.protocol.rules(benchmark))
         settings.update(fix_settings)
     else:
         items, fixes = sample_items(samples, image_root, max_samples), {}
     with RunLock(out):
         record_settings(out / "run.json", settings, hint="use another --out")
         result = audit_items(model, items, interventions=interventions, seed=seed, batch_size=batch_size,
-                             desc=benchmark or Path(samples).name)
+                             desc=benchmark or Path(samples).name, max_new_tokens=tokens)
         result = {"settings": settings, **fixes, **result}
         write_json_atomic(result, out / AUDIT_JSON)
         tmp = out / (AUDIT_MD + ".tmp")

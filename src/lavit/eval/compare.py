@@ -2,14 +2,20 @@
 
     lavit compare runs/eval_lavit runs/eval_sft --out runs/lavit_vs_sft.json
 
-A run is a `lavit eval --out` folder (one subfolder per benchmark) or one benchmark's folder. For every benchmark
-in both, items are paired on `id`; an item counts only when both runs scored it against the same truth. Every other
-item is listed with its reason, never dropped unseen: `only_in_a` / `only_in_b`, `skipped_in_a:<code>` /
-`skipped_in_b:<code>` / `skipped_in_both`, `truth_differs` (e.g. one run with `--label-fixes`). On the pairs: each
+A run is a `lavit eval --out` folder (one subfolder per benchmark) or one benchmark's folder. Two runs are compared
+only when they asked the same questions the same way: the same evaluation protocol (name, version and deviations),
+the same benchmark data files (their content fingerprints), the same items, each with the same fingerprint (prompt,
+options, truth and image bytes). Anything else is refused before any number is printed, every difference listed;
+`pair_anyway` (`--pair-anyway`) pairs them regardless and records the differences it overrode (`paired_anyway`).
+The model, its latent mode and its resolution are what is compared; resolutions that differ are a warning.
+
+For every benchmark in both, items are paired on `id`; an item counts only when both runs scored it against the
+same truth. Every other item is listed with its reason, never dropped unseen: `only_in_a` / `only_in_b`,
+`skipped_in_a:<code>` / `skipped_in_b:<code>` / `skipped_in_both`, `truth_differs`. On the pairs: each
 accuracy with its Wilson interval, A − B with Newcombe's paired interval, the exact McNemar p and the discordant
 counts (`lavit.eval.stats`); MMVP also on its question pairs (a pair is right when both of its items are, and
-counts when both items are paired). Both runs' settings are recorded; pixel limits or label fixes that differ are
-warnings. When both runs hold `suite_paper.json`, the Table 1 layout is rendered too.
+counts when both items are paired). Both runs' settings are recorded. When both runs hold `suite_paper.json`, the
+Table 1 layout is rendered too.
 """
 
 from __future__ import annotations
@@ -106,10 +112,58 @@ def _paired(a: list[bool], b: list[bool]) -> dict:
             "difference": paired_difference(a, b) if a else None}
 
 
-def compare_benchmark(name: str, folder_a: Path, folder_b: Path) -> dict:
+def _protocol(settings: dict) -> dict | None:
+    recorded = settings.get("protocol")
+    if not isinstance(recorded, dict):
+        return None
+    return {k: recorded.get(k) for k in ("name", "version", "deviations", "variant")}
+
+
+def _ids(ids: list[str], limit: int = 5) -> str:
+    return ", ".join(ids[:limit]) + (f", … ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def run_differences(name: str, summary_a: dict, records_a: dict[str, dict], summary_b: dict,
+                    records_b: dict[str, dict]) -> list[str]:
+    """Why two runs of one benchmark did not ask the same questions the same way ([] when they did)."""
+    differences = []
+    protocol_a, protocol_b = _protocol(summary_a.get("settings", {})), _protocol(summary_b.get("settings", {}))
+    if protocol_a is None or protocol_b is None:
+        which = " and ".join(side for side, p in (("A", protocol_a), ("B", protocol_b)) if p is None)
+        differences.append(f"{name}: {which} predate{'s' if len(which) == 1 else ''} recorded protocols and "
+                           "fingerprints (rerun lavit eval into a new --out)")
+        return differences
+    if protocol_a != protocol_b:
+        differences.append(f"{name}: protocol A {protocol_a}, B {protocol_b}")
+    data_a, data_b = summary_a.get("data_fingerprint") or {}, summary_b.get("data_fingerprint") or {}
+    if data_a.get("sha256") != data_b.get("sha256"):
+        differences.append(f"{name}: data files differ (A sha256 {str(data_a.get('sha256'))[:12]}…, B "
+                           f"{str(data_b.get('sha256'))[:12]}…)")
+    for side, mine, theirs in (("A", records_a, records_b), ("B", records_b, records_a)):
+        only = [i for i in mine if i not in theirs]
+        if only:
+            differences.append(f"{name}: {len(only)} items only in {side} ({_ids(only)})")
+    common = [i for i in records_a if i in records_b]
+    truth = [i for i in common if records_a[i].get("truth") != records_b[i].get("truth")]
+    asked = [i for i in common if i not in truth
+             and records_a[i].get("item_sha256") != records_b[i].get("item_sha256")]
+    if truth:
+        differences.append(f"{name}: the truth differs on {len(truth)} items ({_ids(truth)}; label fixes A: "
+                           f"{summary_a.get('settings', {}).get('label_fixes') or 'none'}, B: "
+                           f"{summary_b.get('settings', {}).get('label_fixes') or 'none'})")
+    if asked:
+        differences.append(f"{name}: {len(asked)} items were asked differently (prompt, options or image bytes; "
+                           f"{_ids(asked)})")
+    return differences
+
+
+def compare_benchmark(name: str, folder_a: Path, folder_b: Path, pair_anyway: bool = False) -> dict:
     """One benchmark of two runs, paired on item id (see the module docstring)."""
     summary_a, records_a = read_run(folder_a)
     summary_b, records_b = read_run(folder_b)
+    differences = run_differences(name, summary_a, records_a, summary_b, records_b)
+    if differences and not pair_anyway:
+        raise RunMismatch(differences)
     ids = list(records_a) + [i for i in records_b if i not in records_a]
     paired, excluded = [], []
     for item in ids:
@@ -121,6 +175,7 @@ def compare_benchmark(name: str, folder_a: Path, folder_b: Path) -> dict:
     result = {"benchmark": name, "folder_a": str(folder_a), "folder_b": str(folder_b),
               **_paired([records_a[i]["correct"] for i in paired], [records_b[i]["correct"] for i in paired]),
               "excluded_by_reason": dict(Counter(e["reason"] for e in excluded)), "excluded": excluded,
+              "paired_anyway": differences,
               "settings_a": summary_a.get("settings", {}), "settings_b": summary_b.get("settings", {})}
     if name == "mmvp":
         pairs: dict[int, list[str]] = {}
@@ -133,6 +188,15 @@ def compare_benchmark(name: str, folder_a: Path, folder_b: Path) -> dict:
     return result
 
 
+class RunMismatch(ValueError):
+    """Two runs that did not ask the same questions the same way; `differences` lists how."""
+
+    def __init__(self, differences: list[str]):
+        self.differences = differences
+        super().__init__("the runs are not comparable: " + "; ".join(differences) + ". Compare runs of one protocol "
+                         "on the same data, or pass --pair-anyway to pair them regardless (recorded)")
+
+
 def _warnings(name: str, settings_a: dict, settings_b: dict) -> list[str]:
     warnings = []
     pixels_a = tuple(settings_a.get(k) for k in PIXEL_KEYS)
@@ -143,14 +207,17 @@ def _warnings(name: str, settings_a: dict, settings_b: dict) -> list[str]:
                         "models at one resolution)")
     fixes_a, fixes_b = settings_a.get("label_fixes"), settings_b.get("label_fixes")
     if fixes_a != fixes_b:
-        warnings.append(f"{name}: label fixes differ (A: {fixes_a or 'none'}, B: {fixes_b or 'none'}); items whose "
-                        "truth differs are excluded as truth_differs")
+        warnings.append(f"{name}: label fix tables differ (A: {fixes_a or 'none'}, B: {fixes_b or 'none'}); no paired "
+                        "item's truth differs")
     return warnings
 
 
-def compare_runs(a: str | Path, b: str | Path, benchmarks: list[str] | None = None) -> dict:
+def compare_runs(a: str | Path, b: str | Path, benchmarks: list[str] | None = None, pair_anyway: bool = False
+                 ) -> dict:
     """Every benchmark in both runs (or the `benchmarks` named, by name or folder name, each of which must be in
-    both), paired item by item; with the Table 1 layout when both runs hold a paper suite."""
+    both), paired item by item; with the Table 1 layout when both runs hold a paper suite. Runs that did not ask the
+    same questions the same way are refused (`RunMismatch`, every benchmark's differences listed) unless
+    `pair_anyway`."""
     folders_a, folders_b = eval_folders(a), eval_folders(b)
     common = [n for n in folders_a if n in folders_b]
     if benchmarks:
@@ -163,9 +230,17 @@ def compare_runs(a: str | Path, b: str | Path, benchmarks: list[str] | None = No
         common = list(dict.fromkeys(wanted))
     if not common:
         raise ValueError(f"no benchmark is in both runs (A has {sorted(folders_a)}, B has {sorted(folders_b)})")
-    results = {name: compare_benchmark(name, folders_a[name], folders_b[name]) for name in common}
+    results, mismatches = {}, []
+    for name in common:
+        try:
+            results[name] = compare_benchmark(name, folders_a[name], folders_b[name], pair_anyway)
+        except RunMismatch as err:
+            mismatches += err.differences
+    if mismatches:
+        raise RunMismatch(mismatches)
     warnings = [w for r in results.values() for w in _warnings(r["benchmark"], r["settings_a"], r["settings_b"])]
     return {"run_a": str(a), "run_b": str(b), "interval": "wilson", "paired_interval": PAIRED_METHOD,
+            "pair_anyway": pair_anyway,
             "benchmarks": results, "only_in_a": sorted(set(folders_a) - set(folders_b)),
             "only_in_b": sorted(set(folders_b) - set(folders_a)), "warnings": warnings,
             "suite": _suite(Path(a), Path(b), results)}

@@ -1,10 +1,16 @@
 """One multiple-choice evaluation item, as every benchmark loader produces it, and the cell readers the
 loaders share: a null or mistyped cell, an image path outside the benchmark's folder or an undecodable
-image makes that item a recorded skip naming it, never a crash."""
+image makes that item a recorded skip naming it, never a crash.
+
+A loader keeps the row's text fields as its file holds them (`doc`); the evaluation protocol
+(`lavit.eval.protocols`) builds the prompt from them, so one loaded item can be asked the way lavit, the
+authors' evaluator or lmms-eval asks it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +19,6 @@ from PIL import Image
 
 from lavit.data.samples import ImageLimits, Rejection, open_rgb, resolve_image
 
-# The instruction lmms-eval and the Qwen2.5-VL reports append to multiple-choice questions.
-ANSWER_DIRECTLY = "Answer with the option's letter from the given choices directly."
 # PIL's pixel limit, checked before decoding, and the aspect ratio Qwen's processor refuses mid-batch; no minimum
 # side: the processor scales small benchmark images up.
 EVAL_LIMITS = ImageLimits(min_side=1)
@@ -30,6 +34,10 @@ class ImageRef:
     def open(self) -> Image.Image:
         """The RGB pixels every stage sees (`open_rgb`: alpha on white, 16-bit scaled, no EXIF rotation)."""
         return open_rgb(io.BytesIO(self.data) if self.data is not None else self.path, EVAL_LIMITS)
+
+    def sha256(self) -> str:
+        """sha256 of the encoded image bytes (the file's, or the embedded cell's)."""
+        return hashlib.sha256(self.data if self.data is not None else self.path.read_bytes()).hexdigest()
 
     def problem(self) -> str | None:
         """Why this image cannot be used, or None (decodes fully: a file truncated after its header fails here,
@@ -49,11 +57,25 @@ class ImageRef:
 class EvalItem:
     id: str
     images: list[ImageRef]
-    prompt: str  # the full text after the image(s): question, options and answer instruction
     letters: str  # the option letters this item offers, e.g. 'AB' or 'ABCD'
     answer: str  # the correct letter
+    doc: dict = field(default_factory=dict)  # the row's text fields as the benchmark's file holds them
     meta: dict = field(default_factory=dict)  # category, task, pair, ...
+    prompt: str = ""  # the full text after the image(s), as the evaluation protocol asks it
     invalid: str | None = None  # why the loader could not build it ('cell_invalid: …'): a skip without a look
+
+    def fingerprint(self) -> str:
+        """sha256 of what decides this item's score: its prompt, options, truth and image bytes (or why it is
+        invalid). Two runs whose records of one id carry different fingerprints did not ask the same question."""
+        images = []
+        for ref in self.images:
+            try:
+                images.append(ref.sha256())
+            except OSError as err:  # a missing image is this item's skip; its absence is part of what was asked
+                images.append(f"unreadable: {type(err).__name__}")
+        content = {"prompt": self.prompt, "letters": self.letters, "answer": self.answer, "images": images,
+                   "invalid": self.invalid}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
     def problem(self) -> str | None:
         """A reason to skip this item (recorded and counted), or None."""
@@ -144,6 +166,6 @@ def build_items(rows: Iterable[tuple[str, object]], id_key: str, build: Callable
                 raise Rejection("cell_invalid", f"{id_key!r} is {kind(row.get(id_key))}, expected an id")
             items.append(build(row, ident))
         except Rejection as rej:
-            items.append(EvalItem(id=ident or position, images=[], prompt="", letters="", answer="",
+            items.append(EvalItem(id=ident or position, images=[], letters="", answer="",
                                   meta=meta(row) if isinstance(row, dict) else {}, invalid=str(rej)))
     return items

@@ -25,24 +25,31 @@ class Request:
 
 
 def parse_model_args(pretrained: str, *, latent_mode: str | None = None, latent_tokens: str = "",
-                     batch_size: int | str = 8, max_new_tokens: int | str = 32, system_prompt: str | None = None,
+                     batch_size: int | str = 8, max_new_tokens: int | str | None = None,
+                     system_prompt: str | None = None,
                      dtype: str = "auto", device_map: str = "", device: str | None = None,
-                     max_batch_size: int | str | None = None, **unknown) -> dict:
+                     max_batch_size: int | str | None = None, protocol: str = "lavit", processor: str = "",
+                     **unknown) -> dict:
     """`--model_args pretrained=DIR,latent_mode=masked,latent_tokens=<lvr1>|<lvr2>,batch_size=8`.
 
     Token lists are '|'-separated because lmms-eval splits model_args on commas. `device` and
     `max_batch_size` are what lmms-eval's own `--device`/`--max_batch_size` pass; `device` places the
-    model on one device unless `device_map` is given (one process; see `process_placement`).
+    model on one device unless `device_map` is given (one process; see `process_placement`). `protocol` sets the
+    model side of `lavit.eval.protocols` (lmms-eval's tasks bring their own prompts and scoring): `lavit` (the
+    default: lavit's latent mode, greedy decoding, training resolution) or `lmms-eval` (as lmms-eval's own
+    `qwen2_5_vl` model: its resolution, image resize, the checkpoint's generation config, the template's latents);
+    `processor` a folder to take the processor from.
     """
     if unknown:
         raise ValueError(f"unknown lavit model_args {sorted(unknown)}; known: pretrained, latent_mode, latent_tokens, "
-                         "batch_size, max_new_tokens, system_prompt, dtype, device_map, device")
+                         "batch_size, max_new_tokens, system_prompt, dtype, device_map, device, protocol, processor")
     if str(batch_size).startswith("auto"):
         raise ValueError("lavit needs a fixed batch_size (lmms-eval's 'auto' batch sizing is not supported)")
     tokens = [t for t in str(latent_tokens).split("|") if t] or None
     return {"name": str(pretrained), "latent_tokens": tokens, "mode": latent_mode or None,
-            "system_prompt": system_prompt, "max_new_tokens": int(max_new_tokens), "dtype": dtype,
-            "device_map": device_map, "device": device, "batch_size": int(batch_size)}
+            "system_prompt": system_prompt, "max_new_tokens": int(max_new_tokens) if max_new_tokens else None, "dtype": dtype,
+            "device_map": device_map, "device": device, "batch_size": int(batch_size), "protocol": protocol,
+            "processor": processor}
 
 
 def process_placement(device: str | None, device_map: str) -> dict:
@@ -93,7 +100,9 @@ class LmmsGenerator:
         for i, req in enumerate(requests):
             if req.gen_kwargs.get("do_sample") or float(req.gen_kwargs.get("temperature", 0) or 0) > 0:
                 raise ValueError("lavit generates greedily (as the paper evaluates); set temperature=0, do_sample=false")
-            groups.setdefault(int(req.gen_kwargs.get("max_new_tokens", self.model.max_new_tokens)), []).append(i)
+            tokens = (req.gen_kwargs.get("max_new_tokens") or self.model.max_new_tokens
+                      or self.model.protocol.default_max_new_tokens)
+            groups.setdefault(int(tokens), []).append(i)
         for max_new, indices in groups.items():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]

@@ -2,9 +2,12 @@
 
 `rule_verdict(prediction, truth)` returns a three-way verdict: True / False where a rule is certain, None
 where it is not (free text: paraphrases, sentences) — the teacher filter then asks a judge model
-(`lavit.eval.judge`). `answers_match(prediction, truth) -> bool` is the rules' certain match (a deferred pair
-is no match); evaluation and the toy world use it. A different matcher can be plugged in by name ('default',
-'exact') or as 'package.module:function' taking (prediction, truth) and returning True, False or None.
+(`lavit.eval.judge`). Numbers are read in digits, words ('twenty-one', 'a hundred and five') and fractions
+('1/2', 'one half', '½'); one stated as a bound or a guess ('at least 3', 'about 5', '5+', 'maybe 3'), or with
+a multiplier or fraction that the other side lacks ('3 thousand' for '3', '4/5' for '4'), defers.
+`answers_match(prediction, truth) -> bool` is the rules' certain match (a deferred pair is no match);
+evaluation and the toy world use it. A different matcher can be plugged in by name ('default', 'exact') or as
+'package.module:function' taking (prediction, truth) and returning True, False or None.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from dataclasses import dataclass
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
-# Number words the rules do not read: a prediction holding one may state the truth in words ('thirty-one').
-_OTHER_NUMBER_WORDS = re.compile(r"\b(?:thirty|forty|fifty|sixty|seventy|eighty|ninety|hundreds?|thousands?|"
-                                 r"millions?|billions?|dozens?|couple|pair|half|twice|double|triple|several|few)\b")
+# Number words the rules do not read: a prediction holding one may state the truth in words ('a couple').
+_OTHER_NUMBER_WORDS = re.compile(r"\b(?:hundreds?|thousands?|millions?|billions?|dozens?|couple|pair|half|halves|"
+                                 r"quarters?|twice|double|triple|several|few)\b")
 ARTICLES = {"a", "an", "the"}
 _PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in ".-"})
 _LETTER_ONLY = re.compile(r"^\s*\(?\s*([A-Za-z])\s*\)?\s*[.:)]?\s*$")
@@ -167,58 +170,160 @@ def extract_option_letter(text: str, letters: str = "ABCDE") -> str | None:
 
 # ---- numbers --------------------------------------------------------------------------------------------------
 
+# Spelled numbers are rewritten as digits before any number is read, so 'twenty-one' and '21' take one path.
+_UNITS = "one two three four five six seven eight nine".split()
+_TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_WORD_VALUES = {"zero": 0, **{w: i for i, w in enumerate(_UNITS, 1)}, **{w: i for i, w in enumerate(_TEENS, 10)},
+                **{w: 10 * i for i, w in enumerate(_TENS, 2)}}
+# Words that multiply the number before them; '3 thousand' keeps its word, since a truth '3' may count thousands.
+_MULTIPLIERS = {"hundred": 100, "dozen": 12, "thousand": 1e3, "million": 1e6, "billion": 1e9}
+_ABBREVIATED = {"k": "thousand", "K": "thousand", "M": "million", "bn": "billion"}  # '5k', '2M'
+_DENOMINATORS = {"half": 2, "halves": 2, "third": 3, "thirds": 3, "quarter": 4, "quarters": 4, "fourth": 4,
+                 "fourths": 4}
+_VULGAR = {"½": "1/2", "⅓": "1/3", "⅔": "2/3", "¼": "1/4", "¾": "3/4"}
+
+
+def _one_of(words) -> str:
+    return "(?:" + "|".join(sorted(words, key=len, reverse=True)) + r")\b"
+
+
+_JOIN = r"(?: +|-)"  # 'twenty-one', 'twenty one'
+_BELOW_100 = rf"(?:{_one_of(_TENS)}(?:{_JOIN}{_one_of(_UNITS)})?|{_one_of(_TEENS + _UNITS)})"
+_AND = rf"{_JOIN}(?:and{_JOIN})?"  # 'a hundred and five', 'a hundred five'
+_BELOW_1000 = rf"(?:(?:{_one_of(_UNITS)}|an?\b){_JOIN}hundred\b(?:{_AND}{_BELOW_100})?|{_BELOW_100})"
+_MULTIPLIED = rf"(?:{_BELOW_1000}|an?\b){_JOIN}{_one_of(['dozen', 'thousand', 'million', 'billion'])}"
+# One spelled number: 'seven', 'twenty-one', 'a hundred and five', 'three thousand', 'two million five hundred'
+_SPELLED = re.compile(rf"\b(?:{_MULTIPLIED}(?:{_AND}{_MULTIPLIED})*(?:{_AND}{_BELOW_1000})?|{_BELOW_1000}|zero\b)",
+                      re.I)
+_SPELLED_FRACTION = re.compile(rf"\b({_one_of(_UNITS)}|an?\b){_JOIN}({_one_of(_DENOMINATORS)})", re.I)
+# 'one' after these is a pronoun: 'the one on the left', 'no one'
+_PRONOUN_ONE = re.compile(r"\b(?:the|this|that|no|any|each|every|which|other|another)\s+one\b", re.I)
+
 _NUMBER = re.compile(
-    r"(?<![\w.,])(?P<neg>[-−])?[$€£¥]?(?P<val>\d{1,3}(?:,\d{3})+(?:\.\d+)?|"
-    r"\d{1,3}(?:[\u00a0\u202f\u2009]\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?:(?P<pct>\s?%|\s(?:percent|per cent)\b)|(?!\w))")
+    r"(?<![\w.,/])(?P<neg>[-−])?[$€£¥]?"
+    r"(?:(?:(?P<whole>\d+) )?(?P<num>\d+)/(?P<den>0*[1-9]\d*)(?![/\d])|"  # '1/2', '2 1/2'; not a date '3/4/2020'
+    r"(?P<val>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?:[\u00a0\u202f\u2009]\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+))"
+    r"(?:\s?(?P<word>(?i:hundred|dozen|thousand|million|billion))s?\b|(?P<abbr>k|K|M|bn)(?![\w/]))?"
+    r"(?:(?P<pct>\s?%|\s(?:percent|per cent)\b)|(?![\w/]|,\d))")  # '1,5' may be 1.5 or 1 and 5: no number
 # '1 000' as the whole answer groups thousands; inside a sentence '3 000' may be 3 and 0
 _PLAIN_SPACED = re.compile(r"^\s*[-−]?[$€£¥]?\d{1,3}(?: \d{3})+(?:\.\d+)?\s*%?\s*$")
 _NUMBER_HEDGE = re.compile(r"\d\s*(?:or|to|–|-)\s*[-−$€£¥]?\d")
 _SPACED_GROUPS = re.compile(r"\d \d{3}(?!\d)")
+# A number stated as a bound or an estimate is not the value: 'less than 5', 'about 5', '5+', '5 or more'.
+_BOUND_BEFORE = re.compile(
+    r"(?:\b(?:(?:less|fewer|more|greater|larger|bigger|smaller|higher|lower)\s+than|at\s+(?:least|most)|up\s+to|"
+    r"over|under|above|below|about|around|approx(?:imately|\.)?|roughly|nearly|almost|circa|some|close\s+to|"
+    r"upwards\s+of|as\s+(?:many|much|few|little)\s+as|between|not|half|twice|double|triple)|[~≈<>≤≥±]=?)\s*$",
+    re.I)
+_BOUND_AFTER = re.compile(r"\s*(?:\+(?!\s*\d)|(?:or|and)\s+(?:more|less|fewer|so|above|below|over|under|up)\b|"
+                          r"plus\b|-?ish\b|-odd\b|at\s+(?:least|most)\b|max(?:imum)?\b|minimum\b)", re.I)
+# Hedges anywhere in the answer make its number a guess: 'There are probably 3 dogs.'
+_ESTIMATE = re.compile(r"\b(?:maybe|perhaps|possibly|probably|likely|guess|estimated?)\b", re.I)
 
 
 @dataclass(frozen=True)
 class _Number:
     value: float
-    percent: bool
+    percent: bool = False
+    notation: str | None = None  # what turned the digits into the value: a multiplier word, or '/' for a fraction
+    bound: str = ""  # the words that make it a bound or an estimate ('at least', '+', '~'); '' when stated as is
 
 
-# 'one' after these is a pronoun: 'the one on the left', 'no one'
-_PRONOUN_ONE = re.compile(r"\b(?:the|this|that|no|any|each|every|which|other|another)\s+one\b", re.I)
+def _spelled_value(phrase: str) -> float:
+    total = group = 0  # 'two million five hundred': total 2e6, then the group 500
+    for word in re.split(r"[\s-]+", phrase.lower()):
+        if word == "hundred":
+            group = (group or 1) * 100
+        elif word in _MULTIPLIERS:
+            total, group = total + (group or 1) * _MULTIPLIERS[word], 0
+        else:
+            group += _WORD_VALUES.get(word, 0)  # 'and', 'a' add nothing
+    return total + group
 
 
-def _digitise(text: str) -> str:
-    """Number words → digits ('three' → '3'), the rest left as written (commas matter for '1,000')."""
-    text = _PRONOUN_ONE.sub(lambda m: m.group()[:-3] + "_", text)
-    return re.sub(r"[A-Za-z]+", lambda m: NUMBER_WORDS.get(m.group().lower(), m.group()), text)
+def _digits(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def _spelled_as_digits(match: re.Match) -> str:
+    """'twenty-one' → '21', 'one hundred and five' → '105'; 'three thousand' → '3 thousand' keeps its multiplier."""
+    phrase = match.group()
+    last = re.split(r"[\s-]+", phrase.lower())[-1]
+    value = _spelled_value(phrase)
+    return f"{_digits(value / _MULTIPLIERS[last])} {last}" if last in _MULTIPLIERS else _digits(value)
+
+
+def _fraction_as_digits(match: re.Match) -> str:
+    """'one half' → '1/2', 'three quarters' → '3/4', 'a quarter' → '1/4'."""
+    numerator, denominator = match.group(1).lower(), match.group(2).lower()
+    if numerator in ("a", "an") and denominator.startswith(("third", "fourth")):
+        return match.group()  # 'a third dog' is an ordinal
+    return f"{_WORD_VALUES.get(numerator, 1)}/{_DENOMINATORS[denominator]}"
 
 
 def _number_text(text: str) -> str:
-    text = _digitise(text)
+    """`text` with its numbers in digits: 'minus twenty-one' → '-21', 'one half' → '1/2', '2½' → '2 1/2'."""
+    text = _PRONOUN_ONE.sub(lambda m: m.group()[:-3] + "_", text)
+    text = _SPELLED_FRACTION.sub(_fraction_as_digits, text)
+    text = _SPELLED.sub(_spelled_as_digits, text)
+    text = re.sub("[½⅓⅔¼¾]", lambda m: " " + _VULGAR[m.group()], text)
+    text = re.sub(r"\b(?:minus|negative)\s+(?=[$€£¥]?\d)", "-", text, flags=re.I)
     return text.replace(" ", "") if _PLAIN_SPACED.match(text) else text
 
 
-def _numbers(text: str) -> list[_Number]:
-    found = []
-    for m in _NUMBER.finditer(_number_text(text)):
-        value = float(re.sub(r"[,\u00a0\u202f\u2009]", "", m.group("val")))
-        found.append(_Number(-value if m.group("neg") else value, m.group("pct") is not None))
-    return found
+def _bound(text: str, match: re.Match) -> str:
+    """The words around a number that make it a bound or an estimate, lowercased; '' when there are none."""
+    before = _BOUND_BEFORE.search(text, max(0, match.start() - 40), match.start())  # a bound's words are short
+    after = _BOUND_AFTER.match(text, match.end())
+    words = " ".join(m.group() for m in (before, after) if m)
+    return " ".join(words.lower().split())
+
+
+def _read_number(text: str, match: re.Match) -> _Number:
+    if match.group("den"):
+        value = int(match.group("whole") or 0) + int(match.group("num")) / int(match.group("den"))
+        notation = "/"
+    else:
+        value, notation = float(re.sub(r"[,\u00a0\u202f\u2009]", "", match.group("val"))), None
+    word = (match.group("word") or "").lower() or _ABBREVIATED.get(match.group("abbr"))
+    if word:
+        value, notation = value * _MULTIPLIERS[word], word
+    return _Number(-value if match.group("neg") else value, match.group("pct") is not None, notation,
+                   _bound(text, match))
+
+
+def _numbers(digit_text: str) -> list[_Number]:
+    """The numbers in a text already put through `_number_text`."""
+    return [_read_number(digit_text, m) for m in _NUMBER.finditer(digit_text)]
 
 
 def _pure_number(text: str) -> _Number | None:
-    """The number a truth consists of ('3', '1,000', '$5', '8%', 'three', '3.0'), or None."""
-    numbers = _numbers(text)
-    rest = _NUMBER.sub(" ", _number_text(text))
+    """The number a truth consists of ('3', '1,000', '$5', '8%', 'three', '1/2', '3 thousand'), or None."""
+    digit_text = _number_text(text)
+    numbers = _numbers(digit_text)
+    rest = _NUMBER.sub(" ", digit_text)
     return numbers[0] if len(numbers) == 1 and not re.sub(r"[\s.]", "", rest) else None
 
 
-def _same_number(a: _Number, b: _Number) -> bool:
-    if math.isclose(a.value, b.value, rel_tol=1e-9, abs_tol=1e-12):
-        return True  # '8%' vs '8', '$5' vs '5', '3.0' vs '3'
-    if a.percent != b.percent:  # '8%' vs '0.08'
-        pct, plain = (a, b) if a.percent else (b, a)
-        return math.isclose(pct.value / 100, plain.value, rel_tol=1e-9, abs_tol=1e-12)
+def _bounds(text: str) -> list[str]:
+    return [n.bound for n in _numbers(_number_text(text))]
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _number_match(number: _Number, truth: _Number) -> bool | None:
+    """True for equal values, False for certainly different ones, None where a notation makes them incomparable."""
+    if _close(number.value, truth.value):
+        return True  # '8%' vs '8', '$5' vs '5', '3.0' vs '3', '1/2' vs '0.5', '3 thousand' vs '3000'
+    if number.percent != truth.percent:  # '8%' vs '0.08'
+        pct, plain = (number, truth) if number.percent else (truth, number)
+        if _close(pct.value / 100, plain.value):
+            return True
+    if number.notation != truth.notation:
+        return None  # '3 thousand' for '3' (the truth may count thousands), '4/5' for '4' (a score)
     return False
 
 
@@ -227,19 +332,24 @@ def _number_verdict(prediction: str, truth: _Number) -> Verdict:
     key = list(re.finditer(r"(?i)\banswer\s*(?:is|:)", text))
     if key:  # 'I count 2 dogs and 3 cats; the answer is 3'
         text = text[key[-1].end():]
-    if _NUMBER_HEDGE.search(_digitise(text)):
+    digit_text = _number_text(text)
+    if _NUMBER_HEDGE.search(digit_text):
         return Verdict(False, "hedge")  # '3 or 4', '3-4' commit to no single number
     if _SPACED_GROUPS.search(text) and not _PLAIN_SPACED.match(text):
         return Verdict(None, "number_grouping")
-    numbers = _numbers(text)
+    numbers = _numbers(digit_text)
     if not numbers:
         return Verdict(False, "refusal") if _REFUSAL.search(text.lower()) else Verdict(None, "number_absent")
-    hits = [_same_number(n, truth) for n in numbers]
-    if all(hits):
+    if any(n.bound for n in numbers) or _ESTIMATE.search(digit_text):
+        return Verdict(None, "number_qualified")  # 'at least 3', 'about 5', 'maybe 3' may or may not be right
+    matches = {_number_match(n, truth) for n in numbers}
+    if matches == {True}:
         return Verdict(True, "number")
-    if any(hits):
-        return Verdict(None, "numbers_several")  # '3 of the 4 cats': which one answers?
-    if _OTHER_NUMBER_WORDS.search(text.lower()):
+    if len(set(numbers)) > 1:
+        return Verdict(None, "numbers_several")  # '3 of the 4 cats' (which answers?), '2 dogs and 4 cats' for 6
+    if None in matches:
+        return Verdict(None, "number_notation")  # '3 thousand' for '3', '4/5' for '4'
+    if _OTHER_NUMBER_WORDS.search(_NUMBER.sub(" ", digit_text).lower()):  # unread: 'a couple', not '3 thousand'
         return Verdict(None, "number_words")
     return Verdict(False, "number")
 
@@ -357,6 +467,11 @@ def rule_verdict(prediction: str | None, truth: str | None) -> Verdict:
     number = _pure_number(truth)
     if number is not None:  # before text equality, which drops '$', '%' and a sign's '-$'
         return _number_verdict(prediction, number)
+    truth_bounds = _bounds(truth)
+    if any(truth_bounds) and _yes_no_commitment(truth)[0] is None:
+        # '5+', '~5', 'about 5': text equality would drop the '+' or '~', and the text rules read '5' as the answer
+        same = pred_n == truth_n and _bounds(prediction) == truth_bounds
+        return Verdict(True, "equal") if same else Verdict(None, "number_qualified")
     if pred_n == truth_n:
         return Verdict(True, "equal")
     if truth_n in ("yes", "no"):

@@ -8,7 +8,10 @@
 * `none`: no latent tokens at all (plain models, Naive-SFT); given a student's latent tokens, none is
   generated either (their logits are suppressed).
 
-Returned texts never contain the latent tokens. No gating bias is used at inference, unless the student
+Returned texts never contain the latent tokens, unless asked for the raw answer (`keep_special_tokens`: special
+and latent tokens kept, cut after the first eos, as an evaluator decoding with `skip_special_tokens=False` one item
+at a time sees it). Decoding is greedy with whatever `model.generation_config` holds (an engine puts the resolved
+settings there: `lavit.inference.decoding`). No gating bias is used at inference, unless the student
 was trained to a final γ below 1 (`gate=InferenceGate(...)`, from its lavit.json): then the gated queries
 keep ln γ on image keys, as in training — a student stock clients cannot serve.
 """
@@ -24,6 +27,7 @@ from PIL import Image
 
 from lavit.data.examples import render_prompt
 from lavit.data.samples import to_rgb
+from lavit.inference.decoding import trim_after_eos
 from lavit.models.attention import LAVIT_ATTENTION, gated_image_keys, hidden_keys
 from lavit.models.families import family_of
 from lavit.models.gating import InferenceGate, gated_query_mask
@@ -72,10 +76,11 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
                      latent_tokens: list[str], mode: LatentMode = "forced", system_prompt: str | None = None,
                      max_new_tokens: int = 32, min_new_tokens: int = 0, gate: InferenceGate | None = None,
                      intervention: Callable[[dict], AbstractContextManager] | None = None,
-                     inputs: dict | None = None) -> list[str]:
-    """Greedy answers for a batch, latent tokens stripped. `intervention(inputs)`, given the batch's model inputs,
-    is a context entered around `generate` (`lavit.inference.interventions`: the latent-usage audit). `inputs`:
-    this batch's `build_generation_inputs` for this mode, built once by a caller asking it several times."""
+                     inputs: dict | None = None, keep_special_tokens: bool = False) -> list[str]:
+    """Greedy answers for a batch, latent tokens stripped (or, with `keep_special_tokens`, the raw answers: see the
+    module docstring). `intervention(inputs)`, given the batch's model inputs, is a context entered around `generate`
+    (`lavit.inference.interventions`: the latent-usage audit). `inputs`: this batch's `build_generation_inputs` for
+    this mode, built once by a caller asking it several times."""
     if inputs is None:
         inputs = build_generation_inputs(processor, images, questions, latent_tokens=latent_tokens, mode=mode,
                                          system_prompt=system_prompt)
@@ -110,6 +115,11 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
         out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                              min_new_tokens=min_new_tokens, pad_token_id=tokenizer.pad_token_id, **suppress)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]  # [B, T]
+    if keep_special_tokens:
+        eos = model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        return [tokenizer.decode(trim_after_eos(row.tolist(), eos_ids), skip_special_tokens=False)
+                for row in new_tokens]
     drop = torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens), device=new_tokens.device) \
         if latent_tokens else new_tokens.new_zeros(0)
     return [tokenizer.decode(row[~torch.isin(row, drop)], skip_special_tokens=True).strip() for row in new_tokens]

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from lavit.models.attention import LAVIT_ATTENTION
 from lavit.models.families import DEFAULT_FAMILY, ModelFamily, family_named, family_of
@@ -16,6 +16,10 @@ from lavit.models.lavit_student import LavitStudent, base_model
 from lavit.models.tiny import STUDENT_SPEC, TEACHER_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 
 LAVIT_META = "lavit.json"
+# What a processor saves beside a checkpoint besides the tokenizer: a Trainer's `checkpoint-N` folder has none.
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+                   "chat_template.json", "chat_template.jinja")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 TINY = "tiny"
 TINY_TEACHER = "tiny-teacher"
 TINY_SPECS = {TINY: STUDENT_SPEC, TINY_TEACHER: TEACHER_SPEC}
@@ -34,17 +38,41 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
+def load_processor(name: str, *, processor_path: str = "", **pixel_kwargs):
+    """The processor of checkpoint `name`, or, with `processor_path`, the one saved there (image processor and chat
+    template) with the checkpoint's own tokenizer when it has one (its latent tokens live there) — what a `Trainer`
+    `checkpoint-N` folder, which saves no processor, needs. A local checkpoint without processor files and no
+    `processor_path` is an error saying so, never a silent fallback to some base model's."""
+    local = Path(name).is_dir()
+    if not processor_path:
+        if local and not any((Path(name) / f).is_file() for f in PROCESSOR_FILES[:2]):
+            raise FileNotFoundError(f"{name} holds no processor ({' or '.join(PROCESSOR_FILES[:2])}; a Trainer "
+                                    "checkpoint-N folder saves none): pass the folder or hub id of the processor it was "
+                                    "trained with, e.g. --processor Qwen/Qwen2.5-VL-3B-Instruct (recorded with the run)")
+        return AutoProcessor.from_pretrained(name, **pixel_kwargs)
+    processor = AutoProcessor.from_pretrained(processor_path, **pixel_kwargs)
+    if local and any((Path(name) / f).is_file() for f in TOKENIZER_FILES):
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        processor.tokenizer = tokenizer
+        if tokenizer.chat_template and not processor.chat_template:
+            processor.chat_template = tokenizer.chat_template
+    return processor
+
+
 def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min_pixels: int | None = None,
-                             max_pixels: int | None = None, seed: int = 0, **load_kwargs):
+                             max_pixels: int | None = None, seed: int = 0, processor_path: str = "",
+                             **load_kwargs):
     """A Qwen-VL model of a supported family with its processor, text decoder on `lavit_sdpa`.
 
     `name` is a local directory or hub id, or 'tiny' / 'tiny-teacher' for the built-in random tiny
-    student / teacher, optionally of another family ('tiny:qwen3_vl'). Extra keyword arguments (e.g.
-    `device_map`) go to `from_pretrained`.
+    student / teacher, optionally of another family ('tiny:qwen3_vl'). `processor_path`: see `load_processor`.
+    Extra keyword arguments (e.g. `device_map`) go to `from_pretrained`.
     """
     pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
     attn = {"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"}
     tiny = tiny_name(name)
+    if processor_path and tiny:
+        raise ValueError("processor_path is for checkpoint folders without a processor; a tiny model builds its own")
     if tiny:
         role, family = tiny
         processor = build_tiny_processor(build_tiny_tokenizer(), family=family, **pixel_kwargs)
@@ -52,7 +80,7 @@ def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min
                                  attn_implementation=attn)
         return model.to(dtype or torch.float32), processor
     family = family_of(AutoConfig.from_pretrained(name))  # an unsupported model fails here, before any weights load
-    processor = AutoProcessor.from_pretrained(name, **pixel_kwargs)
+    processor = load_processor(name, processor_path=processor_path, **pixel_kwargs)
     model = family.model_class.from_pretrained(name, dtype=dtype or default_dtype(), attn_implementation=attn,
                                                **load_kwargs)
     return model, processor
@@ -139,13 +167,14 @@ def export_student(student: LavitStudent, processor, directory: str | Path, meta
 
 
 def load_for_inference(name: str, *, dtype: str = "auto", device_map: str = "", min_pixels: int = 0,
-                       max_pixels: int = 0, seed: int = 0):
+                       max_pixels: int = 0, seed: int = 0, processor_path: str = ""):
     """`load_model_and_processor` for a no-grad worker: dtype by name ('auto' = bf16 on GPU, fp32 on CPU),
     either split by `device_map` or placed on this worker's device (LOCAL_RANK's GPU, else CPU)."""
     torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
     kwargs = {"device_map": device_map} if device_map else {}
     model, processor = load_model_and_processor(name, dtype=torch_dtype, min_pixels=min_pixels or None,
-                                                max_pixels=max_pixels or None, seed=seed, **kwargs)
+                                                max_pixels=max_pixels or None, seed=seed,
+                                                processor_path=processor_path, **kwargs)
     if not device_map:
         device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
                   else torch.device("cpu"))

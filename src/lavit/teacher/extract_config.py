@@ -15,7 +15,11 @@ from lavit.teacher.probe import QUERY_CHOICES
 # Settings that do not change a single stored value; a resumed run may change them freely.
 # The vLLM options are the engine's placement and batching, as device_map is transformers'.
 RESUMABLE_KEYS = ("out", "shard", "max_samples", "rows_per_file", "device_map", "tensor_parallel_size",
-                  "vllm_batch_size", "vllm_max_model_len", "vllm_enforce_eager")
+                  "vllm_batch_size", "vllm_max_model_len", "vllm_enforce_eager", "changed_samples")
+# device_map values: '' = one device; the strategies that split the teacher over GPUs (under data-parallel ranks,
+# over the rank's own GPUs only); 'cpu'.
+SPLIT_DEVICE_MAPS = ("auto", "balanced", "sequential")
+DEVICE_MAPS = ("", *SPLIT_DEVICE_MAPS, "cpu")
 
 
 @dataclass
@@ -28,9 +32,11 @@ class ExtractConfig:
                          "(it may differ from the student's), or 'tiny-teacher' / 'tiny-teacher:FAMILY' for a "
                          "built-in random tiny teacher (smoke tests).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field("auto", "auto = bfloat16 on GPU, float32 on CPU.")
-    device_map: str = field("", "'' = one device (this worker's GPU, else CPU); 'auto' splits the teacher over all "
-                            "visible GPUs (transformers: the answers and the probe pass; with engine=vllm the probe "
-                            "pass only).")
+    device_map: str = field("", "'' = one device (this worker's GPU, else CPU); 'auto' (or 'balanced', "
+                            "'sequential') splits the teacher over the visible GPUs — under torchrun/accelerate "
+                            "launch with L ranks on a node of N GPUs, over rank r's own N/L GPUs [r*N/L, (r+1)*N/L) "
+                            "(refused unless L divides N); without CUDA every rank loads onto the CPU; 'cpu'. "
+                            "transformers: the answers and the probe pass; with engine=vllm the probe pass only.")
     engine: Literal["transformers", "vllm"] = field(
         "transformers", "Engine of the teacher's answers: transformers' generate, or vLLM (needs the vllm package). "
         "With vllm the run has two phases — every answer of this worker (journaled in OUT/teacher_answers-*.jsonl), "
@@ -68,6 +74,12 @@ class ExtractConfig:
     rows_per_file: int = field(512, "Rows per Parquet shard (rounded up to whole batches).")
     max_samples: int = field(0, "Only the first N input samples, rounded up to whole batches (0 = all).")
     seed: int = field(0, "Seed (weights of 'tiny-teacher'; generation is greedy).")
+    changed_samples: Literal["refuse", "reextract"] = field(
+        "refuse", "A rerun whose samples file gives a stored id other fields (image path, question, answer, box, "
+        "source) than its row was extracted from: 'refuse' stops before any work, listing those ids; 'reextract' "
+        "deletes only their rows and extracts them again. Rows stored before lavit recorded the fields' "
+        "fingerprint (sample_sha256 null) cannot be checked. An image file replaced under the same name is not "
+        "detected.")
 
     def __post_init__(self) -> None:
         # The config layer refuses negative integers in recipes and overrides; this covers ExtractConfig(...) too.
@@ -80,6 +92,10 @@ class ExtractConfig:
         if zero:
             raise ValueError(f"{', '.join(zero)} must be at least 1")
         check_engine(self.engine)
+        if self.device_map not in DEVICE_MAPS:
+            raise ValueError(f"device_map must be one of {list(DEVICE_MAPS)}, got {self.device_map!r}")
+        if self.changed_samples not in ("refuse", "reextract"):
+            raise ValueError(f"changed_samples must be 'refuse' or 'reextract', got {self.changed_samples!r}")
         if self.engine == "transformers" and self.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size is vLLM's (engine=vllm); transformers splits with device_map=auto")
         if self.queries not in QUERY_CHOICES:

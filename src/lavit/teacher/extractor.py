@@ -14,13 +14,24 @@ per batch group in `OUT/teacher_answers-wIIIofNNN.jsonl`, appended after each vL
 and the probe pass reads those answers, in transformers, group by group as above. A run killed in the answer
 phase resumes it from the journal; one killed in the probe pass skips the answer phase (every answer is
 journaled) and continues from the stored rows.
+
+A rerun checks that the samples file still gives every stored id the fields its row was extracted from (each row
+records their fingerprint, `sample_sha256`); a changed sample is refused, or with changed_samples=reextract its row
+alone is deleted and extracted again. A journaled answer is used only while its sample is unchanged.
+
+Under torchrun / accelerate launch each rank places the teacher on its own devices (`teacher_placement`): with
+device_map=auto and L ranks on a node of N GPUs, rank r splits it over GPUs [r*N/L, (r+1)*N/L); without CUDA
+every rank loads it onto the CPU.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lavit.data.collator import LavitCollator
+from lavit.data.fingerprints import file_fingerprint
 from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
 from lavit.data.run_dir import resolve_paths
 from lavit.data.samples import (
@@ -42,21 +54,26 @@ from lavit.data.samples import (
     pixel_box,
     read_jsonl_samples,
     resolve_image,
+    sample_fingerprint,
 )
 from lavit.data.signal_store import (
+    SAMPLE_FINGERPRINT,
     SCHEMA_VERSION,
     ShardWriter,
+    changed_ids,
     create_store,
     pending_row,
     read_journal,
+    remove_changed_rows,
     store_counts,
+    stored_sample_fingerprints,
     update_manifest,
     write_json_atomic,
 )
 from lavit.data.visual_cot import read_visual_cot
 from lavit.inference.engines import VllmEngine, import_vllm
 from lavit.inference.generate import generate_answers
-from lavit.models.checkpoint import load_for_inference
+from lavit.models.checkpoint import load_for_inference, load_model_and_processor
 from lavit.models.families import family_of
 from lavit.models.grid import processor_pixel_limits
 from lavit.teacher.extract_config import ExtractConfig
@@ -221,6 +238,7 @@ def prepare_group(group: list[tuple[int, Sample]], image_root: Path, limits: Ima
     ready: list[Prepared] = []
     for index, sample in group:
         rows[index] = pending_row(index, sample.id, sample.image, sample.question, sample.answer, sample.source)
+        rows[index][SAMPLE_FINGERPRINT] = sample_fingerprint(sample)
         try:
             ready.append(prepare(index, sample, image_root, limits, text_limits))
         except Rejection as rej:
@@ -301,12 +319,16 @@ def record_pixel_limits(out: Path, limits: dict[str, int]) -> None:
     update_manifest(out, change)
 
 
-def record_counts(out: Path, num_inputs: int) -> dict:
+def record_counts(out: Path, num_inputs: int, samples_fingerprint: dict | None = None) -> dict:
     """The manifest's counts, derived from the shards under the store's lock (so the last worker to finish
-    counts every worker's shards), and `num_input_samples`: the largest input any run asked this store for."""
+    counts every worker's shards), `num_input_samples`: the largest input any run asked this store for, and
+    where given `samples_fingerprint`: the samples file's content as the latest run read it (informational: each
+    row's own fingerprint is what a rerun checks)."""
     def change(manifest: dict) -> None:
         manifest["counts"] = store_counts(out)
         manifest["num_input_samples"] = max(manifest.get("num_input_samples", 0), num_inputs)
+        if samples_fingerprint is not None:
+            manifest["samples_fingerprint"] = samples_fingerprint
 
     return update_manifest(out, change)["counts"]
 
@@ -314,24 +336,29 @@ def record_counts(out: Path, num_inputs: int) -> dict:
 ANSWER_JOURNAL = "teacher_answers-w{worker:03d}of{workers:03d}.jsonl"
 
 
-def read_answer_journals(out: Path) -> tuple[dict[int, str], set[int]]:
+def read_answer_journals(out: Path, fingerprints: Mapping[int, str]) -> tuple[dict[int, str], set[int]]:
     """(teacher answers by input index, the batch groups answered) from every worker's journal in the store: the
     store's settings are fixed, so any worker's answers hold, whatever the sharding was. A line torn by a kill is
-    dropped (and rewritten away), its group answered again."""
+    dropped (and rewritten away), its group answered again; so is a line answering a sample whose fields have
+    changed since (`fingerprints`: the current `sample_fingerprint` by input index). Lines written before lavit
+    recorded the fingerprints cannot be checked and are used as they are."""
     answers: dict[int, str] = {}
     groups: set[int] = set()
     for path in sorted(out.glob("teacher_answers-w*.jsonl")):
         for entry in read_journal(path):
+            if any(fingerprints.get(int(i)) != sha for i, sha in entry.get("samples", {}).items()):
+                continue
             groups.add(entry["group"])
             answers.update({int(i): a for i, a in entry["answers"].items()})
     return answers, groups
 
 
 def vllm_answer_phase(cfg: ExtractConfig, out: Path, groups: list[tuple[int, list[tuple[int, Sample]]]],
-                      done: set[str], limits: ImageLimits) -> dict[int, str]:
-    """Phase 1 of engine=vllm: the teacher's answers for `groups` ((group number, samples)), journaled; vLLM is shut
-    down before returning, so the probe pass can load the teacher."""
-    answers, answered = read_answer_journals(out)
+                      done: set[str], limits: ImageLimits, fingerprints: Mapping[int, str]) -> dict[int, str]:
+    """Phase 1 of engine=vllm: the teacher's answers for `groups` ((group number, samples)), journaled with the
+    fingerprints of the samples answered (`fingerprints`, by input index); vLLM is shut down before returning, so
+    the probe pass can load the teacher."""
+    answers, answered = read_answer_journals(out, fingerprints)
     pending = [(g, [(i, s) for i, s in grp if s.id not in done]) for g, grp in groups if g not in answered]
     if not pending:
         return answers
@@ -358,8 +385,9 @@ def vllm_answer_phase(cfg: ExtractConfig, out: Path, groups: list[tuple[int, lis
                                         max_new_tokens=cfg.max_new_tokens) if flat else []
                 got = {p.index: a for p, a in zip(flat, texts, strict=True)}
                 answers.update(got)
-                journal.write("".join(json.dumps({"group": g, "answers": {str(p.index): got[p.index] for p in ready}})
-                                      + "\n" for g, ready in prepared))
+                journal.write("".join(json.dumps({"group": g, "answers": {str(p.index): got[p.index] for p in ready},
+                                                  "samples": {str(i): fingerprints[i] for i, _ in grp}}) + "\n"
+                                      for (_, grp), (g, ready) in zip(chunk, prepared, strict=True)))
                 journal.flush()
                 os.fsync(journal.fileno())  # a kill after this point keeps the call's answers
                 bar.update(size)
@@ -369,11 +397,115 @@ def vllm_answer_phase(cfg: ExtractConfig, out: Path, groups: list[tuple[int, lis
     return answers
 
 
+@dataclass
+class TeacherPlacement:
+    """Where this worker loads the teacher (recorded in its results as `placement`)."""
+
+    device_map: str  # what the loader gets: '' = one device (LOCAL_RANK's GPU, else CPU)
+    gpus: list[int]  # this worker's GPUs; [] = CPU
+    rule: str  # why, in words
+    confined: bool = False  # a split over `gpus` only, a data-parallel rank's share of the node's GPUs
+
+    def max_memory(self) -> dict[int, int] | None:
+        """For a confined split: the free memory of this rank's GPUs, which confines transformers' device map to
+        them (a GPU absent from `max_memory` gets no weights); None otherwise."""
+        return {i: torch.cuda.mem_get_info(i)[0] for i in self.gpus} if self.confined else None
+
+
+def rank_gpus(local_rank: int, local_world_size: int, gpu_count: int) -> list[int]:
+    """Rank `local_rank`'s share of a node's `gpu_count` GPUs split among `local_world_size` ranks: the contiguous
+    block [r*N/L, (r+1)*N/L). Refused (ValueError) unless the ranks divide the GPUs evenly."""
+    if not 0 <= local_rank < local_world_size:
+        raise ValueError(f"LOCAL_RANK {local_rank} is not below LOCAL_WORLD_SIZE {local_world_size}")
+    if gpu_count < local_world_size or gpu_count % local_world_size:
+        divisors = [d for d in range(1, gpu_count + 1) if gpu_count % d == 0]
+        raise ValueError(f"{local_world_size} data-parallel ranks on this node cannot share its {gpu_count} visible "
+                         f"GPUs evenly: launch --nproc_per_node with one of {divisors}, or start one worker per GPU "
+                         "group (CUDA_VISIBLE_DEVICES=... lavit extract ... --shard i/n), or set device_map='' (one "
+                         f"GPU per rank, needs {local_world_size} GPUs)")
+    share = gpu_count // local_world_size
+    return list(range(local_rank * share, (local_rank + 1) * share))
+
+
+def teacher_placement(device_map: str, env: Mapping[str, str], gpu_count: int) -> TeacherPlacement:
+    """This worker's teacher placement, from `device_map`, the launcher's environment (`env`: WORLD_SIZE,
+    LOCAL_RANK, LOCAL_WORLD_SIZE) and the number of visible GPUs. Refuses, before anything loads, a placement
+    that would not fit: ranks that cannot share the node's GPUs evenly, or a data-parallel launch that does not
+    say how many ranks share the node."""
+    if gpu_count == 0:
+        return TeacherPlacement("", [], "no CUDA device: the teacher loads onto the CPU")
+    if device_map == "cpu":
+        return TeacherPlacement("cpu", [], "device_map=cpu: the teacher loads onto the CPU")
+    local_rank = int(env.get("LOCAL_RANK", 0))
+    if int(env.get("WORLD_SIZE", 1)) <= 1 or "LOCAL_RANK" not in env:
+        if device_map:
+            return TeacherPlacement(device_map, list(range(gpu_count)), f"one worker: device_map={device_map} "
+                                    f"splits the teacher over the {gpu_count} visible GPUs")
+        return TeacherPlacement("", [local_rank], f"one worker on GPU {local_rank}")
+    if "LOCAL_WORLD_SIZE" not in env:
+        raise ValueError("a data-parallel launch (WORLD_SIZE > 1, LOCAL_RANK set) without LOCAL_WORLD_SIZE: lavit "
+                         "cannot tell how many ranks share this node's GPUs; launch with torchrun or accelerate "
+                         "launch, or set LOCAL_WORLD_SIZE")
+    local_world = int(env["LOCAL_WORLD_SIZE"])
+    if not device_map:
+        if gpu_count < local_world:
+            raise ValueError(f"device_map='' puts each of the {local_world} data-parallel ranks on this node on its "
+                             f"own GPU, but {gpu_count} are visible: launch --nproc_per_node {gpu_count} or fewer")
+        return TeacherPlacement("", [local_rank], f"device_map='': rank {local_rank} of {local_world} on this node "
+                                f"on GPU {local_rank}")
+    gpus = rank_gpus(local_rank, local_world, gpu_count)
+    rule = (f"device_map={device_map} under {local_world} ranks on a node of {gpu_count} GPUs: rank {local_rank} "
+            f"splits the teacher over GPUs {gpus}")
+    if len(gpus) == 1:
+        return TeacherPlacement("", gpus, rule)  # one GPU per rank: LOCAL_RANK's, as with device_map=''
+    return TeacherPlacement(device_map, gpus, rule, confined=len(gpus) < gpu_count)
+
+
+def load_teacher(cfg: ExtractConfig, placement: TeacherPlacement):
+    """The teacher and its processor, placed as `placement` says."""
+    max_memory = placement.max_memory()
+    if max_memory is None:
+        return load_for_inference(cfg.teacher, dtype=cfg.dtype, device_map=placement.device_map,
+                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, seed=cfg.seed)
+    # load_for_inference takes no max_memory: the split confined to this rank's GPUs goes to from_pretrained here
+    dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    model, processor = load_model_and_processor(cfg.teacher, dtype=dtype, min_pixels=cfg.min_pixels or None,
+                                                max_pixels=cfg.max_pixels or None, seed=cfg.seed,
+                                                device_map=placement.device_map, max_memory=max_memory)
+    return model.eval(), processor
+
+
+def settle_changed_samples(cfg: ExtractConfig, out: Path, current: dict[str, str]) -> tuple[list[str], int]:
+    """Compare every stored row with its sample in the samples file now (`current`: id → `sample_fingerprint`). A
+    changed sample (other image path, question, answer, box or source than its row was extracted from) is refused,
+    listing the ids, or with changed_samples=reextract its row is deleted so that this run extracts it again.
+    Returns (the ids deleted, the number of stored rows that record no fingerprint and so cannot be checked)."""
+    stored = stored_sample_fingerprints(out)
+    unchecked = sum(sha is None for sha in stored.values())
+    if unchecked:
+        warnings.warn(f"{out}: {unchecked} stored rows were written before lavit recorded each sample's fingerprint "
+                      "(sample_sha256): whether their samples changed since cannot be checked", RuntimeWarning,
+                      stacklevel=3)
+    changed = changed_ids(stored, current)
+    if not changed:
+        return [], unchecked
+    if cfg.changed_samples == "refuse":
+        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise ValueError(f"{len(changed)} samples of {cfg.samples} changed (image path, question, answer, box or "
+                         f"source) since their rows in {out} were extracted: {shown}. Their rows hold the teacher "
+                         "answers and signals of the old fields; changed_samples=reextract deletes and extracts "
+                         "only those rows again, or extract into a new out=")
+    return remove_changed_rows(out, current), unchecked
+
+
 def run_extract(cfg: ExtractConfig) -> dict:
     start = time.time()
     if cfg.engine == "vllm":
         import_vllm()  # missing vllm fails before the store is created
+    placement = teacher_placement(cfg.device_map, os.environ, torch.cuda.device_count())
     samples = read_samples(cfg.samples, cfg.input_format, cfg.lvr_box_format)
+    samples_fingerprint = file_fingerprint(cfg.samples)
+    fingerprints = [sample_fingerprint(s) for s in samples]
     if not Path(cfg.image_root or ".").is_dir():  # else every sample would be stored as 'image_missing'
         raise NotADirectoryError(f"image_root {cfg.image_root} is not a directory")
     indexed = list(enumerate(samples))
@@ -386,6 +518,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
     out = Path(cfg.out)
     worker, workers = cfg.worker()
     with open_store(cfg, num_inputs) as writer:
+        reextracted, unchecked = settle_changed_samples(cfg, out, {s.id: f for s, f in zip(samples, fingerprints)})
         done = writer.stored_ids()
         ours = [(g, grp) for g, grp in enumerate(groups) if g % workers == worker]
         todo = [(g, grp) for g, grp in ours if not all(s.id in done for _, s in grp)]
@@ -393,10 +526,11 @@ def run_extract(cfg: ExtractConfig) -> dict:
         processed = 0
         limits = ImageLimits(cfg.min_image_side, cfg.max_image_pixels)
         # engine=vllm: every answer first (phase 1), the probe pass reads them; transformers answers per group
-        answers = vllm_answer_phase(cfg, out, todo, done, limits) if todo and cfg.engine == "vllm" else None
+        answers = (vllm_answer_phase(cfg, out, todo, done, limits, dict(enumerate(fingerprints)))
+                   if todo and cfg.engine == "vllm" else None)
         if todo:
-            model, processor = load_for_inference(cfg.teacher, dtype=cfg.dtype, device_map=cfg.device_map,
-                                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, seed=cfg.seed)
+            tqdm.write(f"extract worker {worker}/{workers}: {placement.rule}", file=sys.stderr)
+            model, processor = load_teacher(cfg, placement)
             record_pixel_limits(out, processor_pixel_limits(processor.image_processor))
             extractor = SignalExtractor(model, processor, layers=cfg.layers, queries=cfg.queries,
                                         system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
@@ -414,10 +548,11 @@ def run_extract(cfg: ExtractConfig) -> dict:
             if pending:
                 writer.write(pending)
             bar.close()
-        counts = record_counts(out, num_inputs)
+        counts = record_counts(out, num_inputs, samples_fingerprint)
         wall = time.time() - start
         results = {"worker": f"{worker}/{workers}", "processed_this_run": processed, "skipped_already_stored":
                    mine - processed, "wall_seconds": wall, "samples_per_second": processed / wall if wall else 0.0,
-                   "store_counts": counts, "settings": asdict(cfg)}
+                   "store_counts": counts, "changed_samples_reextracted": reextracted,
+                   "rows_without_fingerprint": unchecked, "placement": asdict(placement), "settings": asdict(cfg)}
         write_json_atomic(results, out / f"extract_results-w{worker:03d}of{workers:03d}.json")
     return results

@@ -9,7 +9,9 @@ with matcher=judge, by a judge model (`lavit.eval.judge`) for the rest; a pair l
 judge, or an unparsable judge output) is dropped with its reason, never passed. Samples the extractor
 rejected, and rows whose stored signal is not finite, are dropped before the stages. Every drop is
 written to dropped.jsonl with its stage, reason and verdict; filter_report.json counts them and how
-each stage's pairs were decided. The kept rows are the training set (`lavit train data=OUT`).
+each stage's pairs were decided. The kept rows are the training set (`lavit train data=OUT`). The input store's
+content fingerprint (`signals_fingerprint`) goes into the manifest and the report, so the set names what it was
+filtered from.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
+from lavit.data.fingerprints import store_fingerprint
 from lavit.data.run_dir import prepare_output_folder
 from lavit.data.samples import open_rgb
 from lavit.data.signal_store import (
@@ -220,6 +223,7 @@ def run_filter(cfg: FilterConfig) -> dict:
     prepare_output_folder(out, {"signals": cfg.signals, "text_only_image": cfg.text_only_image,
                                 "judge_cache": judge_cache_path(cfg), "text_model": cfg.text_model,
                                 **({} if is_endpoint(cfg.judge) else {"judge": cfg.judge})}, cfg.overwrite)
+    fingerprint = store_fingerprint(cfg.signals)  # of the store as read next
     rows = read_store(cfg.signals).to_pylist()
     if not rows:
         raise ValueError(f"{cfg.signals} holds no rows")
@@ -235,13 +239,14 @@ def run_filter(cfg: FilterConfig) -> dict:
         blank = open_rgb(cfg.text_only_image)
     loaded: dict = {}  # model name → engine, shared by the text-only model and the judge
     try:
-        return _filter(cfg, source, rows, blank, loaded, start)
+        return _filter(cfg, source, fingerprint, rows, blank, loaded, start)
     finally:
         for engine in loaded.values():
             engine.close()
 
 
-def _filter(cfg: FilterConfig, source: dict, rows: list[dict], blank, loaded: dict, start: float) -> dict:
+def _filter(cfg: FilterConfig, source: dict, signals_fingerprint: dict, rows: list[dict], blank, loaded: dict,
+            start: float) -> dict:
     out = Path(cfg.out)
     text_model_name = None
     if "difficulty" in cfg.stages:
@@ -283,10 +288,12 @@ def _filter(cfg: FilterConfig, source: dict, rows: list[dict], blank, loaded: di
             "model": judge_name, "cache_key_name": judge.name, "prompt_version": JUDGE_PROMPT_VERSION,
             "cache": str(judge.path), "asked": judge.asked, "calls": judge.calls, "cached": judge.cached},
         "settings": asdict(cfg),
+        "signals_fingerprint": signals_fingerprint,
         "wall_seconds": time.time() - start,
     }
     write_json_atomic(report, out / "filter_report.json")
     write_manifest({"schema_version": SCHEMA_VERSION, "kind": "lavit_sft", "teacher": source["teacher"],
                     "text_model": text_model_name, "judge": judge_name, "extract_settings": source["settings"],
-                    "filter_settings": asdict(cfg), "counts": {"kept": len(kept), "dropped": len(dropped)}}, out)
+                    "filter_settings": asdict(cfg), "signals_fingerprint": signals_fingerprint,
+                    "counts": {"kept": len(kept), "dropped": len(dropped)}}, out)
     return report

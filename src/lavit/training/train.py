@@ -4,9 +4,10 @@
 
 One run per output folder: the main process holds `output_dir/lavit.lock` for the whole run, refuses a
 folder holding another run (unless `resume=` continues it or `overwrite=true` clears it), and records the
-run's settings (`run_settings.json`, and in every checkpoint's marker) so a resume with settings that
-change the run is refused with the differences listed. `resume=latest` takes the newest complete
-checkpoint and moves torn ones to `output_dir/torn/`.
+run's settings and the content fingerprint of its training data (`run_settings.json`, and in every
+checkpoint's marker) so a resume with settings that change the run, or on data rewritten since, is refused
+with the differences listed. `resume=latest` takes the newest complete checkpoint and moves torn ones to
+`output_dir/torn/`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from transformers import PrinterCallback, ProgressCallback, TrainingArguments, s
 
 from lavit.config import config_to_dict
 from lavit.data.collator import LavitCollator
+from lavit.data.fingerprints import fingerprint_differences
 from lavit.data.run_dir import RunLock, describe_holder, refuse_inputs_inside, resolve_paths, settings_differences
 from lavit.data.signal_store import write_json_atomic
-from lavit.data.sft_dataset import LavitSftDataset, read_sft_table
+from lavit.data.sft_dataset import LavitSftDataset, data_fingerprint, read_sft_table
 from lavit.models.checkpoint import export_student, load_model_and_processor
 from lavit.models.gating import GateSchedule
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
@@ -48,6 +50,7 @@ from lavit.training.lavit_trainer import (
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 RUN_SETTINGS = "run_settings.json"
+DATA_FINGERPRINT = "data_fingerprint"  # recorded beside the settings: the training data's content (`data_fingerprint`)
 RESULTS = "train_results.json"
 DROPPED_ROWS = "dropped_rows.jsonl"
 TORN = "torn"
@@ -174,15 +177,44 @@ def resume_checkpoint(cfg: LavitTrainConfig, out: Path) -> tuple[Path, dict]:
                          "complete one") from None
 
 
+def data_changes(recorded: dict, current: dict) -> list[str]:
+    """How the training data's content (`data_fingerprint`, per path) differs from what `recorded` holds: each
+    path's fingerprint, then its row count where that changed too."""
+    def rows(fingerprints: dict, name: str):
+        return (fingerprints.get(name) or {}).get("rows", "?")
+
+    changes = fingerprint_differences(recorded, current)
+    return changes + [f"{name}: {rows(recorded, name)} rows → {rows(current, name)} rows"
+                      for name in sorted(set(recorded) | set(current)) if rows(recorded, name) != rows(current, name)]
+
+
+def check_same_data(cfg: LavitTrainConfig, recorded: list[tuple[str, dict]], current: dict, notes: list[str]) -> None:
+    """Refuse a resume whose training data's content differs from what the run it continues trained on (each of
+    `recorded`: (whose, their settings)); a run recorded before lavit fingerprinted data cannot be checked, which
+    goes into `notes`."""
+    for whose, before in recorded:
+        if DATA_FINGERPRINT not in before:
+            notes.append(f"{whose} recorded no fingerprint of its training data (it predates them): whether the "
+                         "data changed since cannot be checked")
+            continue
+        changes = data_changes(before[DATA_FINGERPRINT], current)
+        if changes:
+            raise ValueError(f"resume={cfg.resume}: the training data differs from what {whose} trained on "
+                             f"({'; '.join(changes)}). A resume continues on the data its run began with: restore "
+                             "that data, or train on this data as a new run (another output_dir, or overwrite=true)")
+
+
 def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
-    """On the main process: lock `output_dir` for this run (held until `held` closes) and refuse what would
-    mix two runs in it. For a resume: the checkpoint, its settings checked, torn checkpoints set aside and the
-    log cut back to its step. Nothing is moved or deleted before every check has passed."""
+    """On the main process: lock `output_dir` for this run (held until `held` closes), fingerprint the training
+    data, and refuse what would mix two runs in it. For a resume: the checkpoint, its settings and data checked,
+    torn checkpoints set aside and the log cut back to its step. Nothing is moved or deleted before every check
+    has passed."""
     out = Path(cfg.output_dir)
     refuse_inputs_inside(out, {"data": cfg.data, "image_root": cfg.image_root, "model": cfg.model}, key="output_dir")
     lock = held.enter_context(RunLock(out))
     notes = [f"took over {lock.path}, left by a run that ended without releasing it ({describe_holder(lock.stale)})"
              ] if lock.stale else []
+    fingerprint = data_fingerprint(cfg.data)
     entries = run_entries(out)
     if not cfg.resume:
         if entries and not cfg.overwrite:
@@ -193,19 +225,20 @@ def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
                 shutil.rmtree(out / name)
             else:
                 (out / name).unlink()
-        return {"resume": None, "set_aside": [], "notes": notes}
+        return {"resume": None, "set_aside": [], "notes": notes, DATA_FINGERPRINT: fingerprint}
     checkpoint, marker = resume_checkpoint(cfg, out)
     settings = run_settings(cfg)
     recorded = [(f"the run that wrote {checkpoint}", marker.get("settings", {}))]
     if (out / RUN_SETTINGS).is_file():
         recorded.append((f"the run in {out}", json.loads((out / RUN_SETTINGS).read_text())))
     for whose, before in recorded:
-        differences = settings_differences(before, settings, MAY_CHANGE_ON_RESUME)
+        differences = settings_differences(before, settings, (*MAY_CHANGE_ON_RESUME, DATA_FINGERPRINT))
         if differences:
             may = ", ".join(k for k in MAY_CHANGE_ON_RESUME if k not in ("resume", "overwrite"))
             raise ValueError(f"resume={cfg.resume}: these settings differ from {whose}: {'; '.join(differences)}. A "
                              f"resume may change only {may}; for a new run choose another output_dir (or "
                              "overwrite=true)")
+    check_same_data(cfg, recorded, fingerprint, notes)
     moved = []
     for folder in checkpoint_folders(out):
         problem = checkpoint_problem(folder)
@@ -214,7 +247,7 @@ def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
             moved.append({"checkpoint": folder.name, "moved_to": str(aside), "reason": problem})
             notes.append(f"{folder} is a torn checkpoint ({problem}): moved to {aside}")
     cut_log(out / TRAIN_LOG, marker["step"])
-    return {"resume": str(checkpoint), "set_aside": moved, "notes": notes}
+    return {"resume": str(checkpoint), "set_aside": moved, "notes": notes, DATA_FINGERPRINT: fingerprint}
 
 
 def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str | None = None) -> dict:
@@ -245,11 +278,11 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
                               bad_rows=cfg.bad_rows)
     schedule = (GateSchedule(cfg.gate, cfg.gate_epsilon, cfg.gate_warmup_steps, cfg.gate_final) if cfg.uses_latents
                 else GateSchedule("none"))
-    settings = run_settings(cfg)
     # TrainingArguments only after the student is built: a ZeRO-3 config it activates would partition the build
     args = training_arguments(cfg, plan)
     if args.world_size > 1:
         claim = broadcast_object_list([claim])[0]
+    settings = {**run_settings(cfg), DATA_FINGERPRINT: claim[DATA_FINGERPRINT]}
     trainer = LavitTrainer(
         model=student, args=args, train_dataset=dataset, processing_class=processor,
         data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens, cfg.gate_readout),
@@ -269,6 +302,7 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
     export_dir = Path(cfg.output_dir) / "student"
     results = {
         "settings": config_to_dict(cfg),
+        DATA_FINGERPRINT: claim[DATA_FINGERPRINT],
         **plan,
         "train_loss": result.training_loss,
         "global_step": result.global_step,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lavit.data.samples import Rejection
-from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, build_items, image_cell, kind, text
+from lavit.eval.items import EvalItem, build_items, image_cell, kind, text
 
 COLUMNS = ("idx", "choices", "answer", "prompt", "image_1")
 
@@ -40,8 +40,10 @@ def load(root: Path, task: str) -> list[EvalItem]:
         if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
             raise Rejection("cell_invalid", f"'choices' is {kind(choices)}, expected a list of option texts")
         refs = [image_cell(row.get(f"image_{k}"), f"image_{k}", task_dir) for k in range(1, 5)]
-        return EvalItem(id=ident, images=[r for r in refs if r is not None],
-                        prompt=f"{text(row, 'prompt').strip()}\n{ANSWER_DIRECTLY}", letters="ABCDEFGH"[:len(choices)],
-                        answer=text(row, "answer").strip().strip("()").upper(), meta={"task": task})
+        doc = {"idx": ident, "prompt": text(row, "prompt"), "choices": list(choices), "answer": text(row, "answer"),
+               "question": row.get("question") if isinstance(row.get("question"), str) else "",
+               "sub_task": row.get("sub_task") if isinstance(row.get("sub_task"), str) else task}
+        return EvalItem(id=ident, images=[r for r in refs if r is not None], letters="ABCDEFGH"[:len(choices)],
+                        answer=doc["answer"].strip().strip("()").upper(), doc=doc, meta={"task": task})
 
     return build_items(rows, "idx", build, lambda row: {"task": task})

@@ -61,11 +61,12 @@ def apply_label_fixes(items: list[EvalItem], fixes: tuple[LabelFix, ...], benchm
         if item.invalid is not None:
             not_applied.append({"id": fix.id, "reason": "item_invalid"})
             continue
-        if fix.question_contains not in item.prompt.lower():
-            question = item.prompt.splitlines()[0]
+        question = item.doc.get("Question", "")
+        if fix.question_contains not in question.lower():
             raise ValueError(f"{benchmark}: label fix for item {fix.id} expects a question about "
                              f"{fix.question_contains!r}, the file's item {fix.id} asks {question!r}: this file is not "
-                             "numbered as the published one; drop --label-fixes")
+                             "numbered as the published one; drop --label-fixes (or use --protocol lavit: protocol "
+                             "lmms-eval always applies them)")
         if item.answer == fix.corrected:
             not_applied.append({"id": fix.id, "reason": "already_corrected"})
             continue

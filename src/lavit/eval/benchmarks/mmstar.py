@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lavit.data.samples import Rejection
-from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, build_items, image_cell, text
+from lavit.eval.items import EvalItem, build_items, image_cell, text
 from lavit.eval.stats import accuracy_summary
 
 COLUMNS = ("index", "question", "image", "answer", "category", "l2_category")
@@ -33,14 +33,14 @@ def load(root: Path) -> list[EvalItem]:
     def build(row: dict, ident: str) -> EvalItem:
         # The categories are checked here, not in `summary`: a null one is this item's skip, before any answer.
         meta = {key: text(row, key) for key in ("category", "l2_category")}
-        question = text(row, "question").strip()
+        question = text(row, "question")
         options_part = question.split("Options:", 1)[1] if "Options:" in question else question
         image = image_cell(row["image"], "image", root)
         if image is None:
             raise Rejection("image_missing", "'image' is null")
-        return EvalItem(id=ident, images=[image], prompt=f"{question}\n{ANSWER_DIRECTLY}",
-                        letters="".join(dict.fromkeys(_OPTION.findall(options_part))),
-                        answer=text(row, "answer").strip().upper(), meta=meta)
+        doc = {"index": row["index"], "question": question, "answer": text(row, "answer"), **meta}
+        return EvalItem(id=ident, images=[image], letters="".join(dict.fromkeys(_OPTION.findall(options_part))),
+                        answer=doc["answer"].strip().upper(), doc=doc, meta=meta)
 
     return build_items(((f"row {n}", row) for n, row in enumerate(table.to_pylist(), 1)), "index", build)
 

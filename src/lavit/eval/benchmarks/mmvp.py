@@ -10,10 +10,15 @@ import re
 from pathlib import Path
 
 from lavit.data.samples import Rejection
-from lavit.eval.items import ANSWER_DIRECTLY, EvalItem, ImageRef, build_items, text
+from lavit.eval.items import EvalItem, ImageRef, build_items, text
 from lavit.eval.stats import accuracy_summary
 
 _OPTION = re.compile(r"\(([a-z])\)\s*(.*?)\s*(?=\([a-z]\)|$)")
+
+
+def parse_options(options: str) -> list[tuple[str, str]]:
+    """'(a) Open (b) Closed' → [('a', 'Open'), ('b', 'Closed')]."""
+    return _OPTION.findall(options.strip())
 
 
 def load(root: Path) -> list[EvalItem]:
@@ -36,14 +41,13 @@ def load(root: Path) -> list[EvalItem]:
         if not ident.isdecimal():
             raise Rejection("cell_invalid", f"{index_col!r} is {ident!r}, expected a number")
         index = int(ident)
-        options = _OPTION.findall(text(row, "Options").strip())
+        options = parse_options(text(row, "Options"))
         if len(options) < 2:
             raise Rejection("cell_invalid", f"cannot read options {row['Options']!r}: expected '(a) … (b) …'")
-        letters = "".join(letter.upper() for letter, _ in options)
-        prompt = "\n".join([text(row, "Question").strip(), *(f"({letter}) {t}" for letter, t in options),
-                            ANSWER_DIRECTLY])
-        return EvalItem(id=str(index), images=[ImageRef(root / "MMVP Images" / f"{index}.jpg")], prompt=prompt,
-                        letters=letters, answer=text(row, "Correct Answer").strip().strip("()").upper(),
+        doc = {"Index": index, **{key: text(row, key) for key in ("Question", "Options", "Correct Answer")}}
+        return EvalItem(id=str(index), images=[ImageRef(root / "MMVP Images" / f"{index}.jpg")],
+                        letters="".join(letter.upper() for letter, _ in options),
+                        answer=doc["Correct Answer"].strip().strip("()").upper(), doc=doc,
                         meta={"pair": (index - 1) // 2})
 
     # A short row's missing cells read as null (csv's restval), which `text` turns into this row's skip.

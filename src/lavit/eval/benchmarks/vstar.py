@@ -1,18 +1,22 @@
 """V* Bench (craigwu/vstar_bench): `test_questions.jsonl` lines `{image, text, category, question_id,
 label}`; `text` holds the question, options "(A) …" and the answer instruction; images are paths under
 the root (`direct_attributes/sa_4690.jpg`; one outside it is refused). Table 1's "V* Attr." is the 115
-`direct_attributes` items."""
+`direct_attributes` items; category `all` reads all 191 (the 76 `relative_position` ones too), as the authors'
+evaluator and lmms-eval's `vstar_bench` task do."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections import defaultdict
 from pathlib import Path
 
 from lavit.data.samples import Rejection
 from lavit.eval.items import EvalItem, build_items, image_at, text
+from lavit.eval.stats import accuracy_summary
 
 _LETTER = re.compile(r"\(([A-H])\)")
+ALL = "all"
 
 
 def load(root: Path, category: str) -> list[EvalItem]:
@@ -35,17 +39,29 @@ def load(root: Path, category: str) -> list[EvalItem]:
         line_category = row.get("category") if isinstance(row, dict) else None
         if isinstance(line_category, str):
             categories.add(line_category)
-            if line_category != category:
+            if category != ALL and line_category != category:
                 continue
         rows.append((f"line {lineno}", row))
-    if category not in categories:
-        raise ValueError(f"V*: no items of category {category!r} in {path} (categories: {sorted(categories)})")
+    if category != ALL and category not in categories:
+        raise ValueError(f"V*: no items of category {category!r} in {path} (categories: {sorted(categories)}, "
+                         f"or {ALL!r})")
 
     def build(row: dict, ident: str) -> EvalItem:
-        text(row, "category")  # a null or mistyped one is this line's skip (lines of other categories are left out)
-        prompt = text(row, "text")
-        return EvalItem(id=ident, images=[image_at(root, text(row, "image"))], prompt=prompt.strip(),
-                        letters="".join(dict.fromkeys(_LETTER.findall(prompt))),
-                        answer=text(row, "label").strip().upper(), meta={"category": category})
+        # a null or mistyped category is this line's skip (lines of other categories are left out)
+        doc = {key: text(row, key) for key in ("category", "text", "label")} | {"question_id": row["question_id"]}
+        return EvalItem(id=ident, images=[image_at(root, text(row, "image"))],
+                        letters="".join(dict.fromkeys(_LETTER.findall(doc["text"]))),
+                        answer=doc["label"].strip().upper(), doc=doc, meta={"category": doc["category"]})
 
     return build_items(rows, "question_id", build)
+
+
+def summary(records: list[dict], interval: str) -> dict:
+    """Per category (direct_attributes, relative_position), each with its interval and item count."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        groups[r["category"]].append(r["correct"])
+    stats = {k: accuracy_summary(v, method=interval) for k, v in sorted(groups.items())}
+    return {"per_category": {k: s["accuracy"] for k, s in stats.items()},
+            "per_category_ci95": {k: s["ci95"] for k, s in stats.items()},
+            "per_category_n": {k: s["n"] for k, s in stats.items()}}
