@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import json
 import sys
 from pathlib import Path
 
 from lavit.config import describe_config, load_config
-from lavit.console import EndpointError, MissingDependency
+from lavit.console import EndpointError, MissingDependency, failed_write
+from lavit.data.samples import DEFAULT_MAX_TEXT_TOKENS
 
 
 def _recipe_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -39,11 +39,15 @@ def _config_stage(config_path: str, runner_path: str, summary):
     return handler
 
 
-_train = _config_stage("lavit.training.lavit_config:LavitTrainConfig", "lavit.training.train:run_training",
+# the config class of each config-driven stage ('module:attr'): its recipe, its overrides, its output setting
+STAGE_CONFIGS = {"train": "lavit.training.lavit_config:LavitTrainConfig",
+                 "extract": "lavit.teacher.extract_config:ExtractConfig",
+                 "filter": "lavit.teacher.filter_config:FilterConfig"}
+_train = _config_stage(STAGE_CONFIGS["train"], "lavit.training.train:run_training",
                        lambda r: {k: r[k] for k in ("train_loss", "global_step", "student_dir", "wall_seconds")})
-_extract = _config_stage("lavit.teacher.extract_config:ExtractConfig", "lavit.teacher.extractor:run_extract",
+_extract = _config_stage(STAGE_CONFIGS["extract"], "lavit.teacher.extractor:run_extract",
                          lambda r: {k: v for k, v in r.items() if k != "settings"})
-_filter = _config_stage("lavit.teacher.filter_config:FilterConfig", "lavit.teacher.filter:run_filter",
+_filter = _config_stage(STAGE_CONFIGS["filter"], "lavit.teacher.filter:run_filter",
                         lambda r: {k: v for k, v in r.items() if k != "settings"})
 
 
@@ -53,6 +57,13 @@ def _import_official(args: argparse.Namespace) -> int:
     result = import_official(args.data, args.image_root, args.out, features_root=args.features_root,
                              teacher_dim=args.teacher_dim, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _repair_store(args: argparse.Namespace) -> int:
+    from lavit.data.signal_store import repair_store
+
+    print(json.dumps(repair_store(args.store, apply=args.apply), indent=2))
     return 0
 
 
@@ -113,13 +124,14 @@ def _score_eval(args: argparse.Namespace, model) -> int:
 
         result = run_paper_suite(model, args.data_root, args.out, label=args.label or args.model,
                                  max_samples=args.max_samples, batch_size=args.batch_size, interval=args.interval,
-                                 label_fixes=args.label_fixes)
+                                 label_fixes=args.label_fixes, max_text_tokens=args.max_text_tokens)
         print(result["row"])
         return 0
     from lavit.eval.runner import run_eval
 
     summary = run_eval(model, args.benchmark, args.data_root, args.out, max_samples=args.max_samples,
-                       batch_size=args.batch_size, interval=args.interval, label_fixes=args.label_fixes)
+                       batch_size=args.batch_size, interval=args.interval, label_fixes=args.label_fixes,
+                       max_text_tokens=args.max_text_tokens)
     print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=2))
     return 0
 
@@ -156,7 +168,8 @@ def _audit(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} answers without a model: there is no latent block to audit")
     result = run_audit(model, args.out, benchmark=args.benchmark, data_root=args.data_root, samples=args.samples,
                        image_root=args.image_root, interventions=chosen, seed=args.seed, batch_size=args.batch_size,
-                       max_samples=args.max_samples, label_fixes=args.label_fixes)
+                       max_samples=args.max_samples, label_fixes=args.label_fixes,
+                       max_text_tokens=args.max_text_tokens)
     print(audit_markdown(result))
     return 0
 
@@ -234,7 +247,8 @@ def _analyze(args: argparse.Namespace) -> int:
         correct = json.loads(Path(args.correct).read_text(encoding="utf-8-sig"))  # a BOM, as every reader accepts
     result = analyze(args.samples, args.image_root, models, args.out, teacher=args.teacher, correct=correct,
                      max_samples=args.max_samples, heatmaps=args.heatmaps, batch_size=args.batch_size, pixels=pixels,
-                     teacher_store=args.teacher_store or None, device_map=args.device_map)
+                     teacher_store=args.teacher_store or None, device_map=args.device_map,
+                     max_text_tokens=args.max_text_tokens)
     summary = {n: {k: round(v["mean"], 4) for k, v in m.items() if isinstance(v, dict) and "mean" in v}
                | {"pixel_limits": m["pixel_limits"]} for n, m in result["per_model"].items()}
     print(json.dumps({"per_model": summary, "rejected": result["rejected_by_reason"], "figures": result["figures"]},
@@ -301,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-fixes", action="store_true", help="protocol lavit: correct the benchmark's documented "
                     "label errors (MMVP: 4 swapped answers) before scoring; listed in summary.json and a setting of "
                     "the run (lmms-eval always scores the corrected labels, authors never)")
+    ev.add_argument("--max-text-tokens", type=non_negative_int, default=DEFAULT_MAX_TEXT_TOKENS,
+                    help="an item with a text (question, option, prompt) over this many of the model's tokens is a "
+                    "recorded skip, text_too_long, as one holding a special token of its tokenizer is "
+                    "special_token_in_text (0 = no limit; constant:<X> has no tokenizer: Qwen-VL's special tokens, "
+                    "no limit); recorded in the run's settings")
     ev.set_defaults(run=_eval)
 
     cmp = sub.add_parser("compare", help="pair two lavit eval runs item by item: A − B with a 95%% interval and an "
@@ -336,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--device-map", default="", help="'auto' to split a large model over GPUs")
     au.add_argument("--label-fixes", action="store_true", help="correct the benchmark's documented label errors "
                     "(as lavit eval --label-fixes; recorded in audit.json)")
+    au.add_argument("--max-text-tokens", type=non_negative_int, default=DEFAULT_MAX_TEXT_TOKENS,
+                    help="an item or sample with a text over this many of the model's tokens is a recorded skip, "
+                    "text_too_long, as one holding a special token of its tokenizer is special_token_in_text (0 = no "
+                    "limit); recorded in the settings")
     au.set_defaults(run=_audit)
 
     official = sub.add_parser("import-official", help="convert the authors' LaViT-15k layout into a signal store")
@@ -348,6 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--min-pixels", type=int, default=3136, help="processor min_pixels used by the extraction")
     official.add_argument("--max-pixels", type=int, default=12845056, help="processor max_pixels used by the extraction")
     official.set_defaults(run=_import_official)
+
+    repair = sub.add_parser("repair-store", help="remove the extra copies of ids a store holds more than once",
+                            description="lavit repair-store STORE [--apply]: lists every id stored more than once and "
+                            "the copy it keeps (an 'ok' row over a 'rejected' one, then the first in shard-name "
+                            "order); --apply rewrites the shards holding the others, atomically, under the store's "
+                            "lock")
+    repair.add_argument("store", help="a lavit store folder (manifest.json, data/)")
+    repair.add_argument("--apply", action="store_true", help="rewrite the shards (default: a dry run that changes "
+                        "nothing)")
+    repair.set_defaults(run=_repair_store)
 
     bench = sub.add_parser("bench", help="performance against the plain model, as JSON")
     bench.add_argument("what", choices=["train", "extract", "dataset"],
@@ -426,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--device-map", default="", help="from_pretrained device_map, e.g. auto to split each model "
                     "over the GPUs (default: the whole model on one device)")
     an.add_argument("--batch-size", type=positive_int, default=16, help="samples per forward pass of a model")
+    an.add_argument("--max-text-tokens", type=non_negative_int, default=DEFAULT_MAX_TEXT_TOKENS,
+                    help="a sample whose question or answer is longer than this many tokens (of the model whose "
+                    "tokenizer makes it longest) is rejected, text_too_long, as one holding a special token of a "
+                    "model's tokenizer is special_token_in_text, before any model loads (0 = no limit); recorded in "
+                    "run.json")
     an.set_defaults(run=_analyze)
     return parser
 
@@ -449,18 +487,55 @@ def checkpoint_args(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="items per generate call")
 
 
+# the config-driven stages: where each one's config class is (its output is `output_dir=` or `out=`)
+def command_output(args: argparse.Namespace) -> tuple[str | None, str]:
+    """Where the command writes (None: nowhere of its own) and the option that chooses it."""
+    if args.command not in STAGE_CONFIGS:
+        return getattr(args, "out", "") or None, "--out"
+    key = "output_dir" if args.command == "train" else "out"
+    config = stage_config(args)
+    return (getattr(config, key) if config else None), f"{key}="
+
+
+def stage_config(args: argparse.Namespace):
+    """The config a config-driven stage ran with (recipe and overrides); None where it is what failed."""
+    module, name = STAGE_CONFIGS[args.command].split(":")
+    try:
+        return load_config(getattr(importlib.import_module(module), name), *_recipe_and_overrides(args.items))
+    except (ValueError, OSError):  # nothing was written
+        return None
+
+
+def rerun_hint(args: argparse.Namespace) -> str:
+    """How to go on after a full disk: the same command, which resumes. A `lavit train` into a folder holding a
+    run is refused unless it says resume= (from the newest complete checkpoint) or, where none was completed,
+    overwrite=true (start again)."""
+    config = stage_config(args) if args.command == "train" else None
+    if config is None:
+        return "rerun the same command to resume"
+    from lavit.training.lavit_trainer import checkpoint_folders, checkpoint_problem
+
+    out = Path(config.output_dir)
+    if out.is_dir() and any(checkpoint_problem(folder) is None for folder in checkpoint_folders(out)):
+        return f"rerun the same command{'' if config.resume == 'latest' else ' with resume=latest'} to resume"
+    return f"rerun the same command{'' if config.overwrite else ' with overwrite=true'} (no checkpoint was complete)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, MissingDependency, EndpointError) as err:
-        print(f"lavit {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:
+        # a full disk or an unwritable output, whatever library's write hit it, before the errors users cause
+        out, option = command_output(args)
+        failed = failed_write(err, out)
+        if failed is not None:
+            message = failed.message(option, rerun_hint(args) if failed.full else "")
+        elif isinstance(err, (ValueError, FileNotFoundError, NotADirectoryError, MissingDependency, EndpointError)):
+            message = str(err)
+        else:
             raise
-        # what was written before is complete (atomic renames, checkpoint markers): free space and rerun to resume
-        print(f"lavit {args.command}: error: disk full ({err}); free space and rerun to resume", file=sys.stderr)
+        print(f"lavit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -182,3 +182,29 @@ def test_the_cli_parses_pixel_limits_and_rejects_malformed_ones(tmp_path, capsys
     assert main([*args, "--pixels", "teacher=1:2", "--pixels", "teacher=3:4"]) == 2
     assert "'teacher' is given twice" in capsys.readouterr().err
     assert not (tmp_path / "an").exists()
+
+
+def test_a_novel_long_question_or_a_special_token_is_rejected_before_any_model_runs(tmp_path, monkeypatch):
+    """Once, a 100 000-character question made `lavit analyze` try to allocate 29 GB and die with a traceback; an
+    `<|image_pad|>` in a question stopped it. Both are now rejections listed in analysis.json, never traced."""
+    traced, trace_model = [], analyze_module.trace_model
+
+    def recording_trace(path, records, *args, **kwargs):
+        traced.extend(r.id for r in records)
+        return trace_model(path, records, *args, **kwargs)
+
+    monkeypatch.setattr(analyze_module, "trace_model", recording_trace)
+    novel = "what color is the circle ? " * 3846  # 100 000 characters
+    samples, root = with_extra(tmp_path, [sample("novel", "ok.png", question=novel),
+                                          sample("pad", "ok.png", question="what <|image_pad|> ?")])
+    Image.new("RGB", (168, 168), (9, 9, 9)).save(root / "ok.png")
+    out = tmp_path / "an"
+    assert main(["analyze", "--samples", str(samples), "--image-root", str(root), "--model", "teacher=tiny-teacher",
+                 "--out", str(out), "--heatmaps", "0", "--max-text-tokens", "2000"]) == 0
+    saved = json.loads((out / "analysis.json").read_text())
+    assert [(r["id"], r["reason"]) for r in saved["rejected"]] == [("novel", "text_too_long"),
+                                                                    ("pad", "special_token_in_text")]
+    assert saved["rejected_by_reason"] == {"text_too_long": 1, "special_token_in_text": 1}
+    assert "question has 23076 tokens, over max_text_tokens=2000" in saved["rejected"][0]["detail"]
+    assert saved["samples"] == 3 and set(traced) == {"test-00000", "test-00001", "test-00002"}
+    assert json.loads((out / "run.json").read_text())["max_text_tokens"] == 2000 == saved["settings"]["max_text_tokens"]

@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from lavit.analysis.collect import read_records
+from lavit.data.samples import TextLimits
+from lavit.models.tiny import build_tiny_tokenizer
 from lavit.toyworld.world import write_split
 
 
@@ -64,3 +66,38 @@ def test_a_bom_is_dropped_and_malformed_lines_stop_before_work(tmp_path):
         f.write('{"id": "torn", "ima\n')
     with pytest.raises(ValueError, match=r"test\.jsonl:4: not valid JSON"):
         read_records(samples, root)
+
+
+def test_special_tokens_long_texts_and_fractional_boxes_are_rejections(tmp_path):
+    """The checks extraction makes, before any model runs: a special token of a model's tokenizer in question or
+    answer, a question or answer over the token limit, a box in pixels that lies within [0, 1] (fractions)."""
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(images / "ok.png")
+    novel = "what color is the circle ? " * 3846  # 100 000 characters, 23 076 tiny tokens
+    samples, root = with_extra(tmp_path, [
+        sample("pad", "ok.png", question="what <|image_pad|> color ?"), sample("novel", "ok.png", question=novel),
+        sample("turn", "ok.png", answer="red <|im_end|>"), sample("frac", "ok.png", bbox=[0.1, 0.2, 0.5, 0.6]),
+        sample("corner", "ok.png", bbox=[0, 0, 1, 2])])
+    limits = TextLimits.for_tokenizer(build_tiny_tokenizer(), 1024)
+    records, rejected = read_records(samples, root, text_limits=lambda: limits)
+    assert [r.id for r in records] == ["test-00000", "test-00001", "test-00002", "corner"]
+    assert [(r["id"], r["reason"]) for r in rejected] == [
+        ("pad", "special_token_in_text"), ("novel", "text_too_long"), ("turn", "special_token_in_text"),
+        ("frac", "box_looks_normalized")]
+    by_id = {r["id"]: r["detail"] for r in rejected}
+    assert by_id["pad"] == "question holds the special token '<|image_pad|>' at character 5"
+    assert by_id["novel"] == "question has 23076 tokens, over max_text_tokens=1024"
+    assert by_id["frac"].startswith("box [0.1, 0.2, 0.5, 0.6] lies within [0, 1] on the 64x64 image")
+
+
+def test_the_tokenizers_load_only_when_a_sample_passed_the_other_checks(tmp_path):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps(sample("up", "../x.png")) + "\n")
+    (tmp_path / "images").mkdir()
+
+    def never():
+        raise AssertionError("no sample needed the tokenizers")
+
+    records, rejected = read_records(samples, tmp_path / "images", text_limits=never)
+    assert records == [] and [r["reason"] for r in rejected] == ["path_outside_root"]

@@ -45,12 +45,44 @@ def test_filter_out_equal_to_or_above_its_signals_is_refused_before_anything_is_
     assert (store / "manifest.json").read_text() == "{}"
 
 
-def test_inputs_beside_or_above_the_output_and_inputs_that_do_not_exist_are_fine(store, tmp_path):
+def test_inputs_beside_the_output_and_inputs_that_do_not_exist_are_fine(store, tmp_path):
     refuse_inputs_inside(store.parent / "lavit_sft", {"signals": store})
-    refuse_inputs_inside(store / "sub", {"signals": store})  # an output inside an input destroys nothing of it
     refuse_inputs_inside(tmp_path, {"judge_cache": "", "text_model": tmp_path / "missing", "images": []})
     with pytest.raises(ValueError, match="output_dir .* contains the input data"):
         refuse_inputs_inside(tmp_path, {"data": ["elsewhere", str(store / "manifest.json")]}, key="output_dir")
+
+
+def test_an_output_inside_an_input_is_refused_before_anything_is_deleted(store, tmp_path):
+    # `lavit filter signals=S out=S/data overwrite=true` deleted every shard of S, then said "S holds no rows"
+    shards = store / "data"
+    shards.mkdir()
+    (shards / "signals-w000of001-00000.parquet").write_text("rows")
+    images = tmp_path / "images"
+    (images / "coco").mkdir(parents=True)
+    (images / "coco" / "1.png").write_text("pixels")
+    for out, name in ((shards, "signals"), (shards / "signals-w000of001-00000.parquet", "signals"),
+                      (store / "new", "signals"), (images / "coco", "image_root")):
+        with pytest.raises(ValueError, match=f"out {out} lies inside the input {name} "):
+            prepare_output_folder(out, {"signals": store, "image_root": images}, overwrite=True)
+    assert (shards / "signals-w000of001-00000.parquet").read_text() == "rows"
+    assert (images / "coco" / "1.png").read_text() == "pixels" and not (store / "new").exists()
+
+
+def test_an_output_inside_an_image_folder_is_refused_only_when_it_holds_files(store, tmp_path, monkeypatch):
+    """An image root is often the working directory: a new output folder anywhere under it harms no image, while
+    one that already holds files (images, perhaps) could lose them to overwrite=true."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images" / "coco").mkdir(parents=True)
+    (tmp_path / "images" / "coco" / "1.png").write_text("pixels")
+    inputs = {"signals": store, "image_root": "."}
+    prepare_output_folder(tmp_path / "runs" / "filtered", inputs, overwrite=True, folders=("image_root",))
+    with pytest.raises(ValueError, match=r"lies inside the input image_root \(\.\) and holds files"):
+        prepare_output_folder(tmp_path / "images" / "coco", inputs, overwrite=True, folders=("image_root",))
+    with pytest.raises(ValueError, match="is the input image_root"):
+        prepare_output_folder(tmp_path, {"image_root": "."}, overwrite=True, folders=("image_root",))
+    with pytest.raises(ValueError, match="lies inside the input signals"):  # a store is never a mere folder
+        prepare_output_folder(store / "new", inputs, overwrite=True, folders=("image_root",))
+    assert (tmp_path / "images" / "coco" / "1.png").read_text() == "pixels"
 
 
 def test_a_non_empty_output_is_refused_unless_overwrite_which_empties_it(store, tmp_path):

@@ -16,6 +16,7 @@ from lavit.data.samples import (
     Sample,
     TextLimits,
     check_text,
+    check_text_fields,
     load_image,
     pixel_box,
     read_jsonl_samples,
@@ -166,6 +167,37 @@ def test_special_tokens_and_long_texts_are_rejections():
     with pytest.raises(Rejection, match=r"text_too_long: question has 9 tokens, over max_text_tokens=8"):
         check_text(Sample("s", "x.png", "red " * 9, "red"), limits)
     assert reason(check_text, Sample("s", "x.png", "what ?", "red " * 9), limits) == "text_too_long"
+
+
+def test_the_text_check_of_several_models_takes_every_special_token_and_the_longest_count():
+    """`lavit analyze` feeds one text to a teacher and its students: a student's latent tokens are special to it,
+    and the length is the one the tokenizer counting most tokens gives."""
+    student = build_tiny_tokenizer()
+    student.add_special_tokens({"additional_special_tokens": ["<lvr_1>"]}, replace_extra_special_tokens=False)
+    characters = TextLimits(max_tokens=3, count_tokens=len)  # a stand-in tokenizer: one token per character
+    both = TextLimits.for_tokenizers([build_tiny_tokenizer(), student], max_tokens=3)
+    assert "<lvr_1>" in both.special_tokens and "<|image_pad|>" in both.special_tokens
+    with pytest.raises(Rejection, match=r"special_token_in_text: answer holds the special token '<lvr_1>' at "
+                                        "character 4"):
+        check_text_fields({"question": "what ?", "answer": "red <lvr_1>"}, both)
+    check_text_fields({"question": "red red"}, both)  # 2 tiny tokens
+    with pytest.raises(Rejection, match=r"text_too_long: question has 7 tokens, over max_text_tokens=3"):
+        check_text_fields({"question": "red red"}, characters)
+    assert both.describe() == {"max_text_tokens": 3, "special_tokens": list(both.special_tokens)}
+    assert TextLimits().describe() == {"max_text_tokens": None, "special_tokens": []}
+
+
+def test_a_pixel_box_within_0_1_on_a_larger_image_is_rejected_as_normalised():
+    """Fractions taken for pixels would put the box on the top-left pixel: rejected, naming what to do."""
+    with pytest.raises(Rejection, match=r"box_looks_normalized: box \[0.1, 0.2, 0.5, 0.6\] lies within \[0, 1\] on the "
+                                        r"640x480 image: it looks normalised; give boxes in source pixels \(or "
+                                        r"lvr_box_format for Visual-CoT files\)"):
+        pixel_box(Sample("s", "x.png", "q", "a", [0.1, 0.2, 0.5, 0.6]), (640, 480))
+    assert pixel_box(Sample("s", "x.png", "q", "a", [0, 0, 1, 1]), (1, 1)) == [0, 0, 1, 1]  # the whole 1 px image
+    assert pixel_box(Sample("s", "x.png", "q", "a", [0, 0, 1, 2]), (640, 480)) == [0, 0, 1, 2]  # leaves [0, 1]
+    assert pixel_box(Sample("s", "x.png", "q", "a", [0.1, 0.2, 0.5, 0.6], "normalized"), (640, 480)) == \
+        pytest.approx([64, 96, 320, 288])
+    assert reason(pixel_box, Sample("s", "x.png", "q", "a", [0.5, 0.5, 0.5, 0.5]), (640, 480)) == "box_degenerate"
 
 
 def test_jsonl_keeps_mistyped_fields_for_the_check_and_refuses_unstorable_ids(tmp_path):

@@ -25,6 +25,7 @@ from lavit.data.signal_store import (
     pending_row,
     read_manifest,
     read_store,
+    repair_store,
     shard_files,
     store_counts,
     temp_path,
@@ -200,3 +201,86 @@ def test_a_journal_keeps_its_complete_lines_and_drops_a_torn_one(tmp_path):
     assert path.read_text() == '{"a": 1}\n{"a": 2}\n' and not list(tmp_path.glob("*.tmp"))
     path.write_text('{"a": 1}\n{"a": 2}', encoding="utf-8")  # even a parsable line without its newline is torn
     assert read_journal(path) == [{"a": 1}]
+
+
+def store_with_duplicates(directory):
+    """Two workers of other counts that both stored s1..s3 (as `--shard 0/2` and `--shard 0/3` did together): the
+    first copy of s2 is 'rejected', its second 'ok'."""
+    directory.mkdir()
+    write_manifest({"schema_version": SCHEMA_VERSION, "kind": "teacher_signals", "teacher": "t", "settings": {}},
+                   directory)
+    rows = [pending_row(i, f"s{i}", "a.png", f"q{i} ?", "red", "toy") for i in range(5)]
+    with ShardWriter(directory, "signals-w000of002") as writer:
+        writer.write([{**r, "status": "ok"} if r["id"] != "s2" else r for r in rows[:4]])
+    with ShardWriter(directory, "signals-w000of003") as writer:
+        writer.write([{**r, "status": "ok"} for r in rows[1:4]])
+        writer.write([{**rows[4], "status": "ok"}])
+    return rows
+
+
+def test_a_store_holding_an_id_twice_names_the_repair_and_the_repair_keeps_one_copy(tmp_path, capsys):
+    from lavit.cli import main
+
+    store = tmp_path / "s"
+    store_with_duplicates(store)
+    with pytest.raises(ValueError, match=rf"ids stored more than once: \['s1', 's2', 's3'\] \(3 in all\); "
+                                         rf"`lavit repair-store {store}` lists the copy of each it keeps"):
+        read_store(store)
+    with ShardWriter(store, "signals-w001of002") as writer, pytest.raises(ValueError, match="lavit repair-store"):
+        writer.stored_ids()  # a resumed extract stops here, before its work, not at its final count
+    before = {p.name: p.read_bytes() for p in shard_files(store)}
+    assert main(["repair-store", str(store)]) == 0  # a dry run: lists, changes nothing
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["duplicate_ids"] == 3 and plan["extra_copies"] == 3 and not plan["applied"]
+    assert plan["ids"][1] == {"id": "s2", "keep": "data/signals-w000of003-00000.parquet row 1 (ok)",
+                              "remove": ["data/signals-w000of002-00000.parquet row 2 (rejected)"]}
+    assert plan["ids"][0]["keep"] == "data/signals-w000of002-00000.parquet row 1 (ok)"  # the first of two 'ok'
+    assert {p.name: p.read_bytes() for p in shard_files(store)} == before
+    assert main(["repair-store", str(store), "--apply"]) == 0
+    assert json.loads(capsys.readouterr().out)["applied"]
+    table = read_store(store)
+    assert table.column("id").to_pylist() == ["s0", "s1", "s2", "s3", "s4"]
+    assert table.column("status").to_pylist() == ["ok"] * 5
+    assert [p.name for p in shard_files(store)] == ["signals-w000of002-00000.parquet",  # s0, s1, s3
+                                                   "signals-w000of003-00000.parquet",  # s2 alone
+                                                   "signals-w000of003-00001.parquet"]
+    assert read_manifest(store)["counts"] == store_counts(store)
+    assert repair_store(store)["duplicate_ids"] == 0
+    assert not [p.name for p in store.rglob(".*")]  # its lock and temporary files are gone
+
+
+def test_a_store_is_not_repaired_while_a_writer_holds_it(tmp_path):
+    store = tmp_path / "s"
+    store_with_duplicates(store)
+    before = {p.name: p.read_bytes() for p in shard_files(store)}
+    with ShardWriter(store, "signals-w001of002"):
+        with pytest.raises(ValueError, match=r"is being written \(signals-w001of002 \(.* pid \d+\)\); repair it once"):
+            repair_store(store, apply=True)
+    assert {p.name: p.read_bytes() for p in shard_files(store)} == before
+
+
+def test_a_lock_temp_file_left_by_a_killed_process_is_removed_by_the_next_lock(tmp_path):
+    # killed after writing its lock's temporary file and before linking it, a run left it in the store for good
+    store = tmp_path / "s"
+    make_store(store, n=0)
+    killed = ("import os, signal, sys\n"
+              "from pathlib import Path\n"
+              "from lavit.data import signal_store\n"
+              "half = signal_store.temp_path(Path(sys.argv[1], 'data', 'signals-w002of003-00000.parquet'))\n"
+              "half.write_bytes(b'half a shard')  # of a prefix no later run may write\n"
+              "signal_store._link_exclusive = lambda source, target: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "signal_store.ShardWriter(sys.argv[1], 'signals-w000of001')\n")
+    proc = subprocess.run([sys.executable, "-c", killed, str(store)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    (left,) = store.glob("..writer-signals-w000of001.lock.*.tmp")
+    (half,) = (store / "data").glob(".signals-w002of003-00000.parquet.*.tmp")
+    # an older lavit's name says no writer: removed once old; another machine's, only once not refreshed for as long
+    unnamed, elsewhere = store / ".manifest.json.0123456789ab.tmp", store / ".README.md.ffffffff-1.0123456789ab.tmp"
+    for path in (unnamed, elsewhere):
+        path.write_text("{}")
+    old = time.time() - signal_store.LOCK_STALE_SECONDS - 60
+    os.utime(unnamed, (old, old))
+    with ShardWriter(store, "signals-w000of001") as writer:  # the next run takes the lock, and clears the leftovers
+        writer.write([pending_row(0, "s0", "a.png", "q ?", "red", "toy")])
+        assert not left.exists() and not half.exists() and not unnamed.exists() and elsewhere.exists()
+    assert read_store(store).column("id").to_pylist() == ["s0"]

@@ -174,6 +174,41 @@ def test_one_worker_started_twice(tmp_path):
     check_store(out, "all")
 
 
+TWO_COUNTS = "workers of two counts would store some samples twice"
+
+
+def test_workers_of_two_counts_released_at_once(tmp_path):
+    # `--shard 0/2,1/2` and `0/3,1/3,2/3` started together all wrote; every one then exited with "ids stored more
+    # than once", and so did every later run
+    for trial in range(3):
+        out = tmp_path / f"trial{trial}"
+        outcomes = release_together(store_worker, [config(out, shard) for shard in ("0/2", "1/2", "0/3", "1/3", "2/3")])
+        assert [o for o in outcomes if o[2] == "error"] == []
+        for _, _, outcome, message in outcomes:
+            assert outcome == "ok" or TWO_COUNTS in message, outcomes
+        assert read_store(out).num_rows <= N_SAMPLES  # every id stored once
+        workers = read_manifest(out)["workers"]
+        for i in range(workers):  # the store's count, rerun, completes it
+            assert release_together(store_worker, [config(out, f"{i}/{workers}")])[0][2] == "ok"
+        check_store(out, "all")
+
+
+def test_a_later_run_may_use_another_worker_count_but_not_while_one_writes(tmp_path):
+    out = tmp_path / "store"
+    assert release_together(store_worker, [config(out, "0/2")])[0][2] == "ok"
+    assert read_manifest(out)["workers"] == 2
+    shards = sorted(p.name for p in (out / "data").iterdir())
+    with open_store(config(out, "1/2"), N_SAMPLES):  # worker 1 of 2 writing now, in this process
+        (_, _, outcome, message), = release_together(store_worker, [config(out, "0/3")])
+        assert outcome == "refused" and TWO_COUNTS in message, message
+        assert "signals-w001of002 (" in message and "--shard 0/3" in message
+    assert sorted(p.name for p in (out / "data").iterdir()) == shards  # refused before writing
+    for i in range(3):  # once it has finished, three workers go on from what is stored
+        assert release_together(store_worker, [config(out, f"{i}/3")])[0][2] == "ok"
+    assert read_manifest(out)["workers"] == 3
+    check_store(out, "all")
+
+
 def test_real_extract_workers_released_at_once(tmp_path):
     kw = write_samples(tmp_path, 13)
     reference = {}

@@ -169,6 +169,8 @@ def test_refusals_and_not_applicable_interventions(tmp_path):
         assert not table[name]["applicable"] and "K = 1" in table[name]["reason"]
     assert result["collapse"]["latents"] is None and result["collapse"]["readout"]["vectors"] == 2
     assert "| zero | not applicable: K = 1" in audit_markdown(result)
+    assert "1..0" not in audit_markdown(result)  # no block to name: not "latents 1..0"
+    assert "| latent block (none: K = 1) | — | no latent block (K = 1) | |" in audit_markdown(result)
     tiny = Tiny(k=2)
     table = rows(audit_items(LoadedModel(tiny.model, tiny.processor, tiny.names, max_new_tokens=1), items,
                              interventions=["first_repeat", "zero"]))

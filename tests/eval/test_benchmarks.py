@@ -663,3 +663,20 @@ def test_cli_paper_suite(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == \
         ("| B baseline | 37.5 [13.7, 69.4] | 20.0 [3.6, 62.4] | 40.0 [11.8, 76.9] | 0.0 [0.0, 49.0] | 33.3 [6.1, 79.2] "
          "| 25.0 [4.6, 69.9] | 16.7 [3.0, 56.4] |")
+
+
+def test_missing_mmvp_images_folder_is_an_error_and_the_suite_checks_every_folder_first(tmp_path, capsys):
+    import shutil
+
+    root = write_mmvp(tmp_path / "MMVP")
+    shutil.rmtree(root / "MMVP Images")
+    with pytest.raises(FileNotFoundError, match="no folder 'MMVP Images' beside"):
+        load("mmvp", root)  # before: 8 skips, n = 0, accuracy null, exit 0
+    paper = write_paper_root(tmp_path / "data")
+    shutil.rmtree(paper / "BLINK" / "Spatial_Relation")
+    shutil.rmtree(paper / "MMVP" / "MMVP Images")
+    assert main(["eval", "--model", "constant:A", "--suite", "paper", "--data-root", str(paper), "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "MMVP Images" in err and "Spatial_Relation/val-*.parquet" in err
+    assert not (tmp_path / "out").exists()  # nothing ran before the check

@@ -273,6 +273,39 @@ def test_an_output_folder_holding_something_else_is_refused(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("name, content, found", [
+    ("samples.jsonl", "", r"it is empty \(0 bytes\)"),
+    ("samples.jsonl", "\n\n   \n", r"only blank lines \(3 lines, 6 bytes\)"),
+    ("viscot.json", "[]", "its JSON list has no record"),
+])
+def test_a_samples_file_without_a_sample_is_refused_before_a_store_is_created(tmp_path, capsys, name, content, found):
+    # it used to exit 0 with an empty store
+    (tmp_path / "images").mkdir()
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=f"samples file .*{name} holds no sample: {found}; nothing to extract"):
+        run_extract(config(tmp_path, samples=str(tmp_path / name)))
+    assert main(["extract", f"samples={tmp_path / name}", f"image_root={tmp_path / 'images'}",
+                 f"out={tmp_path / 'out'}", "teacher=tiny-teacher"]) == 2
+    assert "holds no sample" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_holds_or_lies_inside_an_input_is_refused_before_the_store_is_created(tmp_path):
+    write_samples(tmp_path, 2, bad=False)
+    (tmp_path / "images" / "coco").mkdir()
+    (tmp_path / "images" / "coco" / "1.png").write_bytes(b"an image the samples do not name")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, relation, name in ((tmp_path / "images", "is", "image_root"),
+                                (tmp_path / "images" / "coco", "lies inside", "image_root"),  # it holds files
+                                (tmp_path, "contains", "samples"),
+                                (tmp_path / "samples.jsonl" / "x", "lies inside", "samples")):
+        with pytest.raises(ValueError, match=f"out {out} {relation} the input {name} "):
+            run_extract(config(tmp_path, out=str(out)))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # a new folder under the image root (often the working directory) harms no image
+    run_extract(config(tmp_path, out=str(tmp_path / "images" / "signals")))
+    assert (tmp_path / "images" / "coco" / "1.png").is_file()
+
+
 @pytest.mark.parametrize("override", ["max_samples=-3", "batch_size=0", "rows_per_file=0", "max_new_tokens=0",
                                       "min_image_side=0", "max_image_pixels=0", "max_text_tokens=0"])
 def test_counts_and_sizes_are_checked_before_work(override):

@@ -88,8 +88,10 @@ def test_stage_selection_threshold_and_boxless_samples():
     assert [r["id"] for r in kept] == ["unfocused", "nobox"]
     with pytest.raises(ValueError, match="stages"):
         FilterConfig(stages=["correctness", "vibes"])
-    with pytest.raises(ValueError, match="matcher"):
-        apply_filter(ROWS, FilterConfig(matcher="nonsense"), text_only)
+    # refused as the config is read, every matcher named (judge too: the message used to list only two)
+    with pytest.raises(ValueError, match="matcher must be one of default, exact, judge or 'package.module:function', "
+                                         "got 'nonsense'"):
+        FilterConfig(matcher="nonsense")
 
 
 def write_store(directory: Path, rows: list[dict]) -> None:
@@ -309,6 +311,40 @@ def test_an_out_that_is_or_holds_the_signals_is_refused_before_anything_is_delet
         with pytest.raises(ValueError, match=f"out {out} (is|contains) the input signals"):
             run_filter(FilterConfig(signals=str(signals), out=str(out), stages=["correctness"], overwrite=True))
     assert sorted(p.name for p in signals.rglob("*")) == before
+
+
+def test_an_out_inside_the_signals_or_at_their_image_root_is_refused_before_anything_is_deleted(tmp_path, capsys):
+    # `out=S/data overwrite=true` deleted every shard of S; `out=<the store's image root>` deleted every image
+    signals, images = tmp_path / "signals", tmp_path / "images"
+    write_store(signals, ROWS)
+    manifest = json.loads((signals / "manifest.json").read_text())
+    write_json_atomic({**manifest, "settings": {"image_root": str(images)}}, signals / "manifest.json")
+    (images / "train").mkdir(parents=True)
+    Image.new("RGB", (56, 56)).save(images / "train" / "a.png")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, relation, name in ((signals / "data", "lies inside", "signals"),
+                                (images, "is", "image_root of the signals"),
+                                (images / "train", "lies inside", "image_root of the signals")):
+        assert main(["filter", f"signals={signals}", f"out={out}", "stages=[alignment]", "overwrite=true"]) == 2
+        err = capsys.readouterr().err
+        assert f"lavit filter: error: out {out} {relation} the input {name} (" in err and err.count("\n") == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert len(read_store(signals)) == len(ROWS)
+
+
+def test_a_filtered_set_given_as_signals_is_refused_before_anything_is_written(tmp_path, capsys):
+    # it used to write data/ and filter_report.json, then crash with KeyError: 'settings'
+    write_store(tmp_path / "signals", ROWS)
+    run_filter(FilterConfig(signals=str(tmp_path / "signals"), out=str(tmp_path / "sft"), stages=["alignment"]))
+    assert main(["filter", f"signals={tmp_path / 'sft'}", f"out={tmp_path / 'again'}", "stages=[alignment]"]) == 2
+    err = capsys.readouterr().err
+    assert (f"lavit filter: error: {tmp_path / 'sft'} is already a filtered set (filter_report.json); filter its "
+            f"source store ({tmp_path / 'signals'})") in err
+    assert not (tmp_path / "again").exists()
+    (tmp_path / "sft" / "filter_report.json").unlink()  # the manifest alone says so too
+    with pytest.raises(ValueError, match="is already a filtered set"):
+        run_filter(FilterConfig(signals=str(tmp_path / "sft"), out=str(tmp_path / "again"), stages=["alignment"]))
+    assert not (tmp_path / "again").exists()
 
 
 def test_an_unreachable_endpoint_judge_stops_the_cli_with_an_error_line(tmp_path, capsys):

@@ -97,6 +97,7 @@ def test_a_save_cut_short_resumes_from_the_last_complete_checkpoint(point, kille
     # the resumed run continues exactly as the uninterrupted one, in its results and in the log on disk,
     # where every step appears once (the lines of the steps trained again were cut back)
     assert_same_curve(curve(resumed["log_history"]), curve(full["log_history"]))
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)  # over every step, not this session's
     log = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
     assert_same_curve(curve(log), curve([json.loads(line) for line in (full_dir / TRAIN_LOG).read_text().splitlines()]))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
@@ -217,3 +218,45 @@ def test_the_data_fingerprint_of_a_store_a_folder_of_shards_and_a_file(tmp_path)
     # a filter rerun with other settings rewrites the manifest, even where the kept rows happen to be the same
     (store / "manifest.json").write_text(json.dumps({"kind": "lavit_sft", "counts": {"kept": 10}, "other": 1}))
     assert data_fingerprint([str(store)])[str(store.resolve())]["sha256"] != found[str(store.resolve())]["sha256"]
+
+
+def test_a_resumed_run_reports_the_whole_runs_mean_loss(sft_set, tmp_path):
+    """train_loss of a run resumed from step 2 of 4 is the uninterrupted run's (the Trainer's own covers only the
+    steps after the resume), also when the checkpoint was saved between two logging steps."""
+    short = dict(max_steps=4, save_steps=2, logging_steps=3, gate_warmup_steps=2, save_total_limit=0)
+    full = run_training(config(sft_set, tmp_path / "full", **short))
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", out / "checkpoint-2")
+    marker = json.loads((out / "checkpoint-2" / CHECKPOINT_MARKER).read_text())
+    assert marker["loss_sum"] > 0
+    resumed = run_training(config(sft_set, out, resume="latest", **short))
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    assert resumed["train_loss_steps"] == full["train_loss_steps"] == "steps 1-4"
+    del marker["loss_sum"]  # a checkpoint from before lavit recorded it: this session's mean, said so
+    (out / "checkpoint-2" / CHECKPOINT_MARKER).write_text(json.dumps(marker))
+    again = run_training(config(sft_set, out, resume=str(out / "checkpoint-2"), **short))
+    assert again["train_loss_steps"] == "steps 3-4 (the checkpoint resumed from recorded no loss sum)"
+    assert again["train_loss"] != pytest.approx(full["train_loss"], rel=1e-5)
+
+
+def test_a_global_batch_larger_than_the_data_is_fitted_and_recorded(sft_set, tmp_path):
+    from lavit.training.train import fit_batch_plan
+
+    plan = {"world_size": 1, "per_device_batch_size": 16, "gradient_accumulation_steps": 1, "global_batch_size": 16}
+    assert fit_batch_plan(plan, 40) == (plan, None)
+    fitted, note = fit_batch_plan(plan, 5)
+    assert fitted == {"world_size": 1, "per_device_batch_size": 5, "gradient_accumulation_steps": 1,
+                      "global_batch_size": 5} and "global_batch_size 16 is more than the 5 rows" in note
+    ddp = {"world_size": 4, "per_device_batch_size": 1, "gradient_accumulation_steps": 4, "global_batch_size": 16}
+    assert fit_batch_plan(ddp, 9)[0] == {"world_size": 4, "per_device_batch_size": 1, "gradient_accumulation_steps": 2,
+                                         "global_batch_size": 8}
+    with pytest.raises(ValueError, match="holds 3 rows, fewer than the 4 processes"):
+        fit_batch_plan(ddp, 3)
+    one = write_sft_set(tmp_path / "one", 1, seed=0)
+    with pytest.warns(RuntimeWarning, match="global_batch_size 16 is more than the 1 rows"):
+        result = run_training(config(one, tmp_path / "run", max_steps=2, save_steps=2, gate_warmup_steps=1,
+                                     global_batch_size=16))
+    assert result["global_batch_size"] == 1 and result["global_batch_size_asked"] == 16
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["batch_adjusted"].startswith(
+        "global_batch_size 16 is more than the 1 rows")

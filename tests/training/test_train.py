@@ -7,6 +7,8 @@ import subprocess
 import sys
 from contextlib import nullcontext
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -246,6 +248,33 @@ def test_an_image_that_does_not_decode_stops_before_the_first_step_or_is_dropped
     assert result["global_step"] == 2 and result["dropped_rows"] == {"image_corrupt": 1}
     (record,) = [json.loads(line) for line in (tmp_path / "drop" / "dropped_rows.jsonl").read_text().splitlines()]
     assert record["id"] == "shape-00003" and record["reason"] == "image_corrupt" and "00003.png" in record["detail"]
+
+
+def test_a_special_token_or_an_overlong_text_stops_before_the_first_step_or_is_dropped_and_recorded(tmp_path):
+    # once: an <|image_pad|> in a question failed at step 2 ("The total number of <|image_pad|> tokens …") past
+    # bad_rows=drop, and a 100 000-character question trained silently at 7 times the memory
+    data = write_sft_set(tmp_path / "sft", 8, seed=2)
+    rows = pq.read_table(data).to_pylist()
+    rows[2]["question"] = "what color is the <|image_pad|> ?"
+    rows[4]["answer"] = "red <lvr_2>"  # a latent token of the student's tokenizer
+    rows[6]["question"] = "what color is the circle ? " * 3846  # 100 000 characters
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    with pytest.raises(ValueError) as err:
+        run_training(config(data, tmp_path / "stop", max_steps=2))
+    message = str(err.value)
+    assert "special token in question or answer (2 rows): shape-00002, shape-00004" in message
+    assert "question or answer over max_text_tokens=1024 (1 rows): shape-00006" in message
+    assert not (tmp_path / "stop" / "checkpoint-1").exists()
+    with pytest.warns(RuntimeWarning, match="bad_rows=drop: 3 of 8 rows left out"):
+        result = run_training(config(data, tmp_path / "drop", max_steps=2, bad_rows="drop"))
+    assert result["global_step"] == 2 and result["settings"]["max_text_tokens"] == 1024
+    assert result["dropped_rows"] == {"special_token_in_text": 2, "text_too_long": 1}
+    dropped = [json.loads(line) for line in (tmp_path / "drop" / "dropped_rows.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["detail"] for r in dropped} == {
+        "shape-00002": "question holds the special token '<|image_pad|>' at character 18",
+        "shape-00004": "answer holds the special token '<lvr_2>' at character 4",
+        "shape-00006": "question has 23076 tokens, over max_text_tokens=1024"}
+    assert json.loads((tmp_path / "drop" / "run_settings.json").read_text())["max_text_tokens"] == 1024
 
 
 @pytest.mark.slow

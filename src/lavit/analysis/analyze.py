@@ -25,8 +25,9 @@ overlaps, never interpolated, and every student's KL is measured on the same gri
 the limits in force and where each came from, every model's grid per sample and the common grid (`grids`).
 `--device-map auto` splits each model over the GPUs; `--batch-size` samples go through a model at once.
 
-Samples are checked before any model runs, as extraction checks them: one the analysis cannot use (no box,
-an image outside `--image-root`, missing, undecodable or too large, …) is left out and listed in
+Samples are checked before any model runs, as extraction checks them: one the analysis cannot use (no box, a box
+that looks normalised, an image outside `--image-root`, missing, undecodable or too large, a question or answer
+holding a special token of a model's tokenizer or over `--max-text-tokens`, …) is left out and listed in
 `analysis.json` under `rejected` (id, reason code, detail) and `rejected_by_reason`; malformed lines and
 duplicate ids, unknown pixel limits, or no usable sample at all, stop before any work. An `--out` holding an
 analysis of other settings (`run.json`: models, pixel limits and their sources, device map, batch size, the
@@ -36,6 +37,7 @@ time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -49,6 +51,7 @@ from lavit.analysis.collect import (
     CATEGORIES,
     ModelTraces,
     SampleRecord,
+    model_text_limits,
     read_records,
     token_category,
     trace_model,
@@ -66,6 +69,7 @@ from lavit.analysis.metrics import (
 from lavit.analysis.pixel_limits import resolve_pixel_limits
 from lavit.data.fingerprints import file_fingerprint
 from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
+from lavit.data.samples import DEFAULT_MAX_TEXT_TOKENS
 from lavit.data.signal_store import write_json_atomic
 from lavit.data.targets import resample_map
 from lavit.teacher.signals import s_focus
@@ -82,30 +86,36 @@ COMPARISON = ("S_focus, entropy and salient regions: each model's map on its own
 def analyze(samples: str | Path, image_root: str | Path, models: dict[str, str], out: str | Path, *,
             teacher: str = "teacher", correct: dict[str, dict[str, bool]] | None = None, max_samples: int = 100,
             heatmaps: int = 4, batch_size: int = 16, pixels: dict[str, dict[str, int]] | None = None,
-            teacher_store: str | Path | None = None, device_map: str = "") -> dict:
+            teacher_store: str | Path | None = None, device_map: str = "",
+            max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS) -> dict:
     """The analysis of `models` ({name: path}) into `out`. `pixels` ({name: {min_pixels, max_pixels}}) and
     `teacher_store` state the models' resolutions (see `resolve_pixel_limits`); `device_map` goes to
-    `from_pretrained`."""
+    `from_pretrained`; a sample whose question or answer holds a special token of a model's tokenizer or is longer
+    than `max_text_tokens` tokens (0 = no limit) is rejected before any model loads."""
     if teacher not in models:
         raise ValueError(f"the models must include the teacher under the name {teacher!r} (got {sorted(models)})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_text_tokens < 0:
+        raise ValueError(f"max_text_tokens must be >= 0 (0 = no limit), got {max_text_tokens}")
     image_root = Path(image_root)
-    records, rejected = read_records(samples, image_root, max_samples)
+    text_limits = functools.cache(lambda: model_text_limits(models, max_text_tokens))  # loaded once, if needed
+    records, rejected = read_records(samples, image_root, max_samples, text_limits)
     if not records:
         raise ValueError(f"{samples}: no sample the analysis can use; {len(rejected)} rejected, e.g. "
                          + "; ".join(f"{r['id']}: {r['reason']}: {r['detail']}" for r in rejected[:3]))
     limits = resolve_pixel_limits(models, teacher, pixels, teacher_store)  # before any model loads
     out = Path(out)
     store_input = {"teacher_store": teacher_store} if teacher_store else {}
-    refuse_inputs_inside(out, {"samples": samples, "image_root": image_root, **models, **store_input})
+    refuse_inputs_inside(out, {"samples": samples, "image_root": image_root, **models, **store_input},
+                         folders=("image_root",))
     # what the results depend on; a local model is one model however its path is spelled
     flags = hashlib.sha256(json.dumps(correct, sort_keys=True).encode()).hexdigest() if correct else None
     settings = {"samples": str(Path(samples).resolve()), "image_root": str(image_root.resolve()),
                 "models": {n: str(Path(m).resolve()) if Path(m).exists() else str(m) for n, m in models.items()},
                 "teacher": teacher, "max_samples": max_samples, "heatmaps": heatmaps, "correct_sha256": flags,
                 "pixel_limits": limits, "teacher_store": str(Path(teacher_store).resolve()) if teacher_store else None,
-                "device_map": device_map, "batch_size": batch_size,
+                "device_map": device_map, "batch_size": batch_size, **text_limits().describe(),
                 # the file's content, not its name: an edited samples file is another analysis (images not hashed)
                 "samples_fingerprint": file_fingerprint(samples)}
     with RunLock(out):  # one analysis per folder at a time: two would interleave their figures

@@ -6,24 +6,29 @@ teacher and a student line up token by token, as in the paper's Perception-Gap s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+from transformers import AutoTokenizer
 
 from lavit.data.samples import (
     ImageLimits,
     Rejection,
     Sample,
+    TextLimits,
     check_text,
+    check_text_fields,
     load_image,
     open_rgb,
     pixel_box,
     read_jsonl_samples,
     resolve_image,
 )
-from lavit.models.checkpoint import load_for_inference, read_lavit_meta
+from lavit.models.checkpoint import load_for_inference, read_lavit_meta, tiny_name
 from lavit.models.grid import processor_pixel_limits
+from lavit.models.tiny import build_tiny_tokenizer
 from lavit.teacher.extractor import SignalExtractor, TokenTrace
 
 # Word lists for the token categories of Fig. 3 (lower-cased, tokenizer prefix marks stripped).
@@ -54,22 +59,52 @@ class SampleRecord:
     size: tuple[int, int]  # the image's (width, height)
 
 
-def read_records(jsonl: str | Path, image_root: str | Path, max_samples: int = 0) -> tuple[list[SampleRecord],
-                                                                                           list[dict]]:
+def model_text_limits(models: dict[str, str], max_tokens: int) -> TextLimits:
+    """The text checks of samples every model in `models` ({name: path}) reads: the special tokens of any of their
+    tokenizers, and at most `max_tokens` tokens (0 = no limit) in the tokenizer that makes a text longest. Only the
+    tokenizers are loaded, no model."""
+    # a tiny model's processor is built around the tiny tokenizer (`load_model_and_processor`)
+    tokenizers = [build_tiny_tokenizer() if tiny_name(path) else AutoTokenizer.from_pretrained(path)
+                  for path in models.values()]
+    return TextLimits.for_tokenizers(tokenizers, max_tokens)
+
+
+def read_records(jsonl: str | Path, image_root: str | Path, max_samples: int = 0,
+                 text_limits: Callable[[], TextLimits] | None = None) -> tuple[list[SampleRecord], list[dict]]:
     """The first `max_samples` (0 = all) samples of a JSONL file in lavit's sample format, checked as extraction
-    checks them, and a rejection `{id, reason, detail}` for each one the analysis cannot use: empty question,
-    missing answer, no or a bad box (`box_missing`, `box_invalid`, …), an image outside the image root
-    (`path_outside_root`), missing, undecodable or beyond the pixel limits (checked before decoding). Malformed
+    checks them, and a rejection `{id, reason, detail}` for each one the analysis cannot use, in file order: empty
+    question, missing answer, no or a bad box (`box_missing`, `box_invalid`, `box_looks_normalized`, …), an image
+    outside the image root (`path_outside_root`), missing, undecodable or beyond the pixel limits (checked before
+    decoding), and with `text_limits` a question or answer holding a special token or over the token limit
+    (`special_token_in_text`, `text_too_long`). `text_limits` builds the limits (loading tokenizers) only when a
+    sample passed the other checks, so a file without a usable sample stops before anything loads. Malformed
     lines, missing and duplicate ids stop before any work, naming the line (`read_jsonl_samples`)."""
     samples = read_jsonl_samples(jsonl)
     samples = samples[:max_samples] if max_samples else samples
-    records, rejected = [], []
+    checked: list[SampleRecord | dict] = []
     for sample in samples:
         try:
-            records.append(check_record(sample, Path(image_root)))
+            checked.append(check_record(sample, Path(image_root)))
         except Rejection as rej:
-            rejected.append({"id": sample.id, "reason": rej.reason, "detail": rej.detail})
-    return records, rejected
+            checked.append(rejection(sample.id, rej))
+    if text_limits is not None and any(isinstance(c, SampleRecord) for c in checked):
+        limits = text_limits()
+        checked = [check_record_text(c, limits) if isinstance(c, SampleRecord) else c for c in checked]
+    return [c for c in checked if isinstance(c, SampleRecord)], [c for c in checked if isinstance(c, dict)]
+
+
+def rejection(sample_id: str, rej: Rejection) -> dict:
+    """A rejected sample as `analysis.json` lists it."""
+    return {"id": sample_id, "reason": rej.reason, "detail": rej.detail}
+
+
+def check_record_text(record: SampleRecord, limits: TextLimits) -> SampleRecord | dict:
+    """The record, or its rejection when its question or answer fails `check_text_fields` (extraction's check)."""
+    try:
+        check_text_fields({"question": record.question, "answer": record.answer}, limits)
+    except Rejection as rej:
+        return rejection(record.id, rej)
+    return record
 
 
 def check_record(sample: Sample, image_root: Path) -> SampleRecord:

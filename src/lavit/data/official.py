@@ -28,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from lavit.data.run_dir import refuse_inputs_inside
 from lavit.data.samples import Rejection, Sample, check_text, resolve_image
 from lavit.data.signal_store import (
     SCHEMA_VERSION,
@@ -147,6 +148,8 @@ def import_official(data: str, image_root: str, out: str, *, features_root: str 
         raise ValueError(f"{data}: duplicate sample ids (dataset + question_id)")
     settings = {"data": str(Path(data).resolve()), "teacher_dim": teacher_dim, "min_pixels": min_pixels, "max_pixels": max_pixels}
     out_dir = Path(out)
+    refuse_inputs_inside(out_dir, {"--data": data, "--image-root": image_root, "--features-root": features_root},
+                         key="--out", folders=("--image-root", "--features-root"))
     manifest, _ = create_store(out_dir, {
         "schema_version": SCHEMA_VERSION, "kind": "teacher_signals",
         "teacher": "official LaViT-15k (Qwen2.5-VL-32B-Instruct)", "settings": settings,

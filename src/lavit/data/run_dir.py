@@ -1,10 +1,10 @@
-"""Output folders that are never silently shared (`lavit train`, `filter`, `eval`, `analyze`).
+"""Output folders that are never silently shared (`lavit train`, `extract`, `filter`, `eval`, `audit`, `analyze`).
 
-Three rules, each a clear error before any work: an output that is, or contains, one of the run's inputs
-is refused before anything is written or deleted (replacing it would destroy the input); one run holds a
-folder at a time (`RunLock`); and a folder holding results of other settings is refused, the differences
-listed (`record_settings`, `settings_differences`), unless the caller is told to replace it
-(`prepare_output_folder`). Recorded settings hold absolute paths (`resolve_paths`), so one file spelled
+Three rules, each a clear error before any work: an output that is, contains, or lies inside one of the run's
+inputs is refused before anything is written or deleted (replacing it would destroy the input, writing inside it
+would change it); one run holds a folder at a time (`RunLock`); and a folder holding results of other settings is
+refused, the differences listed (`record_settings`, `settings_differences`), unless the caller is told to replace
+it (`prepare_output_folder`). Recorded settings hold absolute paths (`resolve_paths`), so one file spelled
 relative or absolute compares equal.
 
 It lives in `lavit.data` so every stage above can import it.
@@ -18,7 +18,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from lavit.data.signal_store import write_json_atomic
@@ -42,26 +42,52 @@ def resolve_paths(settings: Mapping, keys: Iterable[str]) -> dict:
     return resolved
 
 
-def refuse_inputs_inside(out: str | Path, inputs: Mapping[str, object], key: str = "out") -> None:
-    """Refuse an output folder that is, or contains, one of `inputs` ({setting: path or paths}): writing or
-    clearing it would overwrite or delete that input. '' and paths that do not exist have nothing to lose."""
+def _relation(target: Path, where: Path) -> str | None:
+    """How the output `target` stands to the input `where` (both resolved): 'is', 'contains', 'lies inside', or
+    None when they are apart."""
+    if where == target:
+        return "is"
+    if target in where.parents:
+        return "contains"
+    if where in target.parents:
+        return "lies inside"
+    return None
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def refuse_inputs_inside(out: str | Path, inputs: Mapping[str, object], key: str = "out",
+                         folders: Collection[str] = ()) -> None:
+    """Refuse an output folder that is, contains, or lies inside one of `inputs` ({setting: path or paths}):
+    clearing it would delete that input or part of it, and writing inside an input (a store's `data/`, a model)
+    changes what it holds. '' and paths that do not exist have nothing to lose.
+
+    `folders` names the inputs that are folders the run reads files from (image roots, a benchmark's folder, often
+    the working directory itself): an output inside one is refused only when it already holds files — replacing it
+    could delete some of them — while a new or empty folder there harms none."""
     target = Path(out).resolve()
     for name, value in inputs.items():
         for path in _paths(value):
             if not str(path) or not Path(path).exists():
                 continue
-            where = Path(path).resolve()
-            if where == target or target in where.parents:
-                relation = "is" if where == target else "contains"
-                raise ValueError(f"{key} {out} {relation} the input {name} ({path}): writing there would overwrite "
-                                 f"or delete it; choose an {key} outside the inputs")
+            relation = _relation(target, Path(path).resolve())
+            if relation == "lies inside" and name in folders and not _holds_files(target):
+                continue
+            if relation:
+                held = " and holds files" if name in folders and relation == "lies inside" else ""
+                raise ValueError(f"{key} {out} {relation} the input {name} ({path}){held}: writing there would "
+                                 f"overwrite, delete or change it; choose an {key} outside the inputs")
 
 
-def prepare_output_folder(out: str | Path, inputs: Mapping[str, object], overwrite: bool, key: str = "out") -> None:
-    """Make `out` ready for a run that writes it whole: refuse an `out` that is or contains an input, then a
-    non-empty `out` unless `overwrite`, which empties it — in that order, so an input is never deleted."""
+def prepare_output_folder(out: str | Path, inputs: Mapping[str, object], overwrite: bool, key: str = "out",
+                          folders: Collection[str] = ()) -> None:
+    """Make `out` ready for a run that writes it whole: refuse an `out` that is, contains or lies inside an input
+    (`refuse_inputs_inside`), then a non-empty `out` unless `overwrite`, which empties it — in that order, so an
+    input is never deleted."""
     out = Path(out)
-    refuse_inputs_inside(out, inputs, key)
+    refuse_inputs_inside(out, inputs, key, folders)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{key} {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):

@@ -8,10 +8,11 @@ and optional `source`. Readers (`read_jsonl_samples`, `lavit.data.visual_cot`) t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,6 +25,13 @@ from lavit.data.fingerprints import record_fingerprint
 # Qwen2.5-VL's smart_resize refuses aspect ratios above this.
 MAX_ASPECT_RATIO = 200
 BOX_FORMATS = ("pixels", "normalized", "normalized_square")
+# The longest question or answer (in tokens of the model reading it) any stage accepts by default.
+DEFAULT_MAX_TEXT_TOKENS = 1024
+# The special tokens of Qwen2-VL's, Qwen2.5-VL's and Qwen3-VL's tokenizers (ids 151643-151656): the text checks of
+# a model without a tokenizer (`lavit eval --model constant:A`), so that it skips the items a Qwen-VL model skips.
+QWEN_VL_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                          "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                          "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass
@@ -60,9 +68,11 @@ class ImageLimits:
 
 @dataclass
 class TextLimits:
-    """The text checks that need the tokenizer. Its special tokens may not occur in a question or answer: the
-    tokenizer would read them as control tokens (an `<|image_pad|>` asks for an image that is not there, an
-    `<|im_end|>` ends the turn). Stripping them would alter the sample, so it is rejected instead."""
+    """The text checks that need the tokenizer, applied by every stage through `check_text_fields`. Its special
+    tokens may not occur in a text field: the tokenizer would read them as control tokens (an `<|image_pad|>` asks
+    for an image that is not there, an `<|im_end|>` ends the turn). Stripping them would alter the text, so the
+    sample (item, row) is rejected instead. A field over `max_tokens` is rejected too: one 100 000-character
+    question would otherwise fill the memory of its whole batch."""
 
     special_tokens: tuple[str, ...] = ()
     max_tokens: int = 0  # 0 = no limit
@@ -70,9 +80,29 @@ class TextLimits:
 
     @classmethod
     def for_tokenizer(cls, tokenizer, max_tokens: int = 0) -> TextLimits:
-        special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-        return cls(tuple(sorted(special | set(tokenizer.all_special_tokens))), max_tokens,
-                   lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        return cls.for_tokenizers([tokenizer], max_tokens)
+
+    @classmethod
+    def for_tokenizers(cls, tokenizers: Sequence, max_tokens: int = 0) -> TextLimits:
+        """The limits of text that several models read (an analysis feeds one text to each): any special token of
+        any of them, and a text's length as the one that makes it longest."""
+        special: set[str] = set()
+        for tokenizer in tokenizers:
+            special |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+            special |= set(tokenizer.all_special_tokens)
+        return cls(tuple(sorted(special)), max_tokens,
+                   lambda text: max(len(t(text, add_special_tokens=False)["input_ids"]) for t in tokenizers))
+
+    @functools.cached_property
+    def special_pattern(self) -> re.Pattern | None:
+        """One regular expression finding any special token (longest first), or None without any."""
+        if not self.special_tokens:
+            return None
+        return re.compile("|".join(re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True)))
+
+    def describe(self) -> dict:
+        """What a run records of the limits it applied: the token limit (None: none) and the special tokens."""
+        return {"max_text_tokens": self.max_tokens or None, "special_tokens": list(self.special_tokens)}
 
 
 def text_value(value: Any) -> str | None:
@@ -233,7 +263,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def pixel_box(sample: Sample, image_size: tuple[int, int], tolerance: float = 1.0) -> list[float] | None:
-    """The sample's box in source-image pixels, checked against the image, or `Rejection`."""
+    """The sample's box in source-image pixels, checked against the image, or `Rejection`: malformed, degenerate,
+    outside the image, or given in pixels with every coordinate in [0, 1] on an image larger than 1 px
+    ('box_looks_normalized': fractions of the image, almost surely)."""
     if sample.bbox is None:
         return None
     box = sample.bbox
@@ -259,6 +291,11 @@ def pixel_box(sample: Sample, image_size: tuple[int, int], tolerance: float = 1.
         raise ValueError(f"unknown box format {sample.bbox_format!r}; expected one of {BOX_FORMATS}")
     if x2 <= x1 or y2 <= y1:
         raise Rejection("box_degenerate", f"box {box!r} has no area")
+    if sample.bbox_format == "pixels" and max(width, height) > 1 and all(0 <= v <= 1 for v in (x1, y1, x2, y2)):
+        # at most one pixel of a larger image: a box given as fractions, which read as pixels would point at the
+        # image's top-left corner; rejected, not guessed, and not only warned of (its signals would be stored)
+        raise Rejection("box_looks_normalized", f"box {box!r} lies within [0, 1] on the {width}x{height} image: "
+                        "it looks normalised; give boxes in source pixels (or lvr_box_format for Visual-CoT files)")
     if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
         raise Rejection("box_outside_image", f"box {box!r} is not inside the {width}x{height} image")
     return [max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))]
@@ -282,13 +319,17 @@ def check_text(sample: Sample, limits: TextLimits | None = None) -> None:
             shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "…"
             kind = "not valid Unicode text" if isinstance(value, str) else f"not text but {type(value).__name__}"
             raise Rejection("field_not_text", f"{name} is {kind}: {shown}")
-    if limits is None:
-        return
-    texts = {"question": question, "answer": fields["answer"][1]}
-    if limits.special_tokens:
-        pattern = re.compile("|".join(re.escape(t) for t in sorted(limits.special_tokens, key=len, reverse=True)))
+    if limits is not None:
+        check_text_fields({"question": question, "answer": fields["answer"][1]}, limits)
+
+
+def check_text_fields(texts: Mapping[str, str], limits: TextLimits) -> None:
+    """The one tokenizer-aware text check of every stage (extraction, training, evaluation, audit, analysis):
+    `Rejection` 'special_token_in_text' naming the first field of `texts` ({field name: text}) that holds a special
+    token of `limits`, else 'text_too_long' naming the first one over `limits.max_tokens` tokens."""
+    if limits.special_pattern is not None:
         for name, text in texts.items():
-            if found := pattern.search(text):
+            if found := limits.special_pattern.search(text):
                 raise Rejection("special_token_in_text", f"{name} holds the special token {found.group()!r} "
                                 f"at character {found.start()}")
     if limits.max_tokens:

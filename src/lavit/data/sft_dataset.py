@@ -27,7 +27,15 @@ from tqdm import tqdm
 
 from lavit.data.examples import TrainingSample, build_example
 from lavit.data.fingerprints import file_fingerprint, files_fingerprint, store_fingerprint
-from lavit.data.samples import ImageLimits, Rejection, open_rgb, resolve_image
+from lavit.data.samples import (
+    DEFAULT_MAX_TEXT_TOKENS,
+    ImageLimits,
+    Rejection,
+    TextLimits,
+    check_text_fields,
+    open_rgb,
+    resolve_image,
+)
 from lavit.data.signal_store import MANIFEST, shard_files
 
 BASE_COLUMNS = ("id", "image", "question")
@@ -126,12 +134,13 @@ class LavitSftDataset(torch.utils.data.Dataset):
     """Rows → tokenised examples, built lazily: an item reads its own row from the Arrow table (the float
     signals stay in Arrow buffers, which forked dataloader workers share instead of copying) and its image.
 
-    `processor` is used by `__getitem__` only.
+    `processor` is used by `__getitem__` and by the text check of `check_rows` (None: rows are checked without its
+    tokenizer, as a benchmark of reading does).
     """
 
     def __init__(self, table: pa.Table, image_root: str, processor, latent_tokens: list[str], *,
                  system_prompt: str | None, answer_field: str = "answer", top_k: int = 8, with_signals: bool = True,
-                 bad_rows: str = "error"):
+                 bad_rows: str = "error", max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS):
         if bad_rows not in BAD_ROWS:
             raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
         self.table = table
@@ -142,14 +151,18 @@ class LavitSftDataset(torch.utils.data.Dataset):
         self.answer_field = answer_field
         self.top_k = top_k
         self.with_signals = with_signals
+        # the student's tokenizer (its latent tokens included) reads the text: its special tokens are refused
+        self.text_limits = (TextLimits.for_tokenizer(processor.tokenizer, max_text_tokens) if processor is not None
+                            else None)
         self.rows, self.dropped = self.check_rows(bad_rows)  # [N] table rows trained on; records of the others
 
     def check_rows(self, bad_rows: str = "error") -> tuple[np.ndarray, list[dict]]:
-        """Check every row before any training step: a missing or empty answer, an image path leaving the image
-        root, a missing image file, an image that does not decode (each is decoded once, in threads, as training
-        will decode it) or (with signals) a missing teacher signal. `bad_rows='error'` stops here with every
-        offending id; 'drop' returns the table rows to train on and a record {id, reason, detail} of each row
-        left out."""
+        """Check every row before any training step: an empty question, a missing or empty answer, a question or
+        answer holding a special token of the student's tokenizer or over the token limit (`text_problem`), an
+        image path leaving the image root, a missing image file, an image that does not decode (each is decoded
+        once, in threads, as training will decode it) or (with signals) a missing teacher signal.
+        `bad_rows='error'` stops here with every offending id; 'drop' returns the table rows to train on and a
+        record {id, reason, detail} of each row left out."""
         problems: dict[int, list[tuple[str, str, str]]] = defaultdict(list)  # row → [(reason code, what, detail)]
         n = self.table.num_rows
         answers = (self.table.column(self.answer_field) if self.answer_field in self.table.column_names
@@ -158,10 +171,11 @@ class LavitSftDataset(torch.utils.data.Dataset):
         # A block of rows at a time, so that the Python strings this check needs never add up to the whole set.
         for start in range(0, n, CHECK_BLOCK_ROWS):
             block = slice(start, start + CHECK_BLOCK_ROWS)
-            for row, answer, image in zip(range(start, n), answers[block].to_pylist(),
-                                          self.table.column("image")[block].to_pylist()):
-                if not isinstance(answer, str) or not answer.strip():
-                    problems[row].append(("answer_missing", f"missing or empty {self.answer_field}", ""))
+            for row, question, answer, image in zip(range(start, n), self.table.column("question")[block].to_pylist(),
+                                                    answers[block].to_pylist(),
+                                                    self.table.column("image")[block].to_pylist()):
+                if (problem := self.text_problem(question, answer)) is not None:
+                    problems[row].append(problem)
                 try:
                     path = resolve_image(self.image_root, image)
                 except Rejection as err:
@@ -198,6 +212,24 @@ class LavitSftDataset(torch.utils.data.Dataset):
         keep = np.ones(n, dtype=bool)
         keep[list(problems)] = False
         return np.flatnonzero(keep), dropped
+
+    def text_problem(self, question, answer) -> tuple[str, str, str] | None:
+        """(reason code, what, detail) for a row's text training cannot take, or None: an empty question, a missing
+        or empty answer, else (with a processor) `check_text_fields` on both, as extraction checks them: a special
+        token, too many tokens."""
+        if not isinstance(question, str) or not question.strip():
+            return "question_empty", "missing or empty question", ""
+        if not isinstance(answer, str) or not answer.strip():
+            return "answer_missing", f"missing or empty {self.answer_field}", ""
+        if self.text_limits is None:
+            return None
+        try:
+            check_text_fields({"question": question, self.answer_field: answer}, self.text_limits)
+        except Rejection as err:
+            what = (f"special token in question or {self.answer_field}" if err.reason == "special_token_in_text"
+                    else f"question or {self.answer_field} over max_text_tokens={self.text_limits.max_tokens}")
+            return err.reason, what, err.detail
+        return None
 
     @staticmethod
     def _undecodable(paths: list[Path]) -> list[tuple[Path, Rejection]]:

@@ -13,17 +13,24 @@ One writer of record, also across machines on a shared filesystem: a store is cr
 create of its manifest (`create_store`: of several runs starting at one instant exactly one writes it, the
 others compare their settings with it); the manifest is changed only under the store's lock
 (`update_manifest`), and its counts are derived from the shards, never accumulated; each shard prefix (one
-per extraction worker) has one writer, which holds that prefix's lock (`ShardWriter`). Temporary files have
-unique hidden names, so concurrent writers never rename each other's and stock readers never see them.
+per extraction worker) has one writer, which holds that prefix's lock (`ShardWriter`), and the workers writing
+at one time are of one count (`open_worker_writer`: workers of two counts would split the input two ways and store
+some ids twice). Temporary files have unique hidden names that say which process wrote them, so concurrent writers
+never rename each other's, stock readers never see them, and one left by a killed process is removed by the next
+lock taken in its folder (`remove_dead_temps`). A store holding an id twice all the same (made by an older lavit,
+or by hand) is repaired by `lavit repair-store` (`repair_store`).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -77,9 +84,10 @@ def pending_row(index: int, sample_id: str, image, question, answer, source) -> 
 
 
 def temp_path(path: Path) -> Path:
-    """A unique hidden name beside `path`: concurrent writers never share one, and pyarrow's and datasets'
-    readers skip names starting with '.'."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    """A unique hidden name beside `path` that names its writer (machine tag and pid, `_TEMP_OWNER`): concurrent
+    writers never share one, pyarrow's and datasets' readers skip names starting with '.', and one left by a killed
+    writer is known as such (`remove_dead_temps`)."""
+    return path.with_name(f".{path.name}.{_machine_tag()}-{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
 def _write_durable(path: Path, data: bytes) -> None:
@@ -206,15 +214,23 @@ def read_store(directory: str | Path, columns: list[str] | None = None) -> pa.Ta
     if not files:
         return SIGNAL_SCHEMA.empty_table() if columns is None else SIGNAL_SCHEMA.empty_table().select(columns)
     table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files], promote_options="default")
-    ids = table.column("id").to_pylist()
-    if len(set(ids)) != len(ids):
-        seen, dups = set(), set()
-        for i in ids:
-            (dups if i in seen else seen).add(i)
-        raise ValueError(f"{directory}: ids stored more than once: {sorted(dups)[:10]}")
+    refuse_duplicate_ids(directory, table.column("id").to_pylist())
     if "index" in table.column_names:
         table = table.sort_by("index")
     return table
+
+
+def refuse_duplicate_ids(directory: Path, ids: list[str]) -> None:
+    """Refuse a store holding an id more than once (workers of two counts of an older lavit, or a hand-made store),
+    naming the command that repairs it."""
+    if len(set(ids)) == len(ids):
+        return
+    seen, dups = set(), set()
+    for i in ids:
+        (dups if i in seen else seen).add(i)
+    raise ValueError(f"{directory}: ids stored more than once: {sorted(dups)[:10]} ({len(dups)} in all); "
+                     f"`lavit repair-store {directory}` lists the copy of each it keeps, and with --apply removes the "
+                     "others")
 
 
 def read_manifest(directory: Path) -> dict:
@@ -228,6 +244,16 @@ def read_manifest(directory: Path) -> dict:
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: not a readable manifest (a JSON {type(manifest).__name__}, not an object)")
     return manifest
+
+
+def recorded_image_root(manifest: dict) -> str:
+    """The image root a store's rows were extracted from, as its manifest records it (a signal store's `settings`,
+    a filtered set's `extract_settings`); '' when it records none (an imported store)."""
+    for key in ("settings", "extract_settings"):
+        settings = manifest.get(key)
+        if isinstance(settings, dict) and isinstance(settings.get("image_root"), str):
+            return settings["image_root"]
+    return ""
 
 
 MANIFEST_LOCK = ".manifest.lock"
@@ -259,6 +285,50 @@ def _process_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+@functools.cache
+def _machine_tag() -> str:
+    """8 hex digits naming `_this_machine()` in temporary file names."""
+    return hashlib.sha256(_this_machine().encode()).hexdigest()[:8]
+
+
+def _filesystem_offset(folder: Path) -> float:
+    """The clock of the filesystem holding `folder` (its server's, on NFS) minus ours: file times are compared with
+    it, never with our own clock."""
+    probe = temp_path(folder / ".clock")
+    try:
+        _write_durable(probe, b"")
+        return probe.stat().st_mtime - time.time()
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+_TEMP_OWNER = re.compile(r"\.([0-9a-f]{8})-(\d+)\.[0-9a-f]{12}\.tmp$")
+
+
+def remove_dead_temps(folder: Path) -> list[str]:
+    """Remove the temporary files in `folder` whose writer is gone, and return their names. A kill between writing
+    a temporary file and renaming it (or, for a lock, linking it) leaves one behind. Gone: a process of this
+    machine that has exited (at once); any other writer, or a name that does not say (older lavit), once the file
+    went `LOCK_STALE_SECONDS` untouched by the filesystem's clock (a live writer's temporary file lives for
+    milliseconds; a lock waiter refreshes its own)."""
+    removed: list[str] = []
+    offset: float | None = None
+    for path in folder.glob(".*.tmp"):
+        owner = _TEMP_OWNER.search(path.name)
+        if owner and owner.group(1) == _machine_tag():
+            gone = not _process_alive(int(owner.group(2)))
+        else:
+            offset = _filesystem_offset(folder) if offset is None else offset
+            try:
+                gone = time.time() + offset - path.stat().st_mtime > LOCK_STALE_SECONDS
+            except FileNotFoundError:
+                continue
+        if gone:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def _read_lock(path: Path) -> tuple[bytes, dict, float] | None:
@@ -297,10 +367,13 @@ class StoreLock:
         """Take the lock; while a live process holds it, wait (`wait`) or raise `StoreBusy`."""
         holder = {"machine": _this_machine(), "host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
                   "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "what": self.what}
+        for name in remove_dead_temps(self.path.parent):
+            _log.warning("removed %s, left in %s by a killed process", name, self.path.parent)
         mine = temp_path(self.path)
-        _write_durable(mine, json.dumps(holder).encode("utf-8"))
         started, said = time.monotonic(), False
+        touched = started
         try:
+            _write_durable(mine, json.dumps(holder).encode("utf-8"))
             while not _link_exclusive(mine, self.path):
                 found = _read_lock(self.path)
                 if found is None:
@@ -317,6 +390,9 @@ class StoreLock:
                 if not said and time.monotonic() - started > 10:  # a manifest update takes a second or so
                     _log.warning("waiting: %s", message)
                     said = True
+                if time.monotonic() - touched > LOCK_HEARTBEAT_SECONDS:  # so no one takes `mine` for a dead one's
+                    os.utime(mine)
+                    touched = time.monotonic()
                 time.sleep(random.uniform(0.005, 0.05))
         finally:
             mine.unlink(missing_ok=True)
@@ -328,12 +404,16 @@ class StoreLock:
         if holder.get("machine") == _this_machine() and isinstance(holder.get("pid"), int):
             if not _process_alive(holder["pid"]):
                 return True
-        if self._fs_offset is None:  # the filesystem's clock (its server's, on NFS) minus ours, measured once
-            probe = temp_path(self.path)
-            _write_durable(probe, b"")
-            self._fs_offset = probe.stat().st_mtime - time.time()
-            probe.unlink()
+        if self._fs_offset is None:  # measured once per lock
+            self._fs_offset = _filesystem_offset(self.path.parent)
         return time.time() + self._fs_offset - mtime > LOCK_STALE_SECONDS
+
+    def live_holder(self) -> dict | None:
+        """Who holds this lock, while that process is live; None when the lock is free or its holder is gone."""
+        found = _read_lock(self.path)
+        if found is None or self._stale(found[1], found[2]):
+            return None
+        return found[1]
 
     def _clear(self, found: tuple[bytes, dict, float]) -> None:
         """Remove the stale lock `found`; if another waiter cleared it first and a third process took the lock
@@ -348,7 +428,7 @@ class StoreLock:
             holder = found[1]
             _log.warning("cleared a stale lock on %s left by %s pid %s (since %s)", self.what, holder.get("host", "?"),
                          holder.get("pid", "?"), holder.get("since", "?"))
-        else:
+        elif taken is not None:
             _link_exclusive(moved, self.path)
         moved.unlink(missing_ok=True)
 
@@ -409,6 +489,7 @@ class ShardWriter:
         self._release = weakref.finalize(self, self.lock.release)
         for stale in self.directory.glob(f".{prefix}-*.tmp"):  # left by a killed writer of this prefix; as its
             stale.unlink()  # one writer now, nothing of this prefix can be in flight (other prefixes' may be)
+        remove_dead_temps(self.directory)  # other prefixes': a dead writer's, as a prefix may never be written again
         mine = sorted(self.directory.glob(f"{prefix}-*.parquet"))
         self.next_shard = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in mine), default=-1)
 
@@ -422,10 +503,12 @@ class ShardWriter:
         self.close()
 
     def stored_ids(self) -> set[str]:
-        ids: set[str] = set()
+        """The ids the store holds; a store holding one twice is refused here, before a resumed run's work."""
+        ids: list[str] = []
         for f in shard_files(self.store):
-            ids.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-        return ids
+            ids += pq.read_table(f, columns=["id"]).column("id").to_pylist()
+        refuse_duplicate_ids(self.store, ids)
+        return set(ids)
 
     def write(self, rows: list[dict]) -> Path:
         self.lock.check()
@@ -433,6 +516,48 @@ class ShardWriter:
         write_table_atomic(pa.Table.from_pylist(rows, schema=self.schema), path)
         self.next_shard += 1
         return path
+
+
+WORKER_PREFIX = "signals-w{worker:03d}of{workers:03d}"
+_WRITER_LOCK = re.compile(r"\.writer-(.+)\.lock")
+_WORKER_COUNT = re.compile(r"signals-w\d+of(\d+)")
+
+
+def live_writers(directory: Path, workers: int | None = None) -> list[str]:
+    """The shard writers of the store holding their prefix's lock now, described (prefix, host, pid); with
+    `workers`, only those that are not extract workers of that count (an import's writer is of no count)."""
+    busy = []
+    for path in sorted(Path(directory).glob(".writer-*.lock")):
+        prefix = _WRITER_LOCK.fullmatch(path.name).group(1)
+        count = _WORKER_COUNT.fullmatch(prefix)
+        if workers is not None and count and int(count.group(1)) == workers:
+            continue
+        holder = StoreLock(path, f"shard prefix {prefix}").live_holder()
+        if holder is not None:
+            busy.append(f"{prefix} ({holder.get('host', '?')} pid {holder.get('pid', '?')})")
+    return busy
+
+
+def open_worker_writer(directory: str | Path, worker: int, workers: int) -> ShardWriter:
+    """The writer of extract worker `worker` of `workers` (`--shard i/n`): its prefix's `ShardWriter`, taken under
+    the store's lock once no writer of another count is live. Workers split the batch groups by `g % n`, so
+    workers of two counts would store some ids twice; of workers of two counts started together, those of the
+    count that took the store first write and the others are refused before writing. A later run may use another
+    count (its stored ids are skipped): the store's count (`workers` in the manifest) is recorded anew."""
+    directory = Path(directory)
+    with StoreLock(directory / MANIFEST_LOCK, f"the writers of {directory}").acquire(wait=True) as lock:
+        busy = live_writers(directory, workers)
+        if busy:
+            raise ValueError(f"{directory} is being written by writers of another count ({'; '.join(busy)}), and "
+                             f"this extract worker is --shard {worker}/{workers}: workers of two counts would store "
+                             "some samples twice. Start every worker of a run with one count n (--shard 0/n ... "
+                             "n-1/n), or start this count once those have finished (the samples stored are skipped)")
+        manifest = read_manifest(directory)
+        if manifest.get("workers") != workers:
+            manifest["workers"] = workers
+            lock.check()
+            write_manifest(manifest, directory)
+        return ShardWriter(directory, WORKER_PREFIX.format(worker=worker, workers=workers))
 
 
 def check_finite_row(row: dict) -> None:
@@ -494,3 +619,76 @@ def remove_changed_rows(directory: str | Path, current: Mapping[str, str]) -> li
                 path.unlink()
             removed += stale
     return sorted(removed)
+
+
+def duplicate_copies(directory: str | Path) -> dict[str, list[dict]]:
+    """Every copy of each id the store holds more than once, in reading order (shard name, then row):
+    {id: [{"shard": "data/NAME", "row": position in the shard, "status": ...}, ...]}."""
+    copies: dict[str, list[dict]] = {}
+    for path in shard_files(Path(directory)):
+        table = pq.read_table(path, columns=["id", "status"])
+        for row, (i, status) in enumerate(zip(table.column("id").to_pylist(), table.column("status").to_pylist())):
+            copies.setdefault(i, []).append({"shard": f"{SHARD_DIR}/{path.name}", "row": row, "status": status})
+    return {i: found for i, found in copies.items() if len(found) > 1}
+
+
+def kept_copy(copies: list[dict]) -> dict:
+    """The copy `repair_store` keeps: an 'ok' row over a 'rejected' one (it holds signals), then the first read."""
+    return min(copies, key=lambda c: c["status"] != "ok")  # min keeps the first of equals
+
+
+def _describe(copy: dict) -> str:
+    return f"{copy['shard']} row {copy['row']} ({copy['status']})"
+
+
+def repair_store(directory: str | Path, apply: bool = False) -> dict:
+    """Which copy of each id stored more than once is kept (`kept_copy`) and which are removed; with `apply`, the
+    shards holding a removed copy are rewritten without it, atomically, under the store's lock (a shard left empty
+    is removed) and a signal store's counts derived again. Refused while a writer of the store is live."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)  # a lavit store, or a clear error
+    if not apply:
+        return _repair_plan(directory, duplicate_copies(directory), applied=False)
+    with StoreLock(directory / MANIFEST_LOCK, f"the rows of {directory}").acquire(wait=True) as lock:
+        busy = live_writers(directory)
+        if busy:
+            raise ValueError(f"{directory} is being written ({'; '.join(busy)}); repair it once they have finished")
+        copies = duplicate_copies(directory)
+        removed: dict[str, list[int]] = {}
+        for found in copies.values():
+            keep = kept_copy(found)
+            for copy in found:
+                if copy is not keep:
+                    removed.setdefault(copy["shard"], []).append(copy["row"])
+        for shard, rows in removed.items():
+            table = pq.read_table(directory / shard)
+            keep_mask = np.ones(table.num_rows, dtype=bool)
+            keep_mask[rows] = False
+            lock.check()
+            if keep_mask.any():
+                write_table_atomic(table.filter(pa.array(keep_mask)), directory / shard)
+            else:
+                (directory / shard).unlink()
+        if removed and manifest.get("kind") == "teacher_signals":
+            manifest = read_manifest(directory)
+            manifest["counts"] = store_counts(directory)
+            lock.check()
+            write_manifest(manifest, directory)
+    return _repair_plan(directory, copies, applied=True)
+
+
+def _repair_plan(directory: Path, copies: dict[str, list[dict]], applied: bool) -> dict:
+    """What `repair_store` keeps and removes, as `lavit repair-store` prints it."""
+    ids = []
+    for sample_id, found in sorted(copies.items()):
+        keep = kept_copy(found)
+        ids.append({"id": sample_id, "keep": _describe(keep), "remove": [_describe(c) for c in found if c is not keep]})
+    removed = sum(len(entry["remove"]) for entry in ids)
+    if not ids:
+        note = "no id is stored more than once: nothing to repair"
+    elif applied:
+        note = f"removed {removed} copies; every id is now stored once"
+    else:
+        note = f"dry run, nothing changed: rerun with --apply to remove these {removed} copies"
+    return {"store": str(directory), "rule": "keep the 'ok' copy over a 'rejected' one, then the first in shard-name "
+            "order", "duplicate_ids": len(ids), "extra_copies": removed, "applied": applied, "note": note, "ids": ids}

@@ -34,9 +34,17 @@ import torch
 from tqdm import tqdm
 
 from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
-from lavit.data.samples import Rejection, answer_text, check_text, read_jsonl_samples, resolve_image
+from lavit.data.samples import (
+    DEFAULT_MAX_TEXT_TOKENS,
+    Rejection,
+    TextLimits,
+    answer_text,
+    check_text,
+    read_jsonl_samples,
+    resolve_image,
+)
 from lavit.data.signal_store import write_json_atomic
-from lavit.eval.items import EvalItem, ImageRef, kind
+from lavit.eval.items import EvalItem, ImageRef, kind, text_limits_for
 from lavit.eval.matching import answers_match, extract_option_letter, normalize_answer
 from lavit.eval.protocols import Protocol, TaskRules
 from lavit.eval.protocols.lavit import PROTOCOL as LAVIT_PROTOCOL
@@ -108,28 +116,32 @@ class LoadedModel:
 
 
 # -- items ------------------------------------------------------------------------------------------------------
-def as_audit_items(items: list[EvalItem], rules: TaskRules | None = None) -> list[AuditItem]:
-    """Benchmark items as the audit asks them (each image decoded once to decide its skip), scored by the protocol
-    `rules` (default: lavit's)."""
-    return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem(),
+def as_audit_items(items: list[EvalItem], rules: TaskRules | None = None,
+                   text_limits: TextLimits | None = None) -> list[AuditItem]:
+    """Benchmark items as the audit asks them (each image decoded once to decide its skip, and with `text_limits`
+    its texts checked first, as `lavit eval` checks them), scored by the protocol `rules` (default: lavit's)."""
+    return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem(text_limits),
                       functools.partial(lambda raw, item: rules.extract(raw, item), item=it) if rules else None)
             for it in items]
 
 
 def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False,
-                    protocol: Protocol = LAVIT_PROTOCOL) -> list[AuditItem]:
+                    protocol: Protocol = LAVIT_PROTOCOL, text_limits: TextLimits | None = None) -> list[AuditItem]:
     """A benchmark's items as `lavit eval` reads them (`load_benchmark`: asked as `protocol` asks them, label errors
-    corrected with `label_fixes`)."""
+    corrected with `label_fixes`; `text_limits` as in `as_audit_items`)."""
     return as_audit_items(load_benchmark(benchmark, data_root, max_samples, label_fixes, protocol)[1],
-                          protocol.rules(benchmark))
+                          protocol.rules(benchmark), text_limits)
 
 
-def sample_items(samples: str | Path, image_root: str | Path, max_samples: int = 0) -> list[AuditItem]:
+def sample_items(samples: str | Path, image_root: str | Path, max_samples: int = 0,
+                 text_limits: TextLimits | None = None) -> list[AuditItem]:
     """JSONL rows `{id, image, question, answer, [pair]}` (images under `image_root`), free-text answers.
 
     Structural errors (bad JSON, no id or image, duplicate ids) are errors naming the line
     (`read_jsonl_samples`); an empty question, a missing answer, a pair key that is neither text nor an
-    integer, an image missing, unreadable or outside the root make that row a recorded skip.
+    integer, an image missing, unreadable or outside the root, and with `text_limits` a question or answer holding
+    a special token or over the token limit (`check_text`, as extraction checks a sample) make that row a recorded
+    skip.
     """
     parsed = read_jsonl_samples(samples)
     records = [json.loads(line) for line in Path(samples).read_text(encoding="utf-8-sig").splitlines()
@@ -138,7 +150,7 @@ def sample_items(samples: str | Path, image_root: str | Path, max_samples: int =
     for sample, record in list(zip(parsed, records))[:max_samples or None]:
         pair, images, skip = record.get("pair"), [], None
         try:
-            check_text(sample)
+            check_text(sample, text_limits)
             if pair is not None and (isinstance(pair, bool) or not isinstance(pair, (str, int))):
                 raise Rejection("cell_invalid", f"'pair' is {kind(pair)}, expected text or an integer")
             images = [ImageRef(path=resolve_image(image_root, sample.image))]
@@ -425,16 +437,21 @@ def _row(name: str, scored: dict[str, dict[str, dict]], donors: dict | None, n_r
 # -- files ------------------------------------------------------------------------------------------------------
 def run_audit(model, out: str | Path, *, benchmark: str = "", data_root: str | Path = "", samples: str | Path = "",
               image_root: str | Path = "", interventions: list[str] | None = None, seed: int = 0,
-              batch_size: int = 8, max_samples: int = 0, label_fixes: bool = False) -> dict:
+              batch_size: int = 8, max_samples: int = 0, label_fixes: bool = False,
+              max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS) -> dict:
     """Audit `model` on a benchmark (`benchmark` + `data_root`) or a sample file (`samples` + `image_root`);
     writes OUT/audit.json and OUT/audit.md and returns the results with their settings. `label_fixes`: the
-    benchmark's documented label errors corrected (a setting, and what was applied recorded in the result)."""
+    benchmark's documented label errors corrected (a setting, and what was applied recorded in the result). An item
+    or sample with a text holding a special token of the model's tokenizer or over `max_text_tokens` tokens (0 = no
+    limit) is a recorded skip, as in `lavit eval` (a setting)."""
     if label_fixes and not benchmark:
         raise ValueError("label fixes apply to a benchmark, not a sample file")
     if bool(benchmark) == bool(samples):
         raise ValueError("give exactly one of a benchmark (with its data root) or a sample file (with its image root)")
     if max_samples < 0:
         raise ValueError(f"max_samples must be >= 0 (0 = all), got {max_samples}")
+    if max_text_tokens < 0:
+        raise ValueError(f"max_text_tokens must be >= 0 (0 = no limit), got {max_text_tokens}")
     out = Path(out)
     if benchmark:
         if not str(data_root):
@@ -448,18 +465,22 @@ def run_audit(model, out: str | Path, *, benchmark: str = "", data_root: str | P
         inputs = {"samples": samples, "image_root": image_root}
     tokens = model.max_new_tokens or (model.protocol.rules(benchmark).max_new_tokens if benchmark
                                       else model.protocol.default_max_new_tokens)
+    text_limits = text_limits_for(model, max_text_tokens)
     settings = {**source, **model.describe(), "interventions": choose_interventions(interventions), "seed": seed,
-                "max_samples": max_samples, "max_new_tokens": tokens}
+                "max_samples": max_samples, "max_new_tokens": tokens, **text_limits.describe()}
     if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
         settings["model"] = str(Path(settings["model"]).resolve())
-    refuse_inputs_inside(out, inputs, key="output folder")
+    # a local checkpoint folder is an input too; the images under a data or image root are only at stake when the
+    # output folder already holds files
+    refuse_inputs_inside(out, {**inputs, "model": getattr(model, "name", "")}, key="output folder",
+                         folders=("data_root", "image_root"))
     if benchmark:  # label fixes: a setting, and what was applied a part of the result (as in `lavit eval`)
         _, loaded, fix_settings, fixes = load_benchmark(benchmark, data_root, max_samples, label_fixes,
                                                         model.protocol)
-        items = as_audit_items(loaded, model.protocol.rules(benchmark))
+        items = as_audit_items(loaded, model.protocol.rules(benchmark), text_limits)
         settings.update(fix_settings)
     else:
-        items, fixes = sample_items(samples, image_root, max_samples), {}
+        items, fixes = sample_items(samples, image_root, max_samples, text_limits), {}
     with RunLock(out):
         record_settings(out / "run.json", settings, hint="use another --out")
         result = audit_items(model, items, interventions=interventions, seed=seed, batch_size=batch_size,
@@ -515,8 +536,9 @@ def audit_markdown(result: dict) -> str:
     c = result["collapse"]
     lines += ["", f"Collapse across items at the last decoder layer (layer {c['layer']}, {c['items']} items):", "",
               "| states | vectors | mean pairwise cosine | effective rank |", "|---|---|---|---|"]
-    named = [(f"latents 1..{k - 1} (pooled)", c["latents"]), (f"readout (latent {k})", c["readout"]),
-             ("last prompt token", c["last_prompt_token"])]
+    block = f"latents 1..{k - 1} (pooled)" if k >= 2 else "latent block (none: K = 1)"
+    named = [(block, c["latents"]), (f"readout (latent {k})", c["readout"]), ("last prompt token",
+                                                                           c["last_prompt_token"])]
     for label, stats in named:
         if stats is None:
             lines.append(f"| {label} | — | no latent block (K = {k}) | |")

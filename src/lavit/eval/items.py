@@ -1,6 +1,7 @@
 """One multiple-choice evaluation item, as every benchmark loader produces it, and the cell readers the
-loaders share: a null or mistyped cell, an image path outside the benchmark's folder or an undecodable
-image makes that item a recorded skip naming it, never a crash.
+loaders share: a null or mistyped cell, an image path outside the benchmark's folder, an undecodable image, or a
+text holding a special token of the model's tokenizer or longer than the token limit (`text_limits_for`) makes that
+item a recorded skip naming it, never a crash.
 
 A loader keeps the row's text fields as its file holds them (`doc`); the evaluation protocol
 (`lavit.eval.protocols`) builds the prompt from them, so one loaded item can be asked the way lavit, the
@@ -17,7 +18,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from lavit.data.samples import ImageLimits, Rejection, open_rgb, resolve_image
+from lavit.data.samples import (
+    QWEN_VL_SPECIAL_TOKENS,
+    ImageLimits,
+    Rejection,
+    TextLimits,
+    check_text_fields,
+    open_rgb,
+    resolve_image,
+)
 
 # PIL's pixel limit, checked before decoding, and the aspect ratio Qwen's processor refuses mid-batch; no minimum
 # side: the processor scales small benchmark images up.
@@ -77,10 +86,34 @@ class EvalItem:
                    "invalid": self.invalid}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
-    def problem(self) -> str | None:
-        """A reason to skip this item (recorded and counted), or None."""
+    def text_fields(self) -> dict[str, str]:
+        """Every text of the row as its file holds it (a list's entries as 'choices[1]', …), then the prompt the
+        protocol built from them: what `text_problem` checks, by the names a skip reports."""
+        fields = {}
+        for key, value in self.doc.items():
+            if isinstance(value, str):
+                fields[key] = value
+            elif isinstance(value, list):
+                fields |= {f"{key}[{i}]": entry for i, entry in enumerate(value) if isinstance(entry, str)}
+        return fields | {"prompt": self.prompt}
+
+    def text_problem(self, limits: TextLimits) -> str | None:
+        """'special_token_in_text: …' or 'text_too_long: …' naming the field (`check_text_fields`, as extraction
+        checks a sample), or None. Every text field of the row is checked, not only those the protocol asks, so one
+        row is skipped alike under every protocol."""
+        try:
+            check_text_fields(self.text_fields(), limits)
+        except Rejection as rej:
+            return str(rej)
+        return None
+
+    def problem(self, text_limits: TextLimits | None = None) -> str | None:
+        """A reason to skip this item (recorded and counted), or None; with `text_limits` its texts are checked
+        (`text_problem`) before its images are decoded."""
         if self.invalid is not None:
             return self.invalid
+        if text_limits is not None and (reason := self.text_problem(text_limits)) is not None:
+            return reason
         if not self.images:
             return "image_missing: the item has no image"
         for ref in self.images:
@@ -89,6 +122,17 @@ class EvalItem:
         if len(self.answer) != 1 or self.answer not in self.letters:
             return f"answer_not_in_choices: answer {self.answer!r}, choices {list(self.letters)}"
         return None
+
+
+def text_limits_for(model, max_tokens: int) -> TextLimits:
+    """The text checks of items `model` is asked: its tokenizer's special tokens and at most `max_tokens` tokens
+    (0 = no limit) per field. A model without a processor (`ConstantModel`) tokenizes nothing: it is checked for
+    Qwen-VL's special tokens (a fixed list), so a chance baseline skips the items a Qwen-VL model skips, and has no
+    length limit, there being no tokens to count and no memory to fill."""
+    processor = getattr(model, "processor", None)
+    if processor is None:
+        return TextLimits(QWEN_VL_SPECIAL_TOKENS)
+    return TextLimits.for_tokenizer(processor.tokenizer, max_tokens)
 
 
 def kind(value) -> str:

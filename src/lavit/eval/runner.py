@@ -7,10 +7,12 @@ prompt, the answer length, how a letter is read from the answer and the headline
 any deviation from it, is in the run's settings. Every item is either scored (prompt, raw output, extracted letter,
 truth, correct, and the item's fingerprint: its prompt, options, truth and image bytes) or skipped with a recorded
 reason (a null or mistyped cell, an image missing, unreadable or outside the benchmark's folder, an answer not
-among the choices); both are counted in the summary, which also fingerprints the benchmark's data files and its
-items. A rerun with the same model settings continues where the last one stopped, decides every skip again (an
-image may have been restored, a file mended) and scores again every item whose fingerprint changed; other
-settings are refused, each difference listed (`run.json`), and one eval holds its folder at a time.
+among the choices, a text field holding a special token of the model's tokenizer — `special_token_in_text` — or
+longer than `max_text_tokens` tokens — `text_too_long` —, the field named); both are counted in the summary, which
+also fingerprints the benchmark's data files and its items. A rerun with the same model settings continues where
+the last one stopped, decides every skip again (an image may have been restored, a file mended) and scores again
+every item whose fingerprint changed; other settings are refused, each difference listed (`run.json`), and one
+eval holds its folder at a time.
 
 Every accuracy in `summary.json` carries a 95 % interval (`accuracy_ci95`, the method in `interval`: Wilson score by
 default, exact Clopper–Pearson on request), over the scored items only. With `label_fixes` the benchmark's
@@ -31,10 +33,11 @@ from tqdm import tqdm
 
 from lavit.data.fingerprints import files_fingerprint
 from lavit.data.run_dir import RunLock, record_settings, refuse_inputs_inside
+from lavit.data.samples import DEFAULT_MAX_TEXT_TOKENS, TextLimits
 from lavit.data.signal_store import read_journal, write_json_atomic
 from lavit.eval.benchmarks import Benchmark, get_benchmark
 from lavit.eval.benchmarks.label_fixes import apply_label_fixes
-from lavit.eval.items import EvalItem
+from lavit.eval.items import EvalItem, text_limits_for
 from lavit.eval.protocols import Protocol, TaskRules, apply_protocol
 from lavit.eval.protocols.lavit import PROTOCOL as LAVIT_PROTOCOL
 from lavit.eval.stats import INTERVAL_METHODS, accuracy_summary
@@ -118,12 +121,17 @@ def load_benchmark(benchmark: str, data_root: str | Path, max_samples: int = 0, 
 
 
 def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, max_samples: int = 0,
-             batch_size: int = 8, interval: str = "wilson", label_fixes: bool = False) -> dict:
+             batch_size: int = 8, interval: str = "wilson", label_fixes: bool = False,
+             max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS) -> dict:
     """Score `model` on `benchmark` into `output_dir(out, benchmark)`, as the model's protocol asks (`model.protocol`);
     `interval` names the method of every accuracy's 95 % interval, `label_fixes` corrects the benchmark's documented
-    label errors where the protocol leaves it to the run (an error for a benchmark that has none)."""
+    label errors where the protocol leaves it to the run (an error for a benchmark that has none); an item with a text
+    longer than `max_text_tokens` tokens (0 = no limit) or holding a special token is a recorded skip
+    (`text_limits_for`)."""
     if max_samples < 0:
         raise ValueError(f"max_samples must be >= 0 (0 = all), got {max_samples}")
+    if max_text_tokens < 0:
+        raise ValueError(f"max_text_tokens must be >= 0 (0 = no limit), got {max_text_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if interval not in INTERVAL_METHODS:
@@ -133,20 +141,23 @@ def run_eval(model, benchmark: str, data_root: str | Path, out: str | Path, *, m
     bench, items, extra_settings, extra_summary = load_benchmark(benchmark, data_root, max_samples, label_fixes,
                                                                  protocol)
     directory = output_dir(out, benchmark)
-    refuse_inputs_inside(directory, {"data_root": data_root}, key="output folder")
+    model_dir = getattr(model, "name", "")  # a local checkpoint folder is an input too (a hub id does not exist here)
+    refuse_inputs_inside(directory, {"data_root": data_root, "model": model_dir}, key="output folder",
+                         folders=("data_root",))
     with RunLock(directory):  # one eval per folder at a time: two would append to one predictions file
         return _score(model, bench, items, benchmark, data_root, directory, batch_size, start, interval,
-                      extra_settings, extra_summary)
+                      extra_settings, extra_summary, text_limits_for(model, max_text_tokens))
 
 
 def _score(model, bench, items: list[EvalItem], benchmark: str, data_root: str | Path, directory: Path,
-           batch_size: int, start: float, interval: str, extra_settings: dict, extra_summary: dict) -> dict:
+           batch_size: int, start: float, interval: str, extra_settings: dict, extra_summary: dict,
+           text_limits: TextLimits) -> dict:
     rules = model.protocol.rules(benchmark)
     tokens = getattr(model, "max_new_tokens", None) or rules.max_new_tokens
     # The label-fix table is a setting (it changes truths); the interval method is not: it is recomputed from
-    # the records on every run.
+    # the records on every run. The text limits are: they decide which items are skipped.
     settings = {"benchmark": benchmark, "data_root": str(Path(data_root).resolve()), **model.describe(),
-                "max_new_tokens": tokens, **extra_settings}
+                "max_new_tokens": tokens, **text_limits.describe(), **extra_settings}
     if Path(settings["model"]).exists():  # a local checkpoint is one model however its path is spelled
         settings["model"] = str(Path(settings["model"]).resolve())
     record_settings(directory / "run.json", settings, hint="use another --out")
@@ -175,7 +186,7 @@ def _score(model, bench, items: list[EvalItem], benchmark: str, data_root: str |
             records.extend(new)
             bar.update(len(new))
 
-        problems = {it.id: it.problem() for it in todo}  # decodes each image once
+        problems = {it.id: it.problem(text_limits) for it in todo}  # decodes each image once
         write([{"id": it.id, "skipped": problems[it.id], "truth": it.answer, "item_sha256": fingerprints[it.id],
                 **it.meta} for it in todo if problems[it.id] is not None])
         ready = [it for it in todo if problems[it.id] is None]

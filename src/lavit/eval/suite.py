@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lavit.data.samples import DEFAULT_MAX_TEXT_TOKENS
 from lavit.data.signal_store import write_json_atomic
 from lavit.eval.benchmarks import PAPER_SUITE, get_benchmark
 from lavit.eval.runner import run_eval
@@ -22,24 +23,26 @@ def check_suite_root(data_root: str | Path, vstar_items: str = "direct_attribute
         files = get_benchmark(benchmark, vstar_items).files(root / folder)
         if not files:  # a glob that found nothing: a BLINK sub-task without its val split
             missing.append(str(root / folder / benchmark.partition(":")[2] / "val-*.parquet"))
-        missing += [str(f) for f in files if not f.is_file()]
+        missing += [str(f) for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"--suite paper needs MMVP/, vstar_bench/, BLINK/<4 tasks>/ and MMStar/ under "
                                 f"{root}; missing: {', '.join(dict.fromkeys(missing))}")
 
 
 def run_paper_suite(model, data_root: str | Path, out: str | Path, *, label: str, max_samples: int = 0,
-                    batch_size: int = 8, interval: str = "wilson", label_fixes: bool = False) -> dict:
+                    batch_size: int = 8, interval: str = "wilson", label_fixes: bool = False,
+                    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS) -> dict:
     """Runs MMVP, V* Attr., Rel. Depth, IQ-Test, Rel. Ref., Spatial and MMStar; `data_root` holds the
     benchmarks' directories `MMVP/`, `vstar_bench/`, `BLINK/`, `MMStar/`. `label_fixes` corrects the documented
     label errors of the columns that have any (MMVP) where the protocol leaves it to the run; the others run as
-    without it."""
+    without it. `max_text_tokens`: as `run_eval`'s."""
     root = Path(data_root)
     check_suite_root(root, model.protocol.vstar_items)
     scores, intervals, metrics = {}, {}, {}
     for column, benchmark, folder in PAPER_SUITE:
         summary = run_eval(model, benchmark, root / folder, out, max_samples=max_samples, batch_size=batch_size,
-                           interval=interval, label_fixes=label_fixes and bool(get_benchmark(benchmark).label_fixes))
+                           interval=interval, label_fixes=label_fixes and bool(get_benchmark(benchmark).label_fixes),
+                           max_text_tokens=max_text_tokens)
         scores[column], metrics[column] = summary["score"], summary["metric"]
         # an interval belongs to the micro accuracy; a protocol's other metric (lmms-eval's MMStar average) has none
         intervals[column] = summary["accuracy_ci95"] if summary["metric"] == "accuracy" else None

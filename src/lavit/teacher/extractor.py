@@ -43,7 +43,7 @@ from tqdm import tqdm
 from lavit.data.collator import LavitCollator
 from lavit.data.fingerprints import file_fingerprint
 from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
-from lavit.data.run_dir import resolve_paths
+from lavit.data.run_dir import refuse_inputs_inside, resolve_paths
 from lavit.data.samples import (
     ImageLimits,
     Rejection,
@@ -62,6 +62,7 @@ from lavit.data.signal_store import (
     ShardWriter,
     changed_ids,
     create_store,
+    open_worker_writer,
     pending_row,
     read_journal,
     remove_changed_rows,
@@ -82,12 +83,28 @@ from lavit.teacher.signals import s_focus
 
 
 def read_samples(path: str, input_format: str = "auto", lvr_box_format: str = "normalized") -> list[Sample]:
+    """The samples of `path`; a file holding none is an error saying what it holds (an empty store would
+    otherwise be written, and the run reported as a success)."""
     if not path:
         raise ValueError("no input samples given (set samples=PATH)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"samples file {path} does not exist")
     fmt = input_format if input_format != "auto" else ("jsonl" if path.endswith(".jsonl") else "visual_cot")
-    return read_jsonl_samples(path) if fmt == "jsonl" else read_visual_cot(path, lvr_box_format=lvr_box_format)
+    samples = read_jsonl_samples(path) if fmt == "jsonl" else read_visual_cot(path, lvr_box_format=lvr_box_format)
+    if not samples:
+        raise ValueError(f"samples file {path} holds no sample: {describe_empty(Path(path), fmt)}; nothing to extract")
+    return samples
+
+
+def describe_empty(path: Path, fmt: str) -> str:
+    """What a samples file that yielded no sample holds, in words."""
+    size = path.stat().st_size
+    if not size:
+        return "it is empty (0 bytes)"
+    if fmt == "visual_cot":
+        return "its JSON list has no record"
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    return f"only blank lines ({len(lines)} lines, {size} bytes)"
 
 
 @dataclass
@@ -285,12 +302,15 @@ def process_group(extractor: SignalExtractor, group: list[tuple[int, Sample]], i
 
 def open_store(cfg: ExtractConfig, num_inputs: int) -> ShardWriter:
     """This worker's writer of the store `cfg.out`, which is created if absent — exclusively: of runs starting
-    at one instant one creates it and the others compare — and refused, before anything is written, if it holds
-    other signals, or if another live process writes this worker's shards."""
+    at one instant one creates it (recording its worker count) and the others compare — and refused, before
+    anything is written, if it holds other signals, if another live process writes this worker's shards, or if
+    workers of another count write it now (`open_worker_writer`)."""
     out = Path(cfg.out)
     settings = cfg.signal_settings()
+    worker, workers = cfg.worker()
     manifest, _ = create_store(out, {"schema_version": SCHEMA_VERSION, "kind": "teacher_signals",
-                                     "teacher": cfg.teacher, "settings": settings, "num_input_samples": num_inputs})
+                                     "teacher": cfg.teacher, "settings": settings, "num_input_samples": num_inputs,
+                                     "workers": workers})
     if manifest.get("kind") != "teacher_signals":
         raise ValueError(f"{out} holds a {manifest.get('kind')!r} store, not teacher signals; choose a new out=")
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -304,8 +324,7 @@ def open_store(cfg: ExtractConfig, num_inputs: int) -> ShardWriter:
         shown = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} here" for k in differ[:6])
         raise ValueError(f"{out} was extracted with different settings ({shown}{'; …' if len(differ) > 6 else ''}); "
                          "resume needs the same settings, or choose a new out=")
-    worker, workers = cfg.worker()
-    return ShardWriter(out, f"signals-w{worker:03d}of{workers:03d}")
+    return open_worker_writer(out, worker, workers)
 
 
 def record_pixel_limits(out: Path, limits: dict[str, int]) -> None:
@@ -503,6 +522,9 @@ def run_extract(cfg: ExtractConfig) -> dict:
     if cfg.engine == "vllm":
         import_vllm()  # missing vllm fails before the store is created
     placement = teacher_placement(cfg.device_map, os.environ, torch.cuda.device_count())
+    # an out that is, holds or lies inside an input is refused before the store is created in it
+    refuse_inputs_inside(cfg.out, {"samples": cfg.samples, "image_root": cfg.image_root, "teacher": cfg.teacher},
+                         folders=("image_root",))
     samples = read_samples(cfg.samples, cfg.input_format, cfg.lvr_box_format)
     samples_fingerprint = file_fingerprint(cfg.samples)
     fingerprints = [sample_fingerprint(s) for s in samples]

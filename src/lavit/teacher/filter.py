@@ -9,9 +9,10 @@ with matcher=judge, by a judge model (`lavit.eval.judge`) for the rest; a pair l
 judge, or an unparsable judge output) is dropped with its reason, never passed. Samples the extractor
 rejected, and rows whose stored signal is not finite, are dropped before the stages. Every drop is
 written to dropped.jsonl with its stage, reason and verdict; filter_report.json counts them and how
-each stage's pairs were decided. The kept rows are the training set (`lavit train data=OUT`). The input store's
-content fingerprint (`signals_fingerprint`) goes into the manifest and the report, so the set names what it was
-filtered from.
+each stage's pairs were decided. The kept rows are the training set (`lavit train data=OUT`). The input is a
+raw store (`lavit extract`, `lavit import-official`): a filtered set is refused before anything is written. The
+input store's content fingerprint (`signals_fingerprint`) goes into the manifest and the report, so the set names
+what it was filtered from.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from lavit.data.signal_store import (
     check_finite_row,
     read_manifest,
     read_store,
+    recorded_image_root,
     write_json_atomic,
     write_manifest,
     write_table_atomic,
@@ -54,6 +56,7 @@ from lavit.inference.engines import build_engine, import_vllm
 from lavit.models.checkpoint import tiny_name
 from lavit.teacher.filter_config import FilterConfig
 
+FILTER_REPORT = "filter_report.json"
 SFT_SCHEMA = pa.schema([*SIGNAL_SCHEMA, ("teacher_correct", pa.bool_()), ("text_only_answer", pa.string()),
                         ("text_only_correct", pa.bool_())])
 
@@ -211,18 +214,38 @@ def build_judge(cfg: FilterConfig, name: str, loaded: dict) -> CachedJudge:
     return CachedJudge(raw_model, judge_identity(name, cfg.seed), judge_cache_path(cfg), cfg.batch_size)
 
 
+def check_signal_store(signals: Path, manifest: dict) -> None:
+    """Refuse, before anything is written, a store the filter cannot take: a filtered set (its manifest holds no
+    extract settings to record, and its source store is what to filter with other stages or thresholds), or a
+    store of another kind."""
+    if manifest.get("kind") == "lavit_sft" or (signals / FILTER_REPORT).is_file():
+        try:
+            source = json.loads((signals / FILTER_REPORT).read_text(encoding="utf-8"))["settings"]["signals"]
+        except (OSError, ValueError, KeyError, TypeError):
+            source = "the extract store it was filtered from"
+        raise ValueError(f"{signals} is already a filtered set ({FILTER_REPORT}); filter its source store "
+                         f"({source}) with the stages and thresholds you want, or train on this set")
+    if manifest.get("kind") != "teacher_signals":
+        raise ValueError(f"{signals} holds a {manifest.get('kind')!r} store, not teacher signals from lavit extract "
+                         "or lavit import-official")
+
+
 def run_filter(cfg: FilterConfig) -> dict:
     start = time.time()
     if not cfg.signals:
         raise ValueError("no teacher-signal store given (set signals=DIR)")
     source = read_manifest(Path(cfg.signals))
+    check_signal_store(Path(cfg.signals), source)
     out = Path(cfg.out)
-    # before anything is deleted: an out that is, or holds, an input is refused (overwrite=true would delete it)
     if cfg.engine == "vllm":
         import_vllm()  # missing vllm fails before anything is deleted or loaded
-    prepare_output_folder(out, {"signals": cfg.signals, "text_only_image": cfg.text_only_image,
-                                "judge_cache": judge_cache_path(cfg), "text_model": cfg.text_model,
-                                **({} if is_endpoint(cfg.judge) else {"judge": cfg.judge})}, cfg.overwrite)
+    # before anything is deleted: an out that is, holds or lies inside an input is refused (overwrite=true would
+    # delete it); the images the store was extracted from are an input too, though not named here
+    prepare_output_folder(out, {"signals": cfg.signals, "image_root of the signals": recorded_image_root(source),
+                                "text_only_image": cfg.text_only_image, "judge_cache": judge_cache_path(cfg),
+                                "text_model": cfg.text_model,
+                                **({} if is_endpoint(cfg.judge) else {"judge": cfg.judge})}, cfg.overwrite,
+                          folders=("image_root of the signals",))
     fingerprint = store_fingerprint(cfg.signals)  # of the store as read next
     rows = read_store(cfg.signals).to_pylist()
     if not rows:
@@ -291,7 +314,7 @@ def _filter(cfg: FilterConfig, source: dict, signals_fingerprint: dict, rows: li
         "signals_fingerprint": signals_fingerprint,
         "wall_seconds": time.time() - start,
     }
-    write_json_atomic(report, out / "filter_report.json")
+    write_json_atomic(report, out / FILTER_REPORT)
     write_manifest({"schema_version": SCHEMA_VERSION, "kind": "lavit_sft", "teacher": source["teacher"],
                     "text_model": text_model_name, "judge": judge_name, "extract_settings": source["settings"],
                     "filter_settings": asdict(cfg), "signals_fingerprint": signals_fingerprint,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lavit.config import field
+from lavit.eval.matching import MATCHERS
 
 STAGES = ("correctness", "difficulty", "alignment")
 
@@ -58,6 +59,10 @@ class FilterConfig:
             raise ValueError("min_s_focus must be in [0, 1]")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.judge_max_new_tokens < 1:
             raise ValueError("batch_size, max_new_tokens and judge_max_new_tokens must be positive")
+        known = (*MATCHERS, "judge")
+        if self.matcher not in known and ":" not in self.matcher:  # before any model loads, every choice named
+            raise ValueError(f"matcher must be one of {', '.join(known)} or 'package.module:function', got "
+                             f"{self.matcher!r}")
         if (self.matcher == "judge") != bool(self.judge):
             raise ValueError("matcher=judge needs judge=MODEL, and judge= is used only with matcher=judge "
                              f"(got matcher={self.matcher!r}, judge={self.judge!r})")

@@ -7,6 +7,7 @@ from typing import Literal
 
 from lavit.config import field
 from lavit.data.examples import LAVIT_SYSTEM_PROMPT
+from lavit.data.samples import DEFAULT_MAX_TEXT_TOKENS
 from lavit.models.checkpoint import TINY
 from lavit.models.grid import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
 from lavit.models.latent_tokens import DEFAULT_LATENT_TEMPLATE
@@ -34,10 +35,16 @@ class LavitTrainConfig:
                               "'teacher_answer').")
     max_samples: int = field(0, "Use only the first N samples (0 = all).")
     bad_rows: Literal["error", "drop"] = field("error", "Rows that cannot be trained on, all found before the first "
-                                               "step (missing or empty answer, image missing, outside image_root "
-                                               "or not decoding, missing teacher signal): 'error' stops and lists "
-                                               "them; 'drop' trains on the rest and records each in "
-                                               "output_dir/dropped_rows.jsonl (counts in train_results.json).")
+                                               "step (empty question, missing or empty answer, a special token of "
+                                               "the student's tokenizer such as <|image_pad|> in question or answer, "
+                                               "question or answer over max_text_tokens, image missing, outside "
+                                               "image_root or not decoding, missing teacher signal): 'error' stops "
+                                               "and lists them; 'drop' trains on the rest and records each in "
+                                               "output_dir/dropped_rows.jsonl (counts by reason in "
+                                               "train_results.json).")
+    max_text_tokens: int = field(DEFAULT_MAX_TEXT_TOKENS, "Longest question or answer, in the student's tokens, a "
+                                 "row may have (0 = no limit): a longer one is a bad row (text_too_long, see "
+                                 "bad_rows), so one row cannot fill the memory of its batch.")
     # the method (paper §4.2)
     num_latent_tokens: int = field(4, "K, the number of latent tokens <lvr_1>..<lvr_K> (paper: 4).")
     latent_token_template: str = field(DEFAULT_LATENT_TEMPLATE, "Name pattern of the latent tokens; {i} counts from 1.")
@@ -122,6 +129,7 @@ class LavitTrainConfig:
             (0 < self.min_pixels <= self.max_pixels, "need 0 < min_pixels <= max_pixels"),
             (self.logging_steps > 0 and self.save_steps > 0, "logging_steps and save_steps must be > 0"),
             (self.max_samples >= 0, "max_samples must be >= 0"),
+            (self.max_text_tokens >= 0, "max_text_tokens must be >= 0 (0 = no limit)"),
             (not (self.overwrite and self.resume), "overwrite=true deletes the run that resume= continues; "
              "set one of them"),
             (not self.uses_latents or self.gate == "none" or self.gate_warmup_steps < self.max_steps,

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lavit.data.signal_store import write_json_atomic
@@ -35,6 +36,9 @@ STUDENT_STATE = "lavit_student.safetensors"
 CHECKPOINT_MARKER = "lavit_checkpoint.json"
 # Batch entries that are loss targets, never model inputs: they stay fp32 whatever the engine's compute dtype.
 LOSS_TARGETS = ("v_sem", "traj_target")
+
+
+LOSS_SUM = "loss_sum"  # the checkpoint marker's key for the loss summed over the steps so far
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -108,10 +112,13 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     return None
 
 
-def write_checkpoint_marker(folder: Path, step: int, settings: dict) -> None:
+def write_checkpoint_marker(folder: Path, step: int, settings: dict, loss_sum: float | None = None) -> None:
+    """The checkpoint's completion record: its step, files and sizes, the run's settings and the training loss
+    summed over steps 1..step (what a resumed run's mean loss over the whole run needs)."""
     files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != CHECKPOINT_MARKER}
-    write_json_atomic({"step": step, "files": files, "settings": settings}, folder / CHECKPOINT_MARKER)
+    write_json_atomic({"step": step, "files": files, "settings": settings,
+                       **({LOSS_SUM: loss_sum} if loss_sum is not None else {})}, folder / CHECKPOINT_MARKER)
 
 
 class LavitTrainer(Trainer):
@@ -120,7 +127,7 @@ class LavitTrainer(Trainer):
     `save_total_limit` must stay unset: it rotates before the new checkpoint is known to be complete."""
 
     def __init__(self, *args, lam: float = 0.3, read_weight: float = 0.0, run_settings: dict | None = None,
-                 keep_checkpoints: int = 0, **kwargs):
+                 keep_checkpoints: int = 0, loss_sum_before: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.save_total_limit:
             raise ValueError("LavitTrainer rotates checkpoints itself (keep_checkpoints=); leave save_total_limit "
@@ -129,6 +136,7 @@ class LavitTrainer(Trainer):
         self.read_weight = read_weight
         self.run_settings = run_settings or {}
         self.keep_checkpoints = keep_checkpoints
+        self.loss_sum_before = loss_sum_before  # the loss summed over the steps before a resumed checkpoint
         self._reduce_gradients_in_fp32()
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_count = 0
@@ -194,9 +202,17 @@ class LavitTrainer(Trainer):
             (folder / CHECKPOINT_MARKER).unlink(missing_ok=True)
         super()._save_checkpoint(model, trial, *args, **kwargs)
         self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
+        loss_sum = self.loss_sum_so_far()  # a collective: every rank takes part
         if self.args.should_save:
-            write_checkpoint_marker(folder, self.state.global_step, self.run_settings)
+            write_checkpoint_marker(folder, self.state.global_step, self.run_settings, loss_sum)
             self._rotate_complete_checkpoints(folder)
+
+    def loss_sum_so_far(self) -> float:
+        """The training loss summed over steps 1..now, as the Trainer sums it for its mean: what it has drained at
+        its logging steps, the part not logged yet (averaged over processes, as a log does) and what came before a
+        resume."""
+        unlogged = nested_gather(self._tr_loss.detach(), self.args.parallel_mode).mean().item()
+        return self.loss_sum_before + self._total_loss_scalar + unlogged
 
     def _rotate_complete_checkpoints(self, saved: Path) -> None:
         """Keep `saved` and the newest complete checkpoints before it, `keep_checkpoints` in all. Torn

@@ -40,6 +40,7 @@ from lavit.models.projection_head import ProjectionHead
 from lavit.training.callbacks import TRAIN_LOG, JsonlLogCallback, ProgressBarCallback
 from lavit.training.lavit_config import MAY_CHANGE_ON_RESUME, LavitTrainConfig
 from lavit.training.lavit_trainer import (
+    LOSS_SUM,
     GammaCallback,
     LavitTrainer,
     checkpoint_folders,
@@ -210,7 +211,8 @@ def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
     torn checkpoints set aside and the log cut back to its step. Nothing is moved or deleted before every check
     has passed."""
     out = Path(cfg.output_dir)
-    refuse_inputs_inside(out, {"data": cfg.data, "image_root": cfg.image_root, "model": cfg.model}, key="output_dir")
+    refuse_inputs_inside(out, {"data": cfg.data, "image_root": cfg.image_root, "model": cfg.model}, key="output_dir",
+                         folders=("image_root",))
     lock = held.enter_context(RunLock(out))
     notes = [f"took over {lock.path}, left by a run that ended without releasing it ({describe_holder(lock.stale)})"
              ] if lock.stale else []
@@ -225,7 +227,8 @@ def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
                 shutil.rmtree(out / name)
             else:
                 (out / name).unlink()
-        return {"resume": None, "set_aside": [], "notes": notes, DATA_FINGERPRINT: fingerprint}
+        return {"resume": None, "set_aside": [], "notes": notes, DATA_FINGERPRINT: fingerprint, "resumed_step": 0,
+                "loss_sum_before": 0.0}
     checkpoint, marker = resume_checkpoint(cfg, out)
     settings = run_settings(cfg)
     recorded = [(f"the run that wrote {checkpoint}", marker.get("settings", {}))]
@@ -247,7 +250,39 @@ def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
             moved.append({"checkpoint": folder.name, "moved_to": str(aside), "reason": problem})
             notes.append(f"{folder} is a torn checkpoint ({problem}): moved to {aside}")
     cut_log(out / TRAIN_LOG, marker["step"])
-    return {"resume": str(checkpoint), "set_aside": moved, "notes": notes, DATA_FINGERPRINT: fingerprint}
+    # the loss summed over the steps before the checkpoint (None: a checkpoint saved before lavit recorded it)
+    return {"resume": str(checkpoint), "set_aside": moved, "notes": notes, DATA_FINGERPRINT: fingerprint,
+            "resumed_step": marker["step"], "loss_sum_before": marker.get(LOSS_SUM)}
+
+
+def fit_batch_plan(plan: dict[str, int], rows: int) -> tuple[dict[str, int], str | None]:
+    """The batch plan for a training set of `rows` rows: `plan` itself when it holds at least one global batch; else
+    the largest global batch the rows fill (per-device batch, then accumulation cut down), with a note saying so — a
+    plan the data cannot fill would train on smaller batches than the one recorded. Fewer rows than processes: an
+    error."""
+    world, asked = plan["world_size"], plan["global_batch_size"]
+    if rows >= asked:
+        return plan, None
+    if rows < world:
+        raise ValueError(f"the training set holds {rows} rows, fewer than the {world} processes of this run: every "
+                         "process needs at least one sample per step")
+    per_device = min(plan["per_device_batch_size"], rows // world)
+    accumulation = rows // (per_device * world)
+    fitted = {"world_size": world, "per_device_batch_size": per_device, "gradient_accumulation_steps": accumulation,
+              "global_batch_size": per_device * accumulation * world}
+    return fitted, (f"global_batch_size {asked} is more than the {rows} rows of the training set: each optimizer step "
+                    f"takes {fitted['global_batch_size']} samples instead (per-device batch {per_device} × "
+                    f"{accumulation} accumulation steps × {world} processes), recorded in train_results.json")
+
+
+def whole_run_loss(session_loss: float, global_step: int, claim: dict) -> tuple[float | None, str]:
+    """The mean training loss over every step of the run, a resumed one included (the Trainer's own covers only the
+    steps of this session): the loss summed before the resumed checkpoint plus this session's, over all steps; and
+    which steps it covers. A checkpoint that did not record its loss sum leaves only this session's mean."""
+    before, resumed = claim["loss_sum_before"], claim["resumed_step"]
+    if before is None:
+        return session_loss, f"steps {resumed + 1}-{global_step} (the checkpoint resumed from recorded no loss sum)"
+    return (before + session_loss * (global_step - resumed)) / max(global_step, 1), f"steps 1-{global_step}"
 
 
 def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str | None = None) -> dict:
@@ -275,9 +310,12 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
     student, processor, names = build_student(cfg, teacher_dim)
     dataset = LavitSftDataset(table, cfg.image_root, processor, names, system_prompt=cfg.system_prompt,
                               answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents,
-                              bad_rows=cfg.bad_rows)
+                              bad_rows=cfg.bad_rows, max_text_tokens=cfg.max_text_tokens)
     schedule = (GateSchedule(cfg.gate, cfg.gate_epsilon, cfg.gate_warmup_steps, cfg.gate_final) if cfg.uses_latents
                 else GateSchedule("none"))
+    plan, batch_note = fit_batch_plan(plan, len(dataset))
+    if batch_note:
+        warnings.warn(batch_note, RuntimeWarning, stacklevel=2)
     # TrainingArguments only after the student is built: a ZeRO-3 config it activates would partition the build
     args = training_arguments(cfg, plan)
     if args.world_size > 1:
@@ -288,6 +326,7 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
         data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens, cfg.gate_readout),
         callbacks=[GammaCallback(schedule), JsonlLogCallback(Path(cfg.output_dir) / TRAIN_LOG), *(callbacks or [])],
         lam=cfg.lam, read_weight=cfg.read_weight if cfg.uses_latents else 0.0, run_settings=settings, keep_checkpoints=cfg.save_total_limit,
+        loss_sum_before=claim["loss_sum_before"] or 0.0,
     )
     for printer in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(printer)
@@ -299,12 +338,15 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
                           f"out, listed in {Path(cfg.output_dir) / DROPPED_ROWS}", RuntimeWarning, stacklevel=2)
             (Path(cfg.output_dir) / DROPPED_ROWS).write_text("".join(json.dumps(r) + "\n" for r in dataset.dropped))
     result = trainer.train(resume_from_checkpoint=claim["resume"])
+    train_loss, loss_steps = whole_run_loss(result.training_loss, result.global_step, claim)
     export_dir = Path(cfg.output_dir) / "student"
     results = {
         "settings": config_to_dict(cfg),
         DATA_FINGERPRINT: claim[DATA_FINGERPRINT],
         **plan,
-        "train_loss": result.training_loss,
+        **({"global_batch_size_asked": cfg.global_batch_size, "batch_adjusted": batch_note} if batch_note else {}),
+        "train_loss": train_loss,
+        "train_loss_steps": loss_steps,
         "global_step": result.global_step,
         "log_history": trainer.state.log_history,
         "student_dir": str(export_dir),

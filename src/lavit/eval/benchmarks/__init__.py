@@ -3,8 +3,8 @@
 Names: `mmvp`, `blink:<Task>` (any BLINK sub-task directory, val split), `vstar` (the evaluation protocol's V*
 item set: the direct attributes for `lavit` and `lmms-eval`, all of V* for `authors`; `vstar:direct_attributes`,
 `vstar:relative_position` and `vstar:all` name one explicitly), `mmstar`. Documented label errors (only MMVP has
-any) are in `label_fixes`, applied only when asked. `Benchmark.files(root)` lists the data files a load reads
-(images other than embedded ones are fingerprinted per item).
+any) are in `label_fixes`, applied only when asked. `Benchmark.files(root)` lists the data files (and MMVP's image
+folder) a load needs; the files are fingerprinted with a run, images per item.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Benchmark:
     load: Callable[[Path], list[EvalItem]]
     summary: Callable[[list[dict], str], dict]  # extra summary fields from the scored records, their intervals
     # by the method named
-    files: Callable[[Path], list[Path]]  # the data files `load` reads under the benchmark's root
+    files: Callable[[Path], list[Path]]  # the data files (and image folder) `load` reads under the benchmark's root
     label_fixes: tuple[label_fixes.LabelFix, ...] = ()  # documented label errors, applied only when asked
 
     @property
@@ -40,7 +40,8 @@ def get_benchmark(name: str, vstar_items: str = "direct_attributes") -> Benchmar
     """The benchmark `name` names; a bare `vstar` reads the category `vstar_items` (the protocol's V* item set)."""
     base, _, sub = name.partition(":")
     if base == "mmvp" and not sub:
-        return Benchmark(name, mmvp.load, mmvp.summary, lambda root: [root / "Questions.csv"], label_fixes.MMVP)
+        return Benchmark(name, mmvp.load, mmvp.summary, lambda root: [root / "Questions.csv", root / mmvp.IMAGES],
+                         label_fixes.MMVP)
     if base == "blink":
         if not sub:
             raise ValueError("BLINK needs a sub-task: blink:<Task>, e.g. blink:Relative_Depth")

@@ -13,6 +13,7 @@ from lavit.data.samples import Rejection
 from lavit.eval.items import EvalItem, ImageRef, build_items, text
 from lavit.eval.stats import accuracy_summary
 
+IMAGES = "MMVP Images"
 _OPTION = re.compile(r"\(([a-z])\)\s*(.*?)\s*(?=\([a-z]\)|$)")
 
 
@@ -25,6 +26,8 @@ def load(root: Path) -> list[EvalItem]:
     path = root / "Questions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"MMVP: {path} not found (expected Questions.csv and 'MMVP Images/' in {root})")
+    if not (root / IMAGES).is_dir():  # every item would be a skip: n = 0, no accuracy, nothing said
+        raise FileNotFoundError(f"MMVP: no folder '{IMAGES}' beside {path}: the benchmark's 300 images are missing")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM, as spreadsheet exports write it, is dropped
             rows = list(csv.DictReader(f))
@@ -45,7 +48,7 @@ def load(root: Path) -> list[EvalItem]:
         if len(options) < 2:
             raise Rejection("cell_invalid", f"cannot read options {row['Options']!r}: expected '(a) … (b) …'")
         doc = {"Index": index, **{key: text(row, key) for key in ("Question", "Options", "Correct Answer")}}
-        return EvalItem(id=str(index), images=[ImageRef(root / "MMVP Images" / f"{index}.jpg")],
+        return EvalItem(id=str(index), images=[ImageRef(root / IMAGES / f"{index}.jpg")],
                         letters="".join(letter.upper() for letter, _ in options),
                         answer=doc["Correct Answer"].strip().strip("()").upper(), doc=doc,
                         meta={"pair": (index - 1) // 2})
