@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="does the answer read the latent block? interventions vs the forced run",
                         description="lavit audit --model M (--benchmark NAME --data-root DIR | --samples FILE "
-                        "--image-root DIR) --out DIR; README 'Auditing latent use'")
+                        "--image-root DIR) --out DIR; docs/audit.md")
     au.add_argument("--model", required=True, help="a latent-token checkpoint: directory or hub id")
     au.add_argument("--benchmark", default="", help="mmvp | blink:<Task> | vstar[:category] | mmstar")
     au.add_argument("--data-root", default="", help="the benchmark's directory")
@@ -473,7 +473,7 @@ def checkpoint_args(parser: argparse.ArgumentParser, verb: str) -> None:
     from lavit.eval.protocols import protocol_names
 
     parser.add_argument("--protocol", default="lavit", choices=protocol_names(), help="evaluation protocol: prompts, "
-                        "answer length, decoding, resolution, item set and scoring (README 'Evaluation protocols'); "
+                        "answer length, decoding, resolution, item set and scoring (docs/protocols.md); "
                         "recorded with every result")
     parser.add_argument("--processor", default="", help="take the processor (image processor, chat template) from "
                         "this folder or hub id, for a checkpoint saved without one (a Trainer checkpoint-N folder); "

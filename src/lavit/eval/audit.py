@@ -1,5 +1,5 @@
 """`lavit audit`: does the answer read the latent block? Paired interventions on the latent tokens of a
-forced-mode run, each against the unmodified run (README "Auditing latent use").
+forced-mode run, each against the unmodified run (docs/audit.md).
 
     lavit audit --model runs/lavit_3b/student --benchmark mmvp --data-root data/MMVP --out runs/audit
 
@@ -121,7 +121,7 @@ def as_audit_items(items: list[EvalItem], rules: TaskRules | None = None,
     """Benchmark items as the audit asks them (each image decoded once to decide its skip, and with `text_limits`
     its texts checked first, as `lavit eval` checks them), scored by the protocol `rules` (default: lavit's)."""
     return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem(text_limits),
-                      functools.partial(lambda raw, item: rules.extract(raw, item), item=it) if rules else None)
+                      functools.partial(rules.extract, item=it) if rules else None)
             for it in items]
 
 

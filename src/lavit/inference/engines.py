@@ -61,8 +61,8 @@ ENGINES = ("transformers", "vllm")
 VLLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # The tensor-name prefixes vLLM's Qwen-VL models load (their `hf_to_vllm_mapper`); any other tensor stops its loader.
 VLLM_WEIGHT_PREFIXES = ("model.", "visual.", "lm_head.")
-VLLM_INSTALL_HINT = ("engine=vllm needs the vllm package: on a GPU machine `pip install vllm` (README, Installing "
-                     "by hand); on a CPU `make test-vllm` builds .venv-vllm with the tested CPU build")
+VLLM_INSTALL_HINT = ("engine=vllm needs the vllm package: on a GPU machine `pip install vllm` (docs/install.md); on a "
+                     "CPU `make test-vllm` builds .venv-vllm with the tested CPU build")
 
 
 def check_engine(engine: str) -> str:

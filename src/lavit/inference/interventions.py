@@ -1,5 +1,4 @@
-"""Interventions on the latent block's hidden states: the mechanism of the latent-usage audit (README
-"Auditing latent use").
+"""Interventions on the latent block's hidden states: the mechanism of the latent-usage audit (docs/audit.md).
 
 In forced (and masked) mode `build_generation_inputs` left-pads, so every prompt row ends with the K
 latent tokens: columns S−K … S−1 of a prompt of S columns. The last latent is the readout: the answer's

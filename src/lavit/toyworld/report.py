@@ -128,12 +128,12 @@ def diagnosis_lines(results: dict) -> list[str]:
                   "the image through its own attention once the gate is open and does not need the latents. The "
                   "in-method remedies (λ, T_w, K, Top-K, "
                      "question-token gating, learning rate) are compared on val by `lavit ablate --rows remedies`; "
-                     "the README records their results."]
+                     "docs/demo.md records their results."]
     return lines
 
 
 def audit_lines(audit: dict | None) -> list[str]:
-    """The latent-usage audit of the LaViT students (README "Auditing latent use"), or nothing when not run."""
+    """The latent-usage audit of the LaViT students (docs/audit.md), or nothing when not run."""
     if not audit:
         return []
     k = audit["k"]

@@ -24,12 +24,6 @@ from dataclasses import dataclass, field, replace
 
 from lavit.eval.items import EvalItem
 
-# Model-side rules a protocol names (resolved against a checkpoint by `lavit.eval.models.GenerativeModel`).
-LATENT_MODE_RULES = ("forced", "natural", "template")  # template: what the checkpoint's chat template does
-DECODINGS = ("greedy", "generation_config")
-PIXEL_RULES = ("trained", "processor")  # or a fixed (min_pixels, max_pixels)
-SYSTEM_PROMPT_RULES = ("trained", "template")
-
 
 @dataclass(frozen=True)
 class TaskRules:
