@@ -75,7 +75,19 @@ endef
 	.venv-vllm/bin/pip install --quiet $(VLLM_DEPS) $(TORCH) $(VLLM_TRANSFORMERS)
 	touch .venv-vllm/bin/lavit
 
-.PHONY: install demo test test-slow test-rehearsal test-lowest test-vllm bench
+# `make device-wheels`: the wheels a GPU machine lent to a task lacks, downloaded here into device-wheels/ (git-ignored)
+# for its Python 3.12 on manylinux x86-64, carried to it and installed there without network (docs/gpu.md). Its image
+# (Python 3.12.3, torch 2.11.0, transformers 5.17.0; package list of 2026-11-17) holds huggingface_hub 1.33.0,
+# accelerate, pyarrow, pandas, scipy, matplotlib, torchvision 0.26.0, pillow, psutil, requests, xxhash and aiohttp,
+# but not datasets, dill or multiprocess. Carried: transformers in our range (the version tested here; it needs
+# huggingface_hub >= 1.31, which the image has); datasets 4.8.5, the newest on huggingface_hub 1.x and pyarrow >= 21
+# (the image's pyarrow version is not on that list), with dill and multiprocess. ~14 MiB. What travels to the machine
+# (tracked and untracked-not-ignored files, and the carried wheels) must stay within 64 MiB: the target checks it.
+DEVICE_PYTHON := 3.12
+DEVICE_WHEELS := transformers==5.24.0 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19
+DEVICE_TRAVEL_MAX_BYTES := 67108864
+
+.PHONY: install demo test test-slow test-rehearsal test-lowest test-vllm bench device-wheels
 install: .venv/bin/lavit
 
 demo: .venv/bin/lavit
@@ -101,3 +113,26 @@ test-vllm: .venv-vllm/bin/lavit
 bench: .venv/bin/lavit
 	.venv/bin/lavit bench train --json
 	.venv/bin/lavit bench extract --json
+
+# The user's guide, docs/ → site/ (open site/index.html). Strict: a broken link, a page missing from the nav or an
+# API page that does not render stops it. docs/gen/hooks.py makes the settings reference and the figures from the
+# code during the build (the figures run the toy teacher and an audit: about a minute on 2 cores).
+.PHONY: docs
+.venv/.docs-installed: .venv/bin/lavit pyproject.toml
+	.venv/bin/pip install --quiet -e ".[docs]"
+	touch .venv/.docs-installed
+
+docs: .venv/.docs-installed
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
+
+device-wheels: | .venv/bin/lavit
+	rm -rf device-wheels.partial && mkdir device-wheels.partial
+	.venv/bin/pip download --quiet --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d device-wheels.partial $(DEVICE_WHEELS)
+	@wheels=$$(cat device-wheels.partial/*.whl | wc -c); \
+	tree=$$(git ls-files -z --cached --others --exclude-standard | xargs -0 cat 2>/dev/null | wc -c); \
+	ls -l device-wheels.partial; \
+	echo "device-wheels: $$((wheels / 1048576)) MiB of wheels + $$((tree / 1048576)) MiB of working tree travel (64 MiB at most)"; \
+	test $$((wheels + tree)) -le $(DEVICE_TRAVEL_MAX_BYTES) || { echo "device-wheels: over the 64 MiB that travel" >&2; exit 1; }
+	rm -rf device-wheels && mv device-wheels.partial device-wheels

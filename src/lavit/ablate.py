@@ -16,6 +16,14 @@ readout (the last latent, which predicts a one-token answer) gated too, a final 
 inference, an L_read term rewarding the readout for reading latents 1..K-1 — each with the latent-usage audit
 of its students on paired test scenes. Choose on val.
 
+`--rows designs` (beyond the paper): which latent design carries the answer, and does any beat the distillation a
+practitioner would use? Naive-SFT, LaViT, off-policy KD on the teacher's top-k distribution, on-policy GKD, LaViT + KD,
+and continuous latents (fed-back hidden states, raw and norm-matched); each design's setting chosen on val among its
+candidates, its paired test difference from Naive-SFT, and the latent-usage audit of every latent design.
+
+    lavit ablate --out runs/designs --rows designs --seeds 5
+    lavit ablate --out runs/designs_premise --rows designs --seeds 5 --world premise
+
 `--pool-sizes`: LaViT and Naive-SFT at each pool size (seed s draws the first N scenes of pool draw s,
 so the pools are nested), mean test accuracy with a 95 % t interval over seeds, the paired difference,
 and one PNG.
@@ -23,6 +31,7 @@ and one PNG.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, fields, replace
@@ -39,7 +48,11 @@ from lavit.console import quiet_libraries, say  # noqa: E402
 from lavit.demo import DemoConfig, evaluate, prepare_seed, student_config  # noqa: E402
 from lavit.toyworld.latent_audit import audit_student, audit_table_lines, summarise_audits  # noqa: E402
 from lavit.toyworld.world import write_split  # noqa: E402
-from lavit.training.train import run_training  # noqa: E402
+from lavit.data.signal_store import write_json_atomic  # noqa: E402
+from lavit.data.sft_dataset import data_fingerprint  # noqa: E402
+from lavit.config import config_to_dict  # noqa: E402
+from lavit.training.lavit_config import LavitTrainConfig  # noqa: E402
+from lavit.training.train import DATA_FINGERPRINT, RESULTS, run_training  # noqa: E402
 
 ROWS = [
     ("LaViT (full)", "lavit", {}),
@@ -80,6 +93,23 @@ BOTTLENECK_ROWS = [
                                                                     "gate_final": 0.0}),
     ("LaViT + L_read (w = 0.3)", "lavit", {"read_weight": 0.3}),
 ]
+
+# `--rows designs` (issue 26): which latent design carries the answer, next to the distillation a practitioner would
+# use. Each design lists its candidate settings; every candidate trains on every seed, and the one with the best mean
+# val accuracy is the design's row (test accuracy reported for it alone, audited on paired test scenes).
+DESIGNS = [
+    ("Naive-SFT", [("naive_sft", {})]),
+    ("LaViT", [("lavit", {})]),
+    ("KD (off-policy, teacher top-k)", [("kd", {"kd_loss": "forward_kl"}), ("kd", {"kd_loss": "jsd"})]),
+    ("GKD (on-policy)", [("gkd", {"kd_loss": "jsd"})]),
+    ("LaViT + KD", [("lavit_kd", {"kd_loss": "forward_kl"}), ("lavit_kd", {"kd_loss": "jsd"})]),
+    ("continuous latents", [("lavit", {"latent_design": "continuous"})]),
+    ("continuous latents, norm-matched", [("lavit", {"latent_design": "continuous",
+                                                     "latent_norm_match": "embedding_table"})]),
+]
+
+LATENT_METHODS = ("lavit", "lavit_kd")
+AUDIT_COLUMNS = ("none", "zero", "random", "swap", "oracle_donor", "format_only")
 
 ROW_SETS = {"paper": ROWS, "remedies": REMEDY_ROWS, "bottlenecks": BOTTLENECK_ROWS}
 ROW_TITLES = {"paper": "Table 3, Table A2", "remedies": "in-method remedies", "bottlenecks": "bottlenecks"}
@@ -164,6 +194,177 @@ def run_ablation(cfg: DemoConfig, rows: list[tuple[str, str, dict]] = ROWS, titl
             lines += ["", f"### Audit: {r['row']} ({r['serving']})", "", *audit_table_lines(r["audit"])]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     return result
+
+
+def _candidate_label(method: str, overrides: dict) -> str:
+    return method + "".join(f", {k}={v}" for k, v in overrides.items())
+
+
+def _audit_cell(summary: dict, name: str) -> str:
+    """Δ vs forced of one audit intervention or diagnostic arm, mean [95 % t] over seeds, in points ('n/a' where it
+    does not apply)."""
+    arms = (summary.get("diagnostics") or {}).get("table", [])
+    row = next((r for r in summary["table"] if r["intervention"] == name), None) or next(
+        (r for r in arms if r["arm"] == name), None)
+    if row is None or not row["applicable"] or row.get("difference") is None:
+        return "n/a"
+    ci = row["difference_ci95"]
+    return f"{100 * row['difference']:+.1f}" + ("" if ci is None else f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]")
+
+
+def _measure_cells(summary: dict) -> list[str]:
+    """Natural-mode emission (any latent / all K first, the checkpoint's own prompt) and the final states' norm
+    ratio, means over seeds ('n/a' where they did not run)."""
+    diagnostics = summary.get("diagnostics") or {}
+    emission = next(iter(diagnostics.get("emission", {}).values()), None)
+    norm = diagnostics.get("norm_ratio")
+    return ["n/a" if emission is None else
+            f"{100 * emission['any_latent']:.0f} / {100 * emission['all_latents_first']:.0f}",
+            "n/a" if norm is None or norm["final"] is None else f"{norm['final']:.1f}×"]
+
+
+def choose_on_val(val_per_candidate: list[list[float]]) -> int:
+    """Index of the candidate with the best mean val accuracy over seeds (the first listed on a tie)."""
+    if not val_per_candidate or any(not v for v in val_per_candidate):
+        raise ValueError("every candidate needs val accuracies to choose among them")
+    means = [float(np.mean(v)) for v in val_per_candidate]
+    return means.index(max(means))
+
+
+def finished_training(train_cfg: LavitTrainConfig) -> dict | None:
+    """The results of an earlier complete run of exactly these settings on the same data in its output_dir, else
+    None: a rerun of an interrupted table trains only what is missing."""
+    path = Path(train_cfg.output_dir) / RESULTS
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    if (done.get("settings") != json.loads(json.dumps(config_to_dict(train_cfg)))
+            or done.get(DATA_FINGERPRINT) != data_fingerprint(train_cfg.data)
+            or not (Path(done["student_dir"]) / "lavit.json").is_file()):
+        return None
+    return done
+
+
+def _cached_audit(student: str, pairs: Path, seed: int) -> dict:
+    """`audit_student`, kept beside the student (designs_audit.json) for the same paired split and seed."""
+    path = Path(student).parent / "designs_audit.json"
+    key = {"pairs": str(pairs), "pairs_sha256": hashlib.sha256(pairs.read_bytes()).hexdigest(), "seed": seed}
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["audit"]
+    audit = audit_student(student, pairs, seed=seed)
+    write_json_atomic({"key": key, "audit": audit}, path)
+    return audit
+
+
+def run_designs(cfg: DemoConfig, designs: list[tuple[str, list[tuple[str, dict]]]] = DESIGNS) -> dict:
+    """Every design's candidates on every seed's data (same base, data and budget); per design the candidate with the
+    best mean val accuracy, its test accuracy, its paired difference from Naive-SFT over seeds, and, for latent
+    designs, the latent-usage audit of its students on paired test scenes.
+
+    designs.json / designs.md are rewritten after every seed (without the audit until the last), and a rerun with the
+    same settings reuses every student already trained (`finished_training`) and every audit already made, so an
+    interrupted table loses nothing and continues where it stopped."""
+    quiet_libraries()
+    start = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if designs[0][0] != "Naive-SFT":
+        raise ValueError("the first design must be Naive-SFT: every other row is compared with it")
+    val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=cfg.world)
+    test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=cfg.world)
+    pairs = (write_split(out / "data" / "audit", "test", cfg.audit_samples, world_seed=cfg.world_seed, cfg=cfg.world,
+                         pairs=True) if cfg.audit_samples else None)
+    # runs[design][candidate] = {"method", "overrides", "val": [...], "test": [...], "students": [...], ...}
+    runs: dict[str, list[dict]] = {name: [{"method": m, "overrides": o, "val": [], "test": [], "per_kind": [],
+                                           "students": [], "train_seconds": []} for m, o in candidates]
+                                   for name, candidates in designs}
+    filters: list[dict] = []
+    for seed in range(cfg.seeds):
+        say(f"seed {seed + 1}/{cfg.seeds}: pool draw {seed} → extract (with the teacher's top-k) → filter")
+        prepared = prepare_seed(cfg, seed, out / f"seed{seed}")
+        filters.append(prepared["filter"])
+        for d, (name, candidates) in enumerate(designs):
+            for c, (method, overrides) in enumerate(candidates):
+                extra = {"teacher": str(Path(cfg.artifacts) / "teacher")} if method == "gkd" else {}
+                train_cfg = student_config(cfg, method, prepared["data"], prepared["images"],
+                                           out / f"seed{seed}" / f"design{d}_{c}", seed, **extra, **overrides)
+                trained = finished_training(train_cfg) or run_training(
+                    train_cfg, desc=f"seed {seed + 1}/{cfg.seeds} {name} ({_candidate_label(method, overrides)})")
+                entry = runs[name][c]
+                entry["students"].append(trained["student_dir"])
+                entry["train_seconds"].append(trained["wall_seconds"])
+                entry["val"].append(evaluate(trained["student_dir"], val)["accuracy"])
+                result = evaluate(trained["student_dir"], test)
+                entry["test"].append(result["accuracy"])
+                entry["per_kind"].append(result["per_kind"] | result["per_prior"])
+        audited = seed == cfg.seeds - 1 and pairs is not None
+        result = {"rows": _design_rows(runs, pairs if audited else None), "filter": filters, "settings": asdict(cfg),
+                  "seeds_done": seed + 1, "wall_seconds": time.time() - start}
+        write_json_atomic(result, out / "designs.json")
+        (out / "designs.md").write_text("\n".join(design_table_lines(result)) + "\n")
+    return result
+
+
+def _design_rows(runs: dict[str, list[dict]], pairs: Path | None) -> list[dict]:
+    """Each design's row: the candidate chosen on val, its val and test accuracy, its paired test difference from
+    Naive-SFT and, given the paired audit scenes, the audit of its students."""
+    naive = runs["Naive-SFT"][0]
+    table = []
+    for name, candidates in runs.items():
+        entry = candidates[choose_on_val([e["val"] for e in candidates])]
+        row = {"design": name, "method": entry["method"], "chosen": entry["overrides"],
+               "candidates": [{"method": e["method"], "overrides": e["overrides"], "val": _mean_ci(e["val"]),
+                               "test": _mean_ci(e["test"])} for e in candidates],
+               "val": _mean_ci(entry["val"]), "test": _mean_ci(entry["test"]),
+               "per_kind": {k: float(np.mean([p[k] for p in entry["per_kind"] if p.get(k) is not None]))
+                            for k in entry["per_kind"][0]},
+               "train_seconds": float(np.mean(entry["train_seconds"])), "students": entry["students"]}
+        if name != "Naive-SFT":
+            paired = paired_summary(entry["test"], naive["test"])
+            paired["verdict"] = verdict(None if paired["ci95"] is None else tuple(paired["ci95"]))
+            row["vs_naive_sft"] = paired
+        if pairs is not None and entry["method"] in LATENT_METHODS:
+            row["audit"] = summarise_audits([_cached_audit(student, pairs, seed)
+                                             for seed, student in enumerate(entry["students"])])
+        table.append(row)
+    return table
+
+
+def design_table_lines(result: dict) -> list[str]:
+    """The markdown of `run_designs`: the accuracy table with the paired differences, then the audit table."""
+    cfg = result["settings"]
+    done = result.get("seeds_done", cfg["seeds"])
+    partial = (f" **Partial: {done} of {cfg['seeds']} seeds done; the audit comes with the last seed (rerun the same "
+               "command to continue).**" if done < cfg["seeds"] else "")
+    lines = [f"# Latent designs and distillation baselines in the toy world ({cfg['world_name']} world)", "",
+             f"Same base, data and budget ({cfg['steps']} steps) for every row, {done} seeds; accuracy (%), "
+             "mean [95 % t interval] over seeds. Each design's setting was chosen on val among its candidates; test "
+             "is reported for the chosen one only. Δ = paired test difference from Naive-SFT over seeds." + partial, "",
+             "| design | chosen setting | val | test | Δ vs Naive-SFT | verdict | train s/run |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        setting = ", ".join(f"{k}={v}" for k, v in r["chosen"].items()) or "—"
+        if len(r["candidates"]) > 1:
+            setting += " (of " + "; ".join(", ".join(f"{k}={v}" for k, v in c["overrides"].items()) + f": val "
+                                          f"{100 * c['val']['mean']:.1f}" for c in r["candidates"]) + ")"
+        p = r.get("vs_naive_sft")
+        diff = "—" if p is None else (f"{100 * p['mean']:+.1f}" + ("" if p["ci95"] is None else
+                                      f" [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]"))
+        lines.append(f"| {r['design']} | {setting} | {_pct_ci(r['val'])} | {_pct_ci(r['test'])} | {diff} | "
+                     f"{'—' if p is None else p['verdict']} | {r['train_seconds']:.0f} |")
+    audited = [r for r in result["rows"] if "audit" in r]
+    if audited:
+        lines += ["", "Latent-usage audit of each latent design's chosen students on paired test scenes: Δ accuracy "
+                  "vs forced (points, mean [95 % t] over seeds) per intervention and diagnostic arm; natural-mode "
+                  "emission (% of items with any latent / all K latents first, own prompt) and the norm ratio of the "
+                  "latents' final states to the prompt's text embeddings (docs/audit.md).", "",
+                  "| design | " + " | ".join(AUDIT_COLUMNS) + " | emission | norm ratio |",
+                  "|---" * (len(AUDIT_COLUMNS) + 3) + "|"]
+        for r in audited:
+            lines.append(f"| {r['design']} | " + " | ".join([*(_audit_cell(r["audit"], c) for c in AUDIT_COLUMNS),
+                                                             *_measure_cells(r["audit"])]) + " |")
+    return lines
 
 
 def run_data_efficiency(cfg: DemoConfig, pool_sizes: list[int]) -> dict:

@@ -152,7 +152,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from lavit.eval.audit import audit_markdown, choose_interventions, run_audit
+    from lavit.eval.audit import audit_markdown, choose_diagnostics, choose_interventions, run_audit
     from lavit.eval.models import GenerativeModel, load_eval_model
 
     if bool(args.benchmark) == bool(args.samples):
@@ -161,6 +161,9 @@ def _audit(args: argparse.Namespace) -> int:
     tokens = [t.strip() for t in args.latent_tokens.split(",") if t.strip()] if args.latent_tokens else None
     chosen = [t.strip() for t in args.interventions.split(",") if t.strip()] if args.interventions else None
     choose_interventions(chosen)  # a misspelt name fails before the model loads
+    diagnostics = (None if args.diagnostics == "all" else [] if args.diagnostics == "none"
+                   else [d.strip() for d in args.diagnostics.split(",") if d.strip()])
+    choose_diagnostics(diagnostics)
     model = load_eval_model(args.model, protocol=args.protocol, latent_tokens=tokens, mode="forced",
                             max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt, dtype=args.dtype,
                             device_map=args.device_map, processor=args.processor)
@@ -169,12 +172,16 @@ def _audit(args: argparse.Namespace) -> int:
     result = run_audit(model, args.out, benchmark=args.benchmark, data_root=args.data_root, samples=args.samples,
                        image_root=args.image_root, interventions=chosen, seed=args.seed, batch_size=args.batch_size,
                        max_samples=args.max_samples, label_fixes=args.label_fixes,
-                       max_text_tokens=args.max_text_tokens)
+                       max_text_tokens=args.max_text_tokens, diagnostics=diagnostics)
     print(audit_markdown(result))
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "gpu":
+        from lavit.training.bench_gpu import run
+
+        return run(args)
     if args.what == "train":
         from lavit.training.bench import bench_train
 
@@ -222,13 +229,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from lavit.ablate import ROW_SETS, ROW_TITLES, run_ablation, run_data_efficiency
+    from lavit.ablate import ROW_SETS, ROW_TITLES, run_ablation, run_data_efficiency, run_designs
 
     cfg = _demo_config(args)
     if args.pool_sizes:
         sizes = [int(x) for x in args.pool_sizes.split(",") if x.strip()]
         result = run_data_efficiency(cfg, sizes)
         print((Path(args.out) / "data_efficiency.md").read_text())
+    elif args.rows == "designs":
+        result = run_designs(cfg)
+        print((Path(args.out) / "designs.md").read_text())
     else:
         result = run_ablation(cfg, ROW_SETS[args.rows], title=ROW_TITLES[args.rows], audit=args.rows == "bottlenecks")
         print((Path(args.out) / "ablation.md").read_text())
@@ -346,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--out", required=True, help="writes OUT/audit.json, OUT/audit.md (and run.json)")
     au.add_argument("--interventions", default="", help="comma list of none,masked,zero,first_repeat,random,swap "
                     "(default: all; forced, the reference, always runs)")
+    au.add_argument("--diagnostics", default="all", help="comma list of emission,norm_ratio,sensitivity,oracle,"
+                    "format_only (the 2026 diagnostics, docs/audit.md), 'all' (default) or 'none'")
     checkpoint_args(au, "audit")
     au.add_argument("--seed", type=int, default=0, help="draws the random donors (a derangement) and same-prompt "
                     "swap donors; recorded")
@@ -383,16 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     repair.set_defaults(run=_repair_store)
 
     bench = sub.add_parser("bench", help="performance against the plain model, as JSON")
-    bench.add_argument("what", choices=["train", "extract", "dataset"],
+    bench.add_argument("what", choices=["train", "extract", "dataset", "gpu"],
                        help="train: LaViT step and latent generation overheads; extract: probe vs forward vs eager; "
-                            "dataset: host memory of the training set, rows read from Arrow vs to_pylist")
+                            "dataset: host memory of the training set, rows read from Arrow vs to_pylist; gpu: on "
+                            "one GPU at real widths, the 3B student's step (dense and FlexAttention gate) and "
+                            "generation, the 32B teacher's signal pass, numerics against fp32 (writes --out, prints "
+                            "a table; exit 1 when a numerics bound fails)")
     bench.add_argument("--json", action="store_true", help="one-line JSON")
     bench.add_argument("--family", action="append", default=None,
                        help="train only: a model family to measure, e.g. qwen3_vl (repeatable; default: every "
                             "supported family)")
     bench.add_argument("--repeats", type=int, default=9, help="timed repeats per measurement (median reported)")
     bench.add_argument("--batch-size", type=int, default=0, help="samples per measured call (0 = 8 for train, "
-                       "2 for extract)")
+                       "2 for extract, 4 for gpu)")
     bench.add_argument("--config", default="bench", choices=["bench", "qwen2.5-vl-32b", "tiny"],
                        help="extract only: the teacher text config (qwen2.5-vl-32b: real dims, random weights)")
     bench.add_argument("--num-layers", type=int, default=0, help="extract only: keep this many decoder layers "
@@ -407,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--teacher-dim", type=int, default=5120, help="dataset only: V_sem width (32B teacher: 5120)")
     bench.add_argument("--traj-cells", type=int, default=1280, help="dataset only: A_traj cells per row (1 280: "
                        "a ~1 MP image on 28-pixel merged tokens)")
+    bench.add_argument("--out", default="runs/bench_gpu.json", help="gpu only: the JSON, rewritten after each part")
+    bench.add_argument("--tiny", action="store_true", help="gpu only: tiny models at tiny sizes (the path, anywhere)")
+    bench.add_argument("--student-layers", type=int, default=0, help="gpu only: the 3B student's decoder layers "
+                       "(0 = all 36)")
+    bench.add_argument("--teacher-layers", type=int, default=0, help="gpu only: the 32B teacher's decoder layers "
+                       "(0 = 16 of its 64)")
     bench.set_defaults(run=_bench)
 
     def world_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -434,10 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     world_args(ablate, "runs/ablate")
     ablate.add_argument("--pool-sizes", default="", help="comma list, e.g. 1000,2000,4000: LaViT vs Naive-SFT "
                         "accuracy at each pool size over --seeds seeds (data efficiency) instead of the Table 3 rows")
-    ablate.add_argument("--rows", choices=["paper", "remedies", "bottlenecks"], default="paper",
+    ablate.add_argument("--rows", choices=["paper", "remedies", "bottlenecks", "designs"], default="paper",
                         help="paper: Table 3 rows and the K sweep; remedies: λ, T_w, K, Top-K, question gating and "
                         "learning rate for both methods (choose on the val column); bottlenecks: variants in which "
-                        "vision must pass through the latents, each with the latent-usage audit (beyond the paper)")
+                        "vision must pass through the latents, each with the latent-usage audit (beyond the paper); "
+                        "designs: LaViT, continuous latents and the distillation baselines (KD, GKD, LaViT + KD) next "
+                        "to Naive-SFT, each design's setting chosen on val, latent designs audited")
     ablate.set_defaults(run=_ablate)
 
     an = sub.add_parser("analyze", help="Perception-Gap analysis: S_focus, entropy, KL by token type, heatmaps")

@@ -92,7 +92,8 @@ def install_spies() -> None:
         for name, value in terms.items():
             note(f"{name}_dtype", value.dtype)
         for key in lavit.training.lavit_trainer.LOSS_TARGETS:
-            note(f"{key}_dtype", args[1][key].dtype)
+            if key in args[1]:  # each method's targets (kd_logprobs: method=kd and lavit_kd only)
+                note(f"{key}_dtype", args[1][key].dtype)
 
     spy(lavit.training.lavit_trainer, "student_loss", loss)
 

@@ -19,7 +19,9 @@ class LavitCollator:
     Output (B examples, S = longest sequence, N = most image tokens, K latent tokens):
     input_ids/labels/attention_mask/mm_token_type_ids [B, S]; pixel_values [sum patches, C*T*P*P];
     image_grid_thw [B, 3]; image_mask/latent_mask/gate_query_mask [B, S]; latent_positions [B, K];
-    image_index/image_valid [B, N]; v_sem [B, D_teacher] and traj_target [B, N] when present.
+    image_index/image_valid [B, N]; v_sem [B, D_teacher] and traj_target [B, N] when present; the teacher's top-k
+    when present (method=kd, lavit_kd), right-padded over T = most answer positions: kd_ids [B, T, k] (−1 also on
+    padding), kd_logprobs [B, T, k], kd_mask [B, T] (the real positions).
     """
 
     pad_token_id: int
@@ -68,4 +70,15 @@ class LavitCollator:
                 batch[key] = torch.stack(values) if key == "v_sem" else pad_sequence(values, batch_first=True)
         if "traj_target" in batch and batch["traj_target"].shape != image_index.shape:
             raise ValueError("trajectory targets do not match the image token counts of their samples")
+        present = ["kd_ids" in e for e in examples]
+        if any(present) and not all(present):
+            raise ValueError(f"teacher top-k missing for samples {[e['id'] for e in examples if 'kd_ids' not in e]} "
+                             "while others in the batch have it")
+        if all(present):
+            if len({e["kd_ids"].shape[1] for e in examples}) != 1:
+                raise ValueError("teacher top-k of different sizes k in one batch")
+            batch["kd_ids"] = pad_sequence([e["kd_ids"] for e in examples], batch_first=True, padding_value=-1)
+            batch["kd_logprobs"] = pad_sequence([e["kd_logprobs"] for e in examples], batch_first=True)
+            batch["kd_mask"] = pad_sequence([torch.ones(len(e["kd_ids"]), dtype=torch.bool) for e in examples],
+                                            batch_first=True)
         return batch

@@ -3,7 +3,9 @@
 Reads the filtered set of `lavit filter`, a raw `lavit extract` store (only rows with status 'ok') or
 `lavit import-official` output. Columns used: `id`, `image` (path relative to the image root), `question`, the answer column
 (default `answer`), and the teacher signals `v_sem` (list, D_teacher), `a_traj` (list, raw
-aggregated map) with `a_traj_grid` ([t, h, w] merged-token grid of that map).
+aggregated map) with `a_traj_grid` ([t, h, w] merged-token grid of that map); for method=kd / lavit_kd the
+teacher's top-k (`kd_tokens`, `kd_topk_tokens`, `kd_topk_logprobs`, `kd_temperature`), mapped to the student's
+vocabulary by `lavit.data.vocab_alignment`.
 
 Host memory: no row becomes Python objects up front (15 MB of Arrow made 207 MB of Python floats per 1 000
 rows at 5 120-d V_sem, copied again page by page by every forked dataloader worker touching their reference
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from lavit.data.examples import TrainingSample, build_example
+from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
 from lavit.data.fingerprints import file_fingerprint, files_fingerprint, store_fingerprint
 from lavit.data.samples import (
     DEFAULT_MAX_TEXT_TOKENS,
@@ -37,9 +39,18 @@ from lavit.data.samples import (
     resolve_image,
 )
 from lavit.data.signal_store import MANIFEST, shard_files
+from lavit.data.vocab_alignment import (
+    KD_TEMPERATURE,
+    KD_TOKENS,
+    KD_TOPK_LOGPROBS,
+    KD_TOPK_TOKENS,
+    KdAlignment,
+    StudentVocab,
+)
 
 BASE_COLUMNS = ("id", "image", "question")
 SIGNAL_COLUMNS = ("v_sem", "a_traj", "a_traj_grid")
+KD_TRAIN_COLUMNS = (KD_TOKENS, KD_TOPK_TOKENS, KD_TOPK_LOGPROBS, KD_TEMPERATURE)  # what method=kd reads
 CHECK_BLOCK_ROWS = 4096
 BAD_ROWS = ("error", "drop")
 DECODE_BATCH_ROWS = 64  # ~1 MB of decoded signals at 5 120-d V_sem: what decoding holds on the heap at once
@@ -97,8 +108,10 @@ def _decoded_batches(files: list[Path], target: pa.Schema, filter_status: bool):
                                    else pa.nulls(batch.num_rows, col.type) for col in target], schema=target)
 
 
-def read_sft_table(paths: list[str], answer_field: str, need_signals: bool, max_samples: int = 0) -> pa.Table:
-    """The columns training reads, as a table memory-mapped from a decoded copy of the shards.
+def read_sft_table(paths: list[str], answer_field: str, need_signals: bool, max_samples: int = 0,
+                   need_kd: bool = False) -> pa.Table:
+    """The columns training reads, as a table memory-mapped from a decoded copy of the shards (`need_kd`: the
+    teacher's top-k too).
 
     The rows are decoded once into an Arrow IPC file in the temp folder (TMPDIR), which is unlinked as soon as it
     is mapped: the table lives in page cache, not on the heap, so it costs about its Arrow size in shared,
@@ -107,8 +120,15 @@ def read_sft_table(paths: list[str], answer_field: str, need_signals: bool, max_
     """
     files = parquet_files(paths)
     schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="default")
-    required = list(dict.fromkeys([*BASE_COLUMNS, answer_field, *(SIGNAL_COLUMNS if need_signals else ())]))
+    required = list(dict.fromkeys([*BASE_COLUMNS, answer_field, *(SIGNAL_COLUMNS if need_signals else ()),
+                                   *(KD_TRAIN_COLUMNS if need_kd else ())]))
     missing = [c for c in required if c not in schema.names]
+    if any(c in KD_TRAIN_COLUMNS for c in missing):
+        absent = ", ".join(c for c in missing if c in KD_TRAIN_COLUMNS)
+        raise ValueError(f"training data lacks the teacher's top-k ({absent}): it was extracted without kd_top_k "
+                         "(or by a lavit before it). method=kd / lavit_kd train on the teacher's stored distribution: "
+                         "re-extract with `lavit extract ... kd_top_k=8` (and filter again), or train method=lavit / "
+                         "naive_sft on this data")
     if missing:
         raise ValueError(f"training data lacks columns {missing} (has {schema.names})")
     fd, cache = tempfile.mkstemp(prefix="lavit-sft-", suffix=".arrow")
@@ -136,13 +156,21 @@ class LavitSftDataset(torch.utils.data.Dataset):
 
     `processor` is used by `__getitem__` and by the text check of `check_rows` (None: rows are checked without its
     tokenizer, as a benchmark of reading does).
+
+    With `kd` (method=kd, lavit_kd) each item also carries the teacher's top-k at its answer positions, mapped to
+    the student's ids: `kd_ids` [T, k] (−1: no student id, its mass joins the rest) and `kd_logprobs` [T, k], T =
+    the answer tokens and the end-of-turn token, the positions the student's labels hold after its latents. A row
+    whose answer does not tokenise, in the student's tokenizer, into the teacher's stored answer tokens is a bad row
+    (kd_misaligned: its positions cannot be paired); `kd_stats` counts how the kept rows' top-k maps.
     """
 
     def __init__(self, table: pa.Table, image_root: str, processor, latent_tokens: list[str], *,
                  system_prompt: str | None, answer_field: str = "answer", top_k: int = 8, with_signals: bool = True,
-                 bad_rows: str = "error", max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS):
+                 bad_rows: str = "error", max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, kd: bool = False):
         if bad_rows not in BAD_ROWS:
             raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
+        if kd and processor is None:
+            raise ValueError("the teacher's top-k is mapped through the student's tokenizer: kd needs the processor")
         self.table = table
         self.image_root = Path(image_root)
         self.processor = processor
@@ -154,7 +182,9 @@ class LavitSftDataset(torch.utils.data.Dataset):
         # the student's tokenizer (its latent tokens included) reads the text: its special tokens are refused
         self.text_limits = (TextLimits.for_tokenizer(processor.tokenizer, max_text_tokens) if processor is not None
                             else None)
+        self.kd = KdAlignment.of(table, StudentVocab.of(processor.tokenizer)) if kd else None
         self.rows, self.dropped = self.check_rows(bad_rows)  # [N] table rows trained on; records of the others
+        self.kd_stats = self.kd.stats(table, self.rows) if self.kd is not None else None
 
     def check_rows(self, bad_rows: str = "error") -> tuple[np.ndarray, list[dict]]:
         """Check every row before any training step: an empty question, a missing or empty answer, a question or
@@ -196,6 +226,14 @@ class LavitSftDataset(torch.utils.data.Dataset):
         for name in SIGNAL_COLUMNS if self.with_signals else ():
             for row in np.flatnonzero(pc.is_null(self.table.column(name)).to_numpy()):
                 problems[int(row)].append(("signal_missing", f"missing {name}", ""))
+        if self.kd is not None:
+            for row, reason in self.kd.problems.items():
+                problems[row].append((reason, "missing teacher top-k" if reason == "signal_missing" else
+                                      "teacher top-k lists not k entries per answer token", ""))
+            for row, detail in self._kd_misaligned([r for r in range(n) if r not in problems], answers).items():
+                problems[row].append(("kd_misaligned", f"{self.answer_field} does not tokenise into the teacher's "
+                                      "stored answer tokens (method=kd distils the teacher's answer: set "
+                                      "answer_field=teacher_answer)", detail))
         ids = self.table.column("id")
         names = {row: str(ids[row].as_py()) for row in problems}
         if problems and (bad_rows == "error" or len(problems) == n):
@@ -212,6 +250,30 @@ class LavitSftDataset(torch.utils.data.Dataset):
         keep = np.ones(n, dtype=bool)
         keep[list(problems)] = False
         return np.flatnonzero(keep), dropped
+
+    def _continuation_ids(self, answers: list[str]) -> list[list[int]]:
+        """The student's labelled tokens after its latents for each answer: the answer and end-of-turn, tokenised as
+        `build_example` tokenises them."""
+        tokenizer = self.processor.tokenizer
+        prefix = "".join(self.latent_tokens)
+        encoded = tokenizer([prefix + a + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
+        return [ids[len(self.latent_tokens):] for ids in encoded]
+
+    def _kd_misaligned(self, rows: list[int], answers: pa.ChunkedArray) -> dict[int, str]:
+        """The rows among `rows` whose answer's student tokens are not the teacher's stored answer tokens mapped to
+        the student's ids (same tokens, same count), with what differs."""
+        found = {}
+        for start in range(0, len(rows), CHECK_BLOCK_ROWS):
+            block = rows[start:start + CHECK_BLOCK_ROWS]
+            texts = answers.take(pa.array(block, pa.int64())).to_pylist()
+            for row, got in zip(block, self._continuation_ids(texts)):
+                want = self.kd.answer_ids[self.kd.positions(row)]
+                if len(got) != len(want) or not np.array_equal(np.asarray(got), want):
+                    at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                    found[row] = (f"{len(got)} student tokens vs {len(want)} teacher tokens, first difference at "
+                                  f"token {at} (teacher ids mapped: {want.tolist()[:12]}; -1 = not in the student's "
+                                  "vocabulary)")
+        return found
 
     def text_problem(self, question, answer) -> tuple[str, str, str] | None:
         """(reason code, what, detail) for a row's text training cannot take, or None: an empty question, a missing
@@ -275,5 +337,21 @@ class LavitSftDataset(torch.utils.data.Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict:
-        return build_example(self.processor, self.sample(index), self.latent_tokens,
-                             system_prompt=self.system_prompt, top_k=self.top_k)
+        example = build_example(self.processor, self.sample(index), self.latent_tokens,
+                                system_prompt=self.system_prompt, top_k=self.top_k)
+        if self.kd is not None:
+            example.update(self.kd_targets(index, example))
+        return example
+
+    def kd_targets(self, index: int, example: dict) -> dict:
+        """Item `index`'s teacher top-k, `kd_ids` [T, k] int64 and `kd_logprobs` [T, k] float32, paired with the T
+        labels after its latents (checked against them: `check_rows` paired the same tokens)."""
+        row = int(self.rows[index])
+        span = self.kd.positions(row)
+        labelled = example["labels"][example["labels"] != IGNORE_INDEX][len(self.latent_tokens):]  # [T]
+        if not np.array_equal(labelled.numpy(), self.kd.answer_ids[span]):
+            raise ValueError(f"sample {example['id']}: the example's answer tokens are not the ones checked against "
+                             "the teacher's; the distillation targets cannot be paired with its labels")
+        logprobs = self.table.column(KD_TOPK_LOGPROBS)[row].values.to_numpy(zero_copy_only=False)  # [T*k]
+        return {"kd_ids": torch.from_numpy(self.kd.topk_ids[span].astype(np.int64)),
+                "kd_logprobs": torch.from_numpy(logprobs.astype(np.float32).reshape(-1, self.kd.top_k))}

@@ -47,7 +47,10 @@ import pyarrow.parquet as pq
 
 from lavit.data.samples import answer_text, text_value
 
-SCHEMA_VERSION = 2  # 2: shards moved from the store's root into data/
+# 2: shards moved from the store's root into data/. The teacher's top-k columns (`KD_COLUMNS`) came later without a
+# new version: they are nullable, a shard written before them reads them as null (every reader here fills a
+# column a shard lacks with nulls), and only method=kd / lavit_kd need them (and say to re-extract when absent).
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 SHARD_DIR = "data"
 
@@ -70,8 +73,17 @@ SIGNAL_SCHEMA = pa.schema([
     ("s_focus", pa.float64()),  # eq. 1, null without a box
     # samples.sample_fingerprint of the fields extracted from; null in shards written before the column existed
     ("sample_sha256", pa.string()),
+    # The teacher's next-token distribution where it produces its answer (`lavit extract kd_top_k=k`, null when 0 or
+    # written before): one entry per answer token and the end-of-turn token, T in all; top-k lists are row-major [T, k].
+    ("kd_token_ids", pa.list_(pa.int32())),  # [T] the teacher's tokens at those positions
+    ("kd_tokens", pa.list_(pa.string())),  # [T] their strings in the teacher's tokenizer (the last: its end-of-turn)
+    ("kd_topk_ids", pa.list_(pa.int32())),  # [T*k] the k most probable next tokens at each position
+    ("kd_topk_tokens", pa.list_(pa.string())),  # [T*k] their strings (null for an id past the teacher's tokenizer)
+    ("kd_topk_logprobs", pa.list_(pa.float32())),  # [T*k] their log-probabilities at kd_temperature
+    ("kd_temperature", pa.float32()),  # τ of those log-probabilities: log softmax(logits / τ)
 ])
 SAMPLE_FINGERPRINT = "sample_sha256"
+KD_COLUMNS = ("kd_token_ids", "kd_tokens", "kd_topk_ids", "kd_topk_tokens", "kd_topk_logprobs", "kd_temperature")
 
 
 def pending_row(index: int, sample_id: str, image, question, answer, source) -> dict:
@@ -165,8 +177,36 @@ def _write_card(manifest: dict, directory: Path) -> None:
             f"    path: {SHARD_DIR}/*.parquet", "---", "",
             f"# lavit store: {manifest.get('kind', 'unknown kind')}", "",
             f"Teacher: {manifest.get('teacher')}. Schema version {manifest.get('schema_version')}; "
-            f"settings and counts in `{MANIFEST}`. Shards: `{SHARD_DIR}/*.parquet`.", ""]
+            f"settings and counts in `{MANIFEST}`. Shards: `{SHARD_DIR}/*.parquet`.", "", *_kd_card(manifest)]
     _write_text_atomic("\n".join(card), directory / "README.md")
+
+
+def _recorded_settings(manifest: dict) -> dict:
+    """The extraction settings a store records: a signal store's `settings`, a filtered set's `extract_settings`."""
+    for key in ("settings", "extract_settings"):
+        if isinstance(manifest.get(key), dict):
+            return manifest[key]
+    return {}
+
+
+def _kd_card(manifest: dict) -> list[str]:
+    """The card's section on the teacher's top-k columns, for a store extracted with kd_top_k > 0."""
+    settings = _recorded_settings(manifest)
+    k = settings.get("kd_top_k") or 0
+    if not k:
+        return []
+    return [f"## Teacher top-k (kd_top_k={k}, kd_temperature={settings.get('kd_temperature', 1.0)})", "",
+            "The teacher's next-token distribution at each position that produces one of its answer tokens or its "
+            "end-of-turn token (T positions per row), for `lavit train method=kd` / `method=lavit_kd`. List columns, "
+            "top-k lists row-major [T, k]:", "",
+            "- `kd_token_ids` [T] int32, `kd_tokens` [T] string: the teacher's tokens at those positions (ids and "
+            "strings of its tokenizer; the last is its end-of-turn).",
+            f"- `kd_topk_ids` [T·{k}] int32, `kd_topk_tokens` [T·{k}] string: the {k} most probable next tokens at "
+            "each position (a string is null for an id of the teacher's head past its tokenizer).",
+            f"- `kd_topk_logprobs` [T·{k}] float32: their log-probabilities, log softmax(logits / τ).",
+            "- `kd_temperature` float32: τ.", "",
+            "Training maps the strings to the student's vocabulary; the teacher mass outside the top-k, or on tokens "
+            "the student lacks, is one 'rest' bucket.", ""]
 
 
 def create_store(directory: str | Path, manifest: dict) -> tuple[dict, bool]:
@@ -249,11 +289,8 @@ def read_manifest(directory: Path) -> dict:
 def recorded_image_root(manifest: dict) -> str:
     """The image root a store's rows were extracted from, as its manifest records it (a signal store's `settings`,
     a filtered set's `extract_settings`); '' when it records none (an imported store)."""
-    for key in ("settings", "extract_settings"):
-        settings = manifest.get(key)
-        if isinstance(settings, dict) and isinstance(settings.get("image_root"), str):
-            return settings["image_root"]
-    return ""
+    image_root = _recorded_settings(manifest).get("image_root")
+    return image_root if isinstance(image_root, str) else ""
 
 
 MANIFEST_LOCK = ".manifest.lock"
@@ -562,7 +599,7 @@ def open_worker_writer(directory: str | Path, worker: int, workers: int) -> Shar
 
 def check_finite_row(row: dict) -> None:
     """NaN/inf in a stored signal is an error naming the sample (never trained on, never zero-filled)."""
-    for key in ("a_traj", "v_sem"):
+    for key in ("a_traj", "v_sem", "kd_topk_logprobs"):
         values = row.get(key)
         if values is not None and not np.isfinite(np.asarray(values, dtype=np.float32)).all():
             raise ValueError(f"sample {row.get('id')}: stored {key} contains NaN or inf")

@@ -16,6 +16,7 @@ from lavit.eval.protocols.lmms_eval import fetch_image
 from lavit.inference.engines import TransformersEngine, build_engine
 from lavit.inference.generate import LATENT_MODES
 from lavit.models.checkpoint import read_lavit_meta, tiny_name
+from lavit.models.continuous_latents import LatentFeedback
 from lavit.models.gating import InferenceGate
 from lavit.models.grid import processor_pixel_limits
 from lavit.models.latent_tokens import LATENT_TEMPLATE_FLAG
@@ -44,9 +45,9 @@ def _family_type(name: str) -> str:
 class GenerativeModel:
     """A Qwen-VL checkpoint answering greedily, with or without latent tokens (DESIGN §2 modes), on transformers
     (`.model`, `.processor`: the audit's interventions use them) or on vLLM (`engine='vllm'`: forced, natural and
-    none; no inference gate; `max_images` images per prompt at most), as an evaluation protocol asks
-    (`lavit.eval.protocols`): its latent mode, decoding, eos, resolution, system prompt and image resize, unless
-    told otherwise — and what is told otherwise is recorded as a deviation from the protocol.
+    none; no inference gate, no continuous latents; `max_images` images per prompt at most), as an evaluation
+    protocol asks (`lavit.eval.protocols`): its latent mode, decoding, eos, resolution, system prompt and image
+    resize, unless told otherwise — and what is told otherwise is recorded as a deviation from the protocol.
 
     `min_pixels`/`max_pixels` given are a deviation unless `pixels_by` says where they come from (`lavit eval
     --suite paper` under protocol `lavit`: Table A1's limits for every model); `max_new_tokens` None is the
@@ -85,6 +86,8 @@ class GenerativeModel:
             system_prompt = meta.get("system_prompt") or None
         self.system_prompt = system_prompt
         self.gate = InferenceGate.from_meta(meta)  # a student trained to a final γ < 1 keeps its gate
+        # continuous latents: the loader attaches the design to the model, which lavit's generation then runs
+        self.latent_feedback = LatentFeedback.from_meta(meta)
         self.max_new_tokens = max_new_tokens
         if max_new_tokens is not None:
             self.deviations["max_new_tokens"] = max_new_tokens
@@ -177,6 +180,7 @@ class GenerativeModel:
                 "protocol": {**self.protocol.describe(), "deviations": dict(self.deviations),
                              **({"variant": "force_lvr"} if self.force_lvr else {})},
                 **({"inference_gate": vars(self.gate)} if self.gate else {}),
+                **(self.latent_feedback.to_meta() if self.latent_feedback else {}),
                 **({"engine": self.engine_name} if self.engine_name != "transformers" else {}),
                 **({"processor": self.processor_path} if self.processor_path else {}),
                 "decoding": self.engine.decoding, "dtype": self.engine.dtype, "pixels_by": self.pixels_by,

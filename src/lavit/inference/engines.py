@@ -10,11 +10,12 @@ Teacher answers (`lavit extract`), text-only answers and the model judge (`lavit
   chat template without latents, then the K latent tokens for `forced`), and every prompt's token ids as vLLM
   tokenised them are checked against transformers' before an answer is accepted, so the two engines answer from
   identical inputs. What needs lavit's own attention function — `masked`, an inference gate, audit
-  interventions — is refused, as is suppressing a student's latents in mode `none`. A checkpoint vLLM cannot read
-  as it is — an `architectures` it does not know (the authors' `LaViTQwen2VL`), tensors outside the model (their
-  `v_top_head.*`, `traj_head.*`), no processor files (`processor=` another folder's) — is served from a temporary
-  overlay folder: links to its files, the config's architecture overridden, only the shards holding extra tensors
-  rewritten without them, the processor's files copied in.
+  interventions — is refused, as is suppressing a student's latents in mode `none`, and so is a student with
+  continuous latents (its lavit.json `latent_design`), whose latents take fed-back hidden states as inputs. A
+  checkpoint vLLM cannot read as it is — an `architectures` it does not know (the authors' `LaViTQwen2VL`),
+  tensors outside the model (their `v_top_head.*`, `traj_head.*`), no processor files (`processor=` another
+  folder's) — is served from a temporary overlay folder: links to its files, the config's architecture
+  overridden, only the shards holding extra tensors rewritten without them, the processor's files copied in.
 
 Both engines decode with the settings `lavit.inference.decoding.resolve_decoding` resolves for the checkpoint
 (`decoding`: plain greedy by default, or the checkpoint's generation config), so their greedy answers agree.
@@ -50,8 +51,10 @@ from lavit.models.checkpoint import (
     load_for_inference,
     load_model_and_processor,
     load_processor,
+    read_lavit_meta,
     tiny_name,
 )
+from lavit.models.continuous_latents import LatentFeedback
 from lavit.models.families import family_of
 from lavit.models.gating import InferenceGate
 
@@ -206,6 +209,10 @@ class VllmEngine:
                  max_model_len: int = 0, max_images: int = 1, min_pixels: int = 0, max_pixels: int = 0,
                  gpu_memory_utilization: float = 0.9, enforce_eager: bool = False, processor: str = "",
                  decoding: dict | None = None):
+        if Path(model).is_dir() and LatentFeedback.from_meta(read_lavit_meta(model)) is not None:
+            raise ValueError(f"{model} has continuous latents (lavit.json latent_design): each latent's input "
+                             "embedding is the previous latent's final hidden state, which vLLM does not feed back; "
+                             "use engine=transformers")
         vllm = import_vllm()
         from transformers import AutoConfig
 

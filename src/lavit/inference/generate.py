@@ -14,6 +14,13 @@ at a time sees it). Decoding is greedy with whatever `model.generation_config` h
 settings there: `lavit.inference.decoding`). No gating bias is used at inference, unless the student
 was trained to a final γ below 1 (`gate=InferenceGate(...)`, from its lavit.json): then the gated queries
 keep ln γ on image keys, as in training — a student stock clients cannot serve.
+
+A student with continuous latents (`lavit.models.continuous_latents`, attached to the model by its loader) is run
+as trained, and no stock client can run it: in `forced` mode the K−1 feedback passes run over the prompt first and
+the prefill feeds their states to latents 2..K; in `natural` mode, once the model writes `<lvr_1>`, the rest of the
+block is forced (`<lvr_2>..<lvr_K>`, as in training) and each fed back step by step; `masked` feeds nothing back
+(each latent keeps its token embedding and sees only the prompt and itself, so no latent content reaches the
+answer, as for discrete latents); `none` as for any model.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from typing import Literal
 
 import torch
 from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from lavit.data.examples import render_prompt
 from lavit.data.samples import to_rgb
 from lavit.inference.decoding import trim_after_eos
 from lavit.models.attention import LAVIT_ATTENTION, gated_image_keys, hidden_keys
+from lavit.models.continuous_latents import latent_feedback_of, latent_feedback_prompt, stepwise_latent_feedback
 from lavit.models.families import family_of
 from lavit.models.gating import InferenceGate, gated_query_mask
 
@@ -71,6 +80,25 @@ def build_generation_inputs(processor, images: ImagesPerQuestion, questions: lis
     return dict(inputs)
 
 
+class ForceLatentBlock(LogitsProcessor):
+    """Once a row has written `<lvr_1>..<lvr_j>` (j < K), its next token is `<lvr_{j+1}>`: a continuous student's
+    latent block is always whole, as in training (its latents 1..K−1 were never trained to predict a token)."""
+
+    def __init__(self, latent_ids: list[int]):
+        self.latent_ids = list(latent_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        forced = scores.clone()
+        for j in range(1, len(self.latent_ids)):  # rows ending with <lvr_1>..<lvr_j> take <lvr_{j+1}>
+            if input_ids.shape[1] < j:
+                break
+            block = torch.tensor(self.latent_ids[:j], device=input_ids.device)
+            rows = (input_ids[:, -j:] == block).all(dim=1)  # [B]
+            forced[rows] = float("-inf")
+            forced[rows, self.latent_ids[j]] = 0.0
+        return forced
+
+
 @torch.no_grad()
 def generate_answers(model, processor, images: ImagesPerQuestion, questions: list[str], *,
                      latent_tokens: list[str], mode: LatentMode = "forced", system_prompt: str | None = None,
@@ -97,6 +125,7 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
                          "absent (none): in natural mode the gate would also cover the latents it generates")
     latent_mask = torch.isin(inputs["input_ids"], torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens),
                                                                device=model.device, dtype=torch.long))  # [B, S]
+    feedback = latent_feedback_of(model)
     stack = ExitStack()
     if gate is not None:
         image_keys = inputs["input_ids"] == model.config.image_token_id  # [B, S]
@@ -106,6 +135,13 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
     if mode == "masked":
         stack.enter_context(hidden_keys(latent_mask))
     with stack:
+        processors = LogitsProcessorList()
+        latent_ids = tokenizer.convert_tokens_to_ids(latent_tokens)
+        if feedback is not None and mode == "forced":  # under the gate: every feedback pass runs as the prefill will
+            stack.enter_context(latent_feedback_prompt(model, inputs, latent_ids))
+        elif feedback is not None and mode == "natural":
+            stack.enter_context(stepwise_latent_feedback(model, latent_ids))
+            processors.append(ForceLatentBlock(latent_ids))
         if intervention is not None:  # inside: a refused batch leaves no attention context set
             stack.enter_context(intervention(inputs))
         # `none` with a student's latent tokens named: none in the prompt and none generated (a student trained
@@ -113,7 +149,8 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
         suppress = {"suppress_tokens": tokenizer.convert_tokens_to_ids(latent_tokens)} if (
             mode == "none" and latent_tokens) else {}
         out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                             min_new_tokens=min_new_tokens, pad_token_id=tokenizer.pad_token_id, **suppress)
+                             min_new_tokens=min_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             logits_processor=processors, **suppress)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]  # [B, T]
     if keep_special_tokens:
         eos = model.generation_config.eos_token_id

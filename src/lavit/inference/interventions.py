@@ -12,24 +12,41 @@ and see the block through the KV cache the prefill filled. Acting on layer outpu
 they compose with every attention context (`hidden_keys` of masked mode, a gate, a probe).
 
 * `LatentStateRecorder` keeps each layer's output at the last prompt token and the K latents.
-* `LatentStatePatch` sets each layer's output at latents 1..K−1 to `replace(layer, block)`:
+* `LatentStatePatch` sets each layer's output at latents 1..K−1 to `replace(site, block)`:
   `zero_block`, `first_repeat_block`, or `donor_block` (states recorded in another run).
 
+Continuous latents (`lavit.models.continuous_latents`): the block's content also travels in the input embeddings
+fed back to latents 2..K (the readout's own input is latent K−1's state). So for such a student the *sites* are,
+first, those fed-back inputs (site 0), then the L decoder layers' outputs (sites 1..L): the recorder keeps
+[L+1, B, K+1, D], site 0 holding at columns 1..K−1 the inputs fed to latents 2..K, by the latent that fed them
+(columns 0 and K, which feed no latent, are 0), and the patch replaces those inputs by `replace(0, them)` as well as
+the layer outputs. Everything the readout gets from latents 1..K−1 — by attention and by feedback — is replaced, so
+the audit asks the same question of both designs. A pass that feeds nothing back (masked mode) leaves site 0 alone
+(and recorded as 0). For discrete latents the sites are the L layers.
+
 Each is a factory `inputs -> context manager`, as `generate_answers(..., intervention=...)` takes it.
+`fed_back_replaced(values)` is one more: the continuous student's fed-back inputs set to `values` [B, K−1, D].
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import nn
 
+from lavit.models.continuous_latents import editing_fed_back, latent_feedback_of
 from lavit.models.families import family_of
 
-# (decoder layer index, its output at latents 1..K−1 [B, K−1, D]) → the states to put there [B, K−1, D]
+# (site: a decoder layer, or for continuous latents first the fed-back inputs; its block [B, K−1, D]) → the states
+# to put there [B, K−1, D]
 BlockReplacement = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def site_offset(model: nn.Module) -> int:
+    """How many sites come before the decoder layers: 1 (the fed-back inputs) for continuous latents, else 0."""
+    return 0 if latent_feedback_of(model) is None else 1
 
 
 def check_state_interventions(model: nn.Module) -> None:
@@ -93,8 +110,9 @@ def _prompt_pass_hooks(model: nn.Module, seq_len: int,
 class LatentStateRecorder:
     """Records, in the prompt pass, every decoder layer's output at the last prompt token and the K latents.
 
-    After a run `states` is [L, B, K+1, D]: column 0 the last prompt token before the block, 1..K−1 the
-    audited block, K the readout.
+    After a run `states` is [sites, B, K+1, D] (sites: the L layers, after the fed-back inputs for continuous
+    latents; see the module docstring): column 0 the last prompt token before the block, 1..K−1 the audited
+    block, K the readout.
     """
 
     def __init__(self, model: nn.Module, latent_ids: list[int]):
@@ -108,18 +126,28 @@ class LatentStateRecorder:
         seq_len = inputs["input_ids"].shape[1]
         per_layer: dict[int, torch.Tensor] = {}
 
+        offset = site_offset(self.model)
+
         def keep(layer: int, hidden: torch.Tensor) -> None:
-            per_layer[layer] = hidden[:, seq_len - k - 1:].detach().clone()  # [B, K+1, D]
+            per_layer[layer + offset] = hidden[:, seq_len - k - 1:].detach().clone()  # [B, K+1, D]
+
+        def keep_fed(fed: torch.Tensor) -> torch.Tensor:  # [B, K−1, D]: the inputs of latents 2..K
+            per_layer[0] = torch.cat([torch.zeros_like(fed[:, :1]), fed.detach(), torch.zeros_like(fed[:, :1])],
+                                     dim=1)  # [B, K+1, D], by the latent that fed them
+            return fed
 
         self.states = None
-        with _prompt_pass_hooks(self.model, seq_len, keep):
+        with _prompt_pass_hooks(self.model, seq_len, keep), editing_fed_back(keep_fed):
             yield
-        self.states = torch.stack([per_layer[i] for i in sorted(per_layer)])  # [L, B, K+1, D]
+        if offset and 0 not in per_layer:  # nothing was fed back (masked mode)
+            per_layer[0] = torch.zeros_like(per_layer[1])
+        self.states = torch.stack([per_layer[i] for i in sorted(per_layer)])  # [sites, B, K+1, D]
 
 
 class LatentStatePatch:
-    """In the prompt pass, replaces every decoder layer's output at latents 1..K−1 by `replace(layer, block)`;
-    positions before the block, the readout and generated tokens are left alone."""
+    """In the prompt pass, replaces every decoder layer's output at latents 1..K−1 by `replace(site, block)`, and
+    for continuous latents the inputs fed back to latents 2..K by `replace(0, them)`; the positions before the block,
+    the readout's layer outputs and generated tokens are left alone."""
 
     def __init__(self, model: nn.Module, latent_ids: list[int], replace: BlockReplacement):
         check_state_interventions(model)
@@ -135,18 +163,21 @@ class LatentStatePatch:
         k = latent_block_width(inputs["input_ids"], self.latent_ids)
         seq_len = inputs["input_ids"].shape[1]
         block = slice(seq_len - k, seq_len - 1)
+        offset = site_offset(self.model)
+
+        def replaced(site: int, current: torch.Tensor) -> torch.Tensor:  # [B, K−1, D]
+            new = self.replace(site, current)
+            if new.shape != current.shape:
+                raise ValueError(f"site {site}: replacement states of shape {tuple(new.shape)} for a latent block "
+                                 f"of shape {tuple(current.shape)}")
+            return new.to(device=current.device, dtype=current.dtype)
 
         def patch(layer: int, hidden: torch.Tensor) -> torch.Tensor:
-            current = hidden[:, block]  # [B, K−1, D]
-            new = self.replace(layer, current)
-            if new.shape != current.shape:
-                raise ValueError(f"layer {layer}: replacement states of shape {tuple(new.shape)} for a latent block "
-                                 f"of shape {tuple(current.shape)}")
             patched = hidden.clone()
-            patched[:, block] = new.to(device=hidden.device, dtype=hidden.dtype)
+            patched[:, block] = replaced(layer + offset, hidden[:, block])
             return patched
 
-        with _prompt_pass_hooks(self.model, seq_len, patch):
+        with _prompt_pass_hooks(self.model, seq_len, patch), editing_fed_back(lambda fed: replaced(0, fed)):
             yield
 
 
@@ -161,7 +192,28 @@ def first_repeat_block(layer: int, block: torch.Tensor) -> torch.Tensor:
 
 
 def donor_block(states: torch.Tensor) -> BlockReplacement:
-    """The block's states from `states` [L, B, K−1, D]: each row gets the states recorded for its donor."""
-    def replace(layer: int, block: torch.Tensor) -> torch.Tensor:
-        return states[layer]
+    """The block's states from `states` [sites, B, K−1, D]: each row gets the states recorded for its donor."""
+    def replace(site: int, block: torch.Tensor) -> torch.Tensor:
+        return states[site]
     return replace
+
+
+def fed_back_replaced(values: torch.Tensor) -> Callable[[dict], AbstractContextManager]:
+    """An intervention for a continuous student: the inputs fed back to latents 2..K in the prompt pass set to
+    `values` [B, K−1, D] (e.g. states computed on another image), the layers left to compute from them."""
+    @contextmanager
+    def intervene(inputs: dict) -> Iterator[None]:
+        calls = []
+
+        def edit(fed: torch.Tensor) -> torch.Tensor:
+            if values.shape != fed.shape:
+                raise ValueError(f"fed-back inputs of shape {tuple(values.shape)} for latents of shape "
+                                 f"{tuple(fed.shape)}")
+            calls.append(fed)
+            return values.to(device=fed.device, dtype=fed.dtype)
+        with editing_fed_back(edit):
+            yield
+        if len(calls) != 1:
+            raise RuntimeError(f"expected one prompt pass feeding latents back, saw {len(calls)}: only a continuous "
+                               "student in forced mode feeds latents back")
+    return intervene

@@ -13,6 +13,11 @@ linear-attention layers of hybrid decoders have no attention function to route).
   with a final γ below 1 — gated queries of the prompt, and every generated token, get ln γ on their
   logits to image keys (γ = 0 blocks them).
   Contexts rather than kwargs because `generate` rejects model kwargs it does not know.
+* `lavit_gate=FlexGate(...)`: the training gate (eq. 4) on FlexAttention instead of a dense 4-D float mask
+  (`GATE_ATTENTION`, `flex_gate_chosen`): the layer ignores the model's own mask and runs `flex_attention` with
+  causal + padding as the gate's block mask and ln γ as its `score_mod`; probes read the gate's mask rows. On
+  CUDA through `torch.compile` (a fused kernel); elsewhere FlexAttention's eager reference, which forms the
+  scores in full and, in torch, has no backward on a CPU (a CPU trains on the dense mask).
 
 Without these kwargs the function *is* `sdpa_attention_forward`, bit for bit.
 """
@@ -23,14 +28,23 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Protocol
+from functools import cache
+from typing import Literal, Protocol
 
 import torch
+from torch.nn.attention.flex_attention import flex_attention
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from lavit.models.gating import FlexGate
+
 LAVIT_ATTENTION = "lavit_sdpa"
+# How the training gate reaches the softmax layers: `dense`, an additive [B, 1, S, S] float mask through SDPA (which
+# then cannot use its flash kernel); `flex`, FlexAttention with a block mask and a score_mod (`FlexGate`); `auto`,
+# flex on CUDA and dense elsewhere (torch's FlexAttention has no backward on a CPU).
+GateAttention = Literal["auto", "dense", "flex"]
+GATE_ATTENTION = ("auto", "dense", "flex")
 _HIDDEN_KEYS: ContextVar[torch.Tensor | None] = ContextVar("lavit_hidden_keys", default=None)
 _IMAGE_GATE: ContextVar[tuple[torch.Tensor, torch.Tensor, float] | None] = ContextVar("lavit_image_gate", default=None)
 
@@ -59,8 +73,8 @@ def gated_image_keys(image_keys: torch.Tensor, gated_queries: torch.Tensor, gamm
 
 
 class AttentionProbe(Protocol):
-    def record(self, layer_idx: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
-               scaling: float, kv_groups: int) -> None: ...
+    def record(self, layer_idx: int, query: torch.Tensor, key: torch.Tensor,
+               attention_mask: torch.Tensor | FlexGate | None, scaling: float, kv_groups: int) -> None: ...
 
 
 class LatentAttentionProbe:
@@ -75,8 +89,8 @@ class LatentAttentionProbe:
         self.head_sums: dict[int, torch.Tensor] = {}
         self.num_heads: int | None = None
 
-    def record(self, layer_idx: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
-               scaling: float, kv_groups: int) -> None:
+    def record(self, layer_idx: int, query: torch.Tensor, key: torch.Tensor,
+               attention_mask: torch.Tensor | FlexGate | None, scaling: float, kv_groups: int) -> None:
         probs = attention_rows(query, key, attention_mask, self.latent_positions, scaling, kv_groups)  # [B, H, K, S]
         self.head_sums[layer_idx] = probs.sum(dim=1)  # [B, K, S]
         self.num_heads = query.shape[1]
@@ -93,8 +107,8 @@ class LatentAttentionProbe:
         return total / (len(layers) * self.num_heads)
 
 
-def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, rows: torch.Tensor,
-                   scaling: float, kv_groups: int) -> torch.Tensor:
+def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | FlexGate | None,
+                   rows: torch.Tensor, scaling: float, kv_groups: int) -> torch.Tensor:
     """fp32 softmax attention probabilities of the query positions `rows` [B, R] over all keys: [B, H, R, S].
 
     Only these R rows are formed, never [B, H, S, S]. Grouped-query keys are shared by reshaping the
@@ -115,8 +129,10 @@ def attention_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch
     return scores.softmax(dim=-1)
 
 
-def _rows_of_mask(attention_mask: torch.Tensor | None, rows: torch.Tensor, kv_len: int) -> torch.Tensor:
+def _rows_of_mask(attention_mask: torch.Tensor | FlexGate | None, rows: torch.Tensor, kv_len: int) -> torch.Tensor:
     """Additive fp32 mask rows [B, 1|H, R, S] for the given query positions."""
+    if isinstance(attention_mask, FlexGate):
+        return attention_mask.mask_rows(rows)
     bsz = rows.shape[0]
     if attention_mask is None:  # SDPA's is_causal shortcut: rebuild causality for these rows
         keys = torch.arange(kv_len, device=rows.device)
@@ -178,9 +194,49 @@ def _gate_image_keys(attention_mask: torch.Tensor | None, gate: tuple[torch.Tens
     return torch.where(pairs, gated_mask, mask)
 
 
+def flex_gate_chosen(choice: GateAttention, device: torch.device) -> bool:
+    """Whether the training gate runs on FlexAttention (`GateAttention`) for a forward on `device`."""
+    if choice not in GATE_ATTENTION:
+        raise ValueError(f"gate attention must be one of {', '.join(GATE_ATTENTION)}, got {choice!r}")
+    return choice == "flex" or (choice == "auto" and torch.device(device).type == "cuda")
+
+
+@cache
+def _compiled_flex_attention():
+    """FlexAttention compiled once per process: Dynamo then specialises per shape and dtype, and the gate's tensors
+    (γ, the masks) are inputs of the compiled graph, never constants baked into it."""
+    return torch.compile(flex_attention)
+
+
+def _flex_gated_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          gate: FlexGate, probe: AttentionProbe | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """One softmax layer under the training gate on FlexAttention: [B, S, H, d] as `sdpa_attention_forward`."""
+    if _HIDDEN_KEYS.get() is not None or _IMAGE_GATE.get() is not None:
+        raise ValueError("the training gate (lavit_gate) cannot be combined with the inference contexts hidden_keys "
+                         "or gated_image_keys")
+    if kwargs.get("dropout", 0.0) > 0.0:
+        raise ValueError("FlexAttention has no attention dropout: the gated forward on flex needs attention_dropout=0 "
+                         "(as every Qwen-VL config has it), or gate attention 'dense'")
+    if gate.key_valid.device != query.device:
+        raise ValueError(f"the training gate is on {gate.key_valid.device}, this layer on {query.device}: the gate on "
+                         "FlexAttention needs the batch on the device of every decoder layer (one device per process)")
+    if query.shape[2] != key.shape[2] or key.shape[2] != gate.key_valid.shape[1]:
+        raise ValueError(f"the training gate covers {gate.key_valid.shape[1]} positions, the layer has "
+                         f"{query.shape[2]} queries over {key.shape[2]} keys: it needs a full (uncached) forward")
+    scaling = kwargs.get("scaling") or module.scaling
+    if probe is not None:
+        probe.record(module.layer_idx, query, key, gate, scaling, getattr(module, "num_key_value_groups", 1))
+    attend = _compiled_flex_attention() if query.is_cuda else flex_attention
+    out = attend(query, key, value, score_mod=gate.score_mod, block_mask=gate.block_mask, scale=scaling,
+                 enable_gqa=query.shape[1] != key.shape[1])  # [B, H, S, d]
+    return out.transpose(1, 2).contiguous(), None  # [B, S, H, d]
+
+
 def lavit_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, *, lavit_probe: AttentionProbe | None = None,
-                         **kwargs):
+                         lavit_gate: FlexGate | None = None, **kwargs):
+    if lavit_gate is not None:  # the model's own (causal + padding) mask is the gate's block mask here
+        return _flex_gated_attention(module, query, key, value, lavit_gate, lavit_probe, **kwargs)
     hidden = _HIDDEN_KEYS.get()
     if hidden is not None:
         attention_mask = _hide_keys(attention_mask, hidden, query.shape[2], key.shape[2], query.dtype)

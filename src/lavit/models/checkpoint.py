@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
 from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.continuous_latents import STOCK_REFUSAL, LatentFeedback, attach_latent_feedback
 from lavit.models.families import DEFAULT_FAMILY, ModelFamily, family_named, family_of
 from lavit.models.latent_tokens import LATENT_TEMPLATE_FLAG
 from lavit.models.lavit_student import LavitStudent, base_model
@@ -66,7 +67,8 @@ def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min
 
     `name` is a local directory or hub id, or 'tiny' / 'tiny-teacher' for the built-in random tiny
     student / teacher, optionally of another family ('tiny:qwen3_vl'). `processor_path`: see `load_processor`.
-    Extra keyword arguments (e.g. `device_map`) go to `from_pretrained`.
+    Extra keyword arguments (e.g. `device_map`) go to `from_pretrained`. A student exported with continuous latents
+    (its lavit.json) gets its design attached, so lavit's forward and generation run it as trained.
     """
     pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
     attn = {"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"}
@@ -83,6 +85,7 @@ def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min
     processor = load_processor(name, processor_path=processor_path, **pixel_kwargs)
     model = family.model_class.from_pretrained(name, dtype=dtype or default_dtype(), attn_implementation=attn,
                                                **load_kwargs)
+    attach_latent_feedback(model, LatentFeedback.from_meta(read_lavit_meta(name)) if Path(name).is_dir() else None)
     return model, processor
 
 
@@ -93,12 +96,13 @@ def read_lavit_meta(directory: str | Path) -> dict:
 
 
 def export_chat_template(template: str, latent_tokens: list[str], system_prompt: str,
-                         family: ModelFamily | None = None) -> str:
+                         family: ModelFamily | None = None, lavit_only: str = "") -> str:
     """The chat template a stock client (transformers pipeline, vLLM, lmms-eval's own models) should use.
 
     The trained system prompt becomes the default one (the family decides how: Qwen2/2.5-VL's template
     has a default to replace, Qwen3-VL's gets one), and the latent tokens follow the generation prompt
     unless the caller renders with `lavit_latents=false` (lavit does, placing latents per latent mode).
+    `lavit_only`: the template raises this message unless lavit renders it (a student no stock client can run).
     """
     if system_prompt:
         if any(mark in system_prompt for mark in ("{{", "{%", "{#")):
@@ -107,6 +111,11 @@ def export_chat_template(template: str, latent_tokens: list[str], system_prompt:
     if latent_tokens:
         template += (f"{{%- if add_generation_prompt and ({LATENT_TEMPLATE_FLAG} is not defined or "
                      f"{LATENT_TEMPLATE_FLAG}) %}}{''.join(latent_tokens)}{{%- endif %}}")
+    if lavit_only:
+        if not latent_tokens or any(mark in lavit_only for mark in ("'", "{", "}")):
+            raise ValueError("a lavit-only template needs latent tokens and a message without quotes or braces")
+        template = (f"{{%- if {LATENT_TEMPLATE_FLAG} is not defined %}}{{{{ raise_exception('{lavit_only}') }}}}"
+                    "{%- endif %}" + template)
     return template
 
 
@@ -152,8 +161,10 @@ def export_student(student: LavitStudent, processor, directory: str | Path, meta
             model = model.merge_and_unload()
         base_model(model).save_pretrained(directory)
         head_state = None
+    continuous = LatentFeedback.from_meta(meta) is not None  # stock clients would feed token embeddings instead
     template = export_chat_template(processor.chat_template, meta.get("latent_tokens") or [],
-                                    meta.get("system_prompt") or "", family_of(base_model(model)))
+                                    meta.get("system_prompt") or "", family_of(base_model(model)),
+                                    lavit_only=STOCK_REFUSAL if continuous else "")
     original = processor.chat_template, processor.tokenizer.chat_template
     processor.chat_template = processor.tokenizer.chat_template = template
     try:

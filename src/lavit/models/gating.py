@@ -13,10 +13,12 @@ beyond the paper) keeps the bias at inference, which only lavit's own generation
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 GateVariant = Literal["cosine", "hard", "none"]
 
@@ -109,3 +111,50 @@ def build_gated_attention_mask(attention_mask: torch.Tensor, image_mask: torch.T
     mask.masked_fill_(gate, bias)
     mask.masked_fill_(~allowed, blocked)
     return mask[:, None]  # [B, 1, S, S]
+
+
+@dataclass(frozen=True)
+class FlexGate:
+    """The training gate of `build_gated_attention_mask` in the form FlexAttention takes (eq. 4, DESIGN §2): causal +
+    key padding as a block mask (whole blocks above the diagonal or in the padding are skipped), ln γ on (gated
+    query, image key) as a `score_mod` closure over tensors, γ among them, so that a new γ each step (or a new
+    batch) is new data for the compiled kernel, never a new kernel. No [B, 1, S, S] tensor is formed."""
+
+    block_mask: BlockMask
+    score_mod: Callable  # (score, b, h, q_idx, kv_idx) → score, eq. 4
+    gated_queries: torch.Tensor  # [B, S] bool
+    image_keys: torch.Tensor  # [B, S] bool
+    key_valid: torch.Tensor  # [B, S] bool: real (unpadded) tokens
+    log_gamma: torch.Tensor  # [] fp32: ln γ, or the fp32 minimum at γ = 0 (blocked like padding)
+
+    def mask_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The additive fp32 mask rows [B, 1, R, S] of the query positions `rows` [B, R]: those rows of
+        `build_gated_attention_mask` in fp32, for the probes (which form only these rows)."""
+        keys = torch.arange(self.key_valid.shape[1], device=rows.device)  # [S]
+        allowed = (keys[None, None, :] <= rows[:, :, None]) & self.key_valid[:, None, :]  # [B, R, S]
+        gate = self.gated_queries.gather(1, rows)[:, :, None] & self.image_keys[:, None, :]  # [B, R, S]
+        bias = torch.where(gate, self.log_gamma, 0.0)  # [B, R, S]
+        return torch.where(allowed, bias, torch.finfo(torch.float32).min)[:, None]  # [B, 1, R, S]
+
+
+def build_flex_gate(attention_mask: torch.Tensor, image_mask: torch.Tensor, gate_query_mask: torch.Tensor,
+                    gamma: float) -> FlexGate:
+    """The gate of `build_gated_attention_mask(attention_mask, image_mask, gate_query_mask, gamma, ...)` for
+    FlexAttention (inputs [B, S]). On CUDA the block mask is built by a compiled kernel, as FlexAttention's docs
+    advise for long sequences; elsewhere eagerly (forming [B, S, S] booleans once)."""
+    bsz, seq = attention_mask.shape
+    device = attention_mask.device
+    key_valid = attention_mask.bool()
+    gated, image = gate_query_mask.to(device), image_mask.to(device)
+    log_gamma = torch.tensor(math.log(gamma) if gamma > 0.0 else torch.finfo(torch.float32).min,
+                             dtype=torch.float32, device=device)
+
+    def causal_and_unpadded(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & key_valid[b, kv_idx]
+
+    def gate_score(score, b, h, q_idx, kv_idx):
+        return torch.where(gated[b, q_idx] & image[b, kv_idx], score + log_gamma, score)
+
+    block_mask = create_block_mask(causal_and_unpadded, bsz, None, seq, seq, device=device,
+                                   _compile=device.type == "cuda")
+    return FlexGate(block_mask, gate_score, gated, image, key_valid, log_gamma)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lavit.models.attention import LatentAttentionProbe
+from lavit.models.attention import LAVIT_ATTENTION, GateAttention, LatentAttentionProbe, flex_gate_chosen
+from lavit.models.continuous_latents import decode_with_feedback, latent_feedback_of
 from lavit.models.families import family_of
-from lavit.models.gating import build_gated_attention_mask
+from lavit.models.gating import build_flex_gate, build_gated_attention_mask
 from lavit.models.projection_head import ProjectionHead
 
 
@@ -38,6 +39,11 @@ class LavitStudent(nn.Module):
     With `gate_readout` the last latent is on the answer's side of the gate, so the trajectory map
     (eq. 7) covers latents 1..K-1 only; `readout_mass` records how much of the readout's attention
     lands on them (the L_read term).
+
+    Continuous latents (`lavit.models.continuous_latents`, the design attached to `model`): every forward is K−1
+    feedback passes and a final pass, which the gate, the maps, the concept head and the text loss read. The text
+    loss then skips the targets `<lvr_2>..<lvr_K>`: the states at latents 1..K−1 are fed forward as thoughts, not
+    read as token predictions (Coconut supervises none either); the prompt still learns to emit `<lvr_1>`.
     """
 
     def __init__(self, model: nn.Module, latent_token_ids: list[int], projection_head: ProjectionHead | None = None,
@@ -53,6 +59,9 @@ class LavitStudent(nn.Module):
         self.readout_mass = readout_mass
         self.gamma = 1.0
         hf = base_model(model)
+        self.latent_feedback = latent_feedback_of(hf)  # None: discrete latents
+        if self.latent_feedback is not None and len(self.latent_token_ids) < 2:
+            raise ValueError("continuous latents need at least 2 latent tokens (latent 1 feeds latent 2)")
         self.family = family_of(hf)
         self.attention_layers = self.family.attention_layers(hf.config.text_config)
         # accelerate's FSDP wrap policy reads this when the engine config names no layer classes
@@ -68,18 +77,30 @@ class LavitStudent(nn.Module):
         come from its hidden size)."""
         return self.hf_model.config
 
+    gate_attention: GateAttention = "auto"  # how the gate reaches the softmax layers; `lavit train` sets it
+
     def _decode(self, batch: dict, probe) -> torch.Tensor:
         """The decoder over `batch` under the current gate, `probe` recording attention rows: [B, S, D]."""
         hf = self.hf_model
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         mask, position_ids = attention_mask, None
-        if self.gamma < 1.0 and bool(batch["gate_query_mask"].any()):
-            # mRoPE positions come from the 2-D padding mask, before it is replaced by the 4-D gated mask.
-            position_ids = self.family.rope_positions(hf, batch)  # [3, B, S]
-            gated = build_gated_attention_mask(attention_mask, batch["image_mask"], batch["gate_query_mask"],
-                                               self.gamma, dtype=hf.dtype)  # [B, 1, S, S]
-            mask = self.family.decoder_mask(hf.config.text_config, gated, attention_mask)
         extra = {"lavit_probe": probe} if probe is not None else {}
+        if self.gamma < 1.0 and bool(batch["gate_query_mask"].any()):
+            if flex_gate_chosen(self.gate_attention, input_ids.device):
+                text_attention = hf.config.text_config._attn_implementation
+                if text_attention != LAVIT_ATTENTION:
+                    raise ValueError(f"the gate on FlexAttention needs the text model on '{LAVIT_ATTENTION}', not "
+                                     f"{text_attention!r} (which would ignore it)")
+                # The 2-D mask stays: the model positions tokens and masks linear-attention layers from it; the
+                # softmax layers take causal + padding from the gate's block mask instead.
+                extra["lavit_gate"] = build_flex_gate(attention_mask, batch["image_mask"], batch["gate_query_mask"],
+                                                      self.gamma)
+            else:
+                # mRoPE positions come from the 2-D padding mask, before it is replaced by the 4-D gated mask.
+                position_ids = self.family.rope_positions(hf, batch)  # [3, B, S]
+                gated = build_gated_attention_mask(attention_mask, batch["image_mask"], batch["gate_query_mask"],
+                                                   self.gamma, dtype=hf.dtype)  # [B, 1, S, S]
+                mask = self.family.decoder_mask(hf.config.text_config, gated, attention_mask)
         return self.family.backbone(hf)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                         pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                         mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
@@ -91,19 +112,29 @@ class LavitStudent(nn.Module):
         layers and heads, [B, R, S], and the final states [B, S, D] (diagnostics: where latent or
         answer-producing tokens look, and what they then predict)."""
         probe = LatentAttentionProbe(positions)
-        hidden = self._decode(batch, probe)
+        hidden = self._decode_latents(batch, probe)
         return probe.mean_map(self.attention_layers), hidden
+
+    def _decode_latents(self, batch: dict, probe) -> torch.Tensor:
+        """`_decode`, after the feedback passes for continuous latents (the probe records the final pass): [B, S, D]."""
+        if self.latent_feedback is None:
+            return self._decode(batch, probe)
+        return decode_with_feedback(self.hf_model, lambda final: self._decode(batch, probe if final else None),
+                                    batch["latent_positions"], self.latent_feedback)
 
     def forward(self, batch: dict) -> StudentOutput:
         hf = self.hf_model
         num_latents = batch["latent_positions"].shape[1]
         probe = (LatentAttentionProbe(batch["latent_positions"]) if self.trajectory_loss or self.readout_mass
                  else None)
-        hidden = self._decode(batch, probe)  # [B, S, D]
+        hidden = self._decode_latents(batch, probe)  # [B, S, D]
 
         ntp_logits = ntp_targets = None
         if "labels" in batch:
             predicts = batch["labels"][:, 1:] != -100  # [B, S-1]: position t predicts label t+1
+            if self.latent_feedback is not None:  # latents 1..K-1 feed the next latent, they predict no token
+                fed = torch.tensor(self.latent_token_ids[1:], device=predicts.device)
+                predicts &= ~torch.isin(batch["labels"][:, 1:], fed)
             ntp_logits = hf.lm_head(hidden[:, :-1][predicts])  # [N, V]
             ntp_targets = batch["labels"][:, 1:][predicts]  # [N]
 

@@ -57,6 +57,13 @@ class ExtractConfig:
         "after_image", "Query tokens averaged in A_traj: every token after the image (question + answer, eq. 2), "
         "the question only, or 'answer': the queries that produce the teacher's answer tokens (where it looked "
         "while answering; the end-of-turn token excluded).")
+    kd_top_k: int = field(0, "Also store, at each position where the teacher produces an answer token or its "
+                          "end-of-turn token, its k most probable next tokens (ids, token strings, log-probabilities: "
+                          "the kd_* columns) for `lavit train method=kd / lavit_kd`; 0 = not stored. ~16 bytes per "
+                          "entry before compression (id, log-probability, token string): k=8 adds ~130 bytes per "
+                          "answer token.")
+    kd_temperature: float = field(1.0, "τ of the stored top-k log-probabilities, log softmax(logits / τ); training "
+                                  "refuses another kd_temperature (the top-k alone cannot be re-tempered exactly).")
     system_prompt: str = field("", "Teacher system prompt; empty = the chat template's default.")
     min_pixels: int = field(0, "Image processor min pixels (0 = the teacher processor's default; the recipes set "
                             "Table A1's 200704, the student's).")
@@ -98,6 +105,8 @@ class ExtractConfig:
             raise ValueError(f"changed_samples must be 'refuse' or 'reextract', got {self.changed_samples!r}")
         if self.engine == "transformers" and self.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size is vLLM's (engine=vllm); transformers splits with device_map=auto")
+        if self.kd_temperature <= 0:
+            raise ValueError("kd_temperature must be > 0")
         if self.queries not in QUERY_CHOICES:
             raise ValueError(f"queries must be one of {QUERY_CHOICES}")
         if self.min_pixels < 0 or self.max_pixels < 0 or (self.max_pixels and self.min_pixels > self.max_pixels):

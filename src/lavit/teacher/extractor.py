@@ -6,8 +6,10 @@
 Per batch of samples: greedy teacher answers (one batched `generate`), then ONE forward pass over
 `[image, question, teacher answer]` in which the `lavit_sdpa` attention function aggregates A_traj
 (eq. 2) for the chosen layers and query tokens, and the final-layer states at the image tokens give
-V_sem; S_focus (eq. 1) follows from A_traj and the sample's box. Batches are fixed groups of input
-positions, so an interrupted and resumed run stores exactly what an uninterrupted run stores.
+V_sem; S_focus (eq. 1) follows from A_traj and the sample's box. With kd_top_k = k the same pass applies the
+teacher's LM head at the positions that produce its answer tokens and end-of-turn token, and keeps the top k of
+each next-token distribution (the `kd_*` columns). Batches are fixed groups of input positions, so an interrupted
+and resumed run stores exactly what an uninterrupted run stores.
 
 With `engine=vllm` a worker runs in two phases: first vLLM answers every sample of its share (one journal line
 per batch group in `OUT/teacher_answers-wIIIofNNN.jsonl`, appended after each vLLM call), then vLLM is shut down
@@ -116,10 +118,30 @@ class Prepared:
 
 
 @dataclass
+class KdTargets:
+    """The teacher's next-token distribution at the T positions that produce its answer tokens and its end-of-turn
+    token (exactly the positions a student's labels hold answer tokens for), its top k kept."""
+
+    token_ids: np.ndarray  # [T] int32, the tokens produced there
+    tokens: list[str]  # [T] their strings in the teacher's tokenizer
+    topk_ids: np.ndarray  # [T, k] int32
+    topk_tokens: list[str | None]  # [T*k], None for an id past the teacher's tokenizer (its head may be larger)
+    topk_logprobs: np.ndarray  # [T, k] float32, log softmax(logits / τ)
+    temperature: float
+
+    def row_fields(self) -> dict:
+        """The store's `kd_*` columns of this sample."""
+        return {"kd_token_ids": self.token_ids.tolist(), "kd_tokens": self.tokens,
+                "kd_topk_ids": self.topk_ids.ravel().tolist(), "kd_topk_tokens": self.topk_tokens,
+                "kd_topk_logprobs": self.topk_logprobs.ravel().tolist(), "kd_temperature": self.temperature}
+
+
+@dataclass
 class TeacherSignals:
     a_traj: np.ndarray  # [N_img] float32, raw eq.-2 aggregate
     grid: tuple[int, int, int]  # merged-token (t, h, w)
     v_sem: np.ndarray  # [D_teacher] float16
+    kd: KdTargets | None = None  # with kd_top_k > 0
 
 
 @dataclass
@@ -139,7 +161,8 @@ class SignalExtractor:
     """Teacher answers + signals for batches of prepared samples."""
 
     def __init__(self, model, processor, *, layers: str = "all", queries: str = "after_image",
-                 system_prompt: str | None = None, max_new_tokens: int = 128, latent_tokens: list[str] | None = None):
+                 system_prompt: str | None = None, max_new_tokens: int = 128, latent_tokens: list[str] | None = None,
+                 kd_top_k: int = 0, kd_temperature: float = 1.0):
         self.latent_tokens = list(latent_tokens or [])  # a LaViT student's maps are read on [I, X_q, V, X_ans]
         self.model = model
         self.processor = processor
@@ -151,6 +174,14 @@ class SignalExtractor:
         self.system_prompt = system_prompt or None
         self.max_new_tokens = max_new_tokens
         self.collate = LavitCollator(processor.tokenizer.pad_token_id)
+        self.kd_top_k = kd_top_k
+        self.kd_temperature = kd_temperature
+        if kd_top_k:
+            head_rows = model.get_output_embeddings().weight.shape[0]
+            if kd_top_k > head_rows:
+                raise ValueError(f"kd_top_k={kd_top_k} is more than the teacher's {head_rows} output rows")
+            # every id's string, once: the top-k of every position is looked up here
+            self.token_strings = processor.tokenizer.convert_ids_to_tokens(list(range(len(processor.tokenizer))))
 
     def answers(self, images: list[Image.Image], questions: list[str]) -> list[str]:
         return generate_answers(self.model, self.processor, images, questions, latent_tokens=[], mode="none",
@@ -182,8 +213,33 @@ class SignalExtractor:
 
     @torch.no_grad()
     def forward_signals(self, batch: dict) -> list[TeacherSignals]:
-        """The single signal pass: backbone forward with the trajectory probe, then pooling."""
-        return self._signals(batch, *self._forward(batch))
+        """The single signal pass: backbone forward with the trajectory probe, then pooling (and, with kd_top_k,
+        the teacher's top-k next tokens where it produces its answer)."""
+        probe, hidden = self._forward(batch)
+        signals = self._signals(batch, probe, hidden)
+        if self.kd_top_k:
+            for sig, kd in zip(signals, self.kd_targets(batch, hidden), strict=True):
+                sig.kd = kd
+        return signals
+
+    def kd_targets(self, batch: dict, hidden: torch.Tensor) -> list[KdTargets]:
+        """Per sample, the LM head at the positions p whose next token p + 1 is labelled and not a latent: the
+        answer tokens and the end-of-turn token (`build_example`'s labels), each distribution's top k at τ."""
+        head = self.model.get_output_embeddings()
+        produces = (batch["labels"][:, 1:] != IGNORE_INDEX) & ~batch["latent_mask"][:, 1:]  # [B, S-1]
+        strings = self.token_strings
+        out = []
+        for b in range(hidden.shape[0]):
+            positions = produces[b].nonzero().flatten()  # [T]
+            states = hidden[b, positions.to(hidden.device)].to(head.weight.device)  # [T, D]
+            logprobs = torch.log_softmax(head(states).float() / self.kd_temperature, dim=-1)  # [T, V_head]
+            top = logprobs.topk(self.kd_top_k, dim=-1)  # [T, k]
+            token_ids = batch["input_ids"][b, positions + 1].numpy().astype(np.int32)  # [T]
+            topk_ids = top.indices.cpu().numpy().astype(np.int32)  # [T, k]
+            out.append(KdTargets(token_ids, [strings[i] for i in token_ids],
+                                 topk_ids, [strings[i] if i < len(strings) else None for i in topk_ids.ravel()],
+                                 top.values.cpu().numpy().astype(np.float32), self.kd_temperature))
+        return out
 
     def _signals(self, batch: dict, probe: TrajectoryProbe, hidden: torch.Tensor) -> list[TeacherSignals]:
         a_full = probe.a_traj().cpu()  # [B, S]
@@ -295,8 +351,12 @@ def process_group(extractor: SignalExtractor, group: list[tuple[int, Sample]], i
             if not (np.isfinite(sig.a_traj).all() and np.isfinite(sig.v_sem).all()) or sig.a_traj.sum() <= 0:
                 row["reject_reason"] = "teacher_signal_nonfinite: NaN/inf or no mass in A_traj or V_sem"
                 continue
+            if sig.kd is not None and not np.isfinite(sig.kd.topk_logprobs).all():
+                row["reject_reason"] = "teacher_signal_nonfinite: NaN/inf in the top-k log-probabilities"
+                continue
             row.update(status="ok", a_traj=sig.a_traj.tolist(), a_traj_grid=list(sig.grid), v_sem=sig.v_sem.tolist(),
-                       s_focus=None if p.bbox is None else s_focus(sig.a_traj, sig.grid, p.bbox, p.image.size))
+                       s_focus=None if p.bbox is None else s_focus(sig.a_traj, sig.grid, p.bbox, p.image.size),
+                       **(sig.kd.row_fields() if sig.kd is not None else {}))
     return [rows[i] for i, _ in group]
 
 
@@ -318,7 +378,8 @@ def open_store(cfg: ExtractConfig, num_inputs: int) -> ShardWriter:
                          f"{SCHEMA_VERSION}; extract into a new directory")
     stored = manifest.get("settings") or {}
     stored = resolve_paths(stored, [k for k in ("samples", "image_root") if k in stored])  # older stores: as typed
-    stored = {"engine": "transformers", **stored}  # stores from before the engine choice were answered by transformers
+    # stores from before these settings: answered by transformers, no teacher top-k stored
+    stored = {"engine": "transformers", "kd_top_k": 0, "kd_temperature": 1.0, **stored}
     differ = sorted(k for k in set(settings) | set(stored) if settings.get(k) != stored.get(k))
     if differ:
         shown = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} here" for k in differ[:6])
@@ -555,7 +616,8 @@ def run_extract(cfg: ExtractConfig) -> dict:
             model, processor = load_teacher(cfg, placement)
             record_pixel_limits(out, processor_pixel_limits(processor.image_processor))
             extractor = SignalExtractor(model, processor, layers=cfg.layers, queries=cfg.queries,
-                                        system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens)
+                                        system_prompt=cfg.system_prompt, max_new_tokens=cfg.max_new_tokens,
+                                        kd_top_k=cfg.kd_top_k, kd_temperature=cfg.kd_temperature)
             text_limits = TextLimits.for_tokenizer(processor.tokenizer, cfg.max_text_tokens)
             pending: list[dict] = []
             bar = tqdm(total=mine, initial=mine - sum(len(grp) for _, grp in todo), unit="sample", desc="extract")

@@ -24,8 +24,13 @@ class LavitTrainConfig:
     model: str = field(TINY, "Student to start from: a Hugging Face path or id of a Qwen2-VL, Qwen2.5-VL, Qwen3-VL "
                        "or Qwen3.5 model (e.g. Qwen/Qwen2.5-VL-3B-Instruct), or 'tiny' / 'tiny:FAMILY' (e.g. "
                        "tiny:qwen3_vl) for a built-in tiny student (tests, CPU).")
-    method: Literal["lavit", "naive_sft"] = field("lavit", "'lavit': latent tokens, gating and both distillation "
-                                                  "losses; 'naive_sft': same data and recipe, text loss only, no latents.")
+    method: Literal["lavit", "naive_sft", "kd", "gkd", "lavit_kd"] = field(
+        "lavit", "'lavit': latent tokens, gating and both distillation losses; 'naive_sft': same data and recipe, text "
+        "loss only, no latents. Distillation baselines (beyond the paper): 'kd': off-policy knowledge distillation, "
+        "the teacher's next-token distribution on its own answer tokens (its top-k, stored by `lavit extract "
+        "kd_top_k=k`) as the target, no latents; 'gkd': on-policy distillation (the student samples answers, the "
+        "teacher= model scores them; TRL's DistillationTrainer, needs `pip install lavit[kd]`); 'lavit_kd': lavit "
+        "with its L_ntp on the answer tokens replaced by the kd term (latents, gate, L_concept and L_traj kept).")
     data: list[str] = field([], "LaViT-SFT Parquet files or directories of shards.")
     image_root: str = field("", "Directory the samples' relative image paths start from.")
     output_dir: str = field("runs/lavit", "Where checkpoints, the exported student and JSON results go. One run "
@@ -65,8 +70,46 @@ class LavitTrainConfig:
                               "fully: 1). Below 1 the answer never fully sees the image (0 = vision only through "
                               "the latents): the export then needs lavit's own generation (lavit eval, lavit "
                               "audit), not stock clients. With gate=none, γ ≡ gate_final from step 0.")
+    gate_attention: Literal["auto", "dense", "flex"] = field(
+        "auto", "How the gate (γ < 1) reaches the softmax layers: 'dense' = an additive [B, 1, S, S] float mask "
+        "through SDPA (which then cannot use its flash kernel); 'flex' = FlexAttention, causal + padding as a block "
+        "mask and ln γ as a score_mod (compiled once: a new γ each step does not recompile; needs CUDA for training, "
+        "torch has no FlexAttention backward on a CPU); 'auto' = flex on CUDA, dense elsewhere. Both give the same "
+        "numbers to float rounding.")
     read_weight: float = field(0.0, "Weight of L_read (beyond the paper): -log of the readout's attention mass on "
                                "latents 1..K-1, rewarding an answer that reads the latent block. Needs K >= 2.")
+    latent_design: Literal["discrete", "continuous"] = field(
+        "discrete", "Latent design (beyond the paper): 'discrete' = the paper's K latent tokens; 'continuous' = latent "
+        "i+1's input embedding is latent i's final hidden state, after the final norm (Coconut, LVR, Monet): K-1 "
+        "extra forward passes per step, backpropagated through; latent 1 keeps its token embedding, latents 1..K-1 "
+        "predict no token, and only lavit's generation runs the export (lavit eval, lavit audit; not vLLM or other "
+        "stock clients). Needs a latent method and K >= 2.")
+    latent_norm_match: Literal["none", "embedding_table"] = field(
+        "none", "Continuous latents only: 'none' feeds the final states back as they are (Coconut); 'embedding_table' "
+        "rescales every fed-back state to the mean L2 norm of the student's input-embedding rows, measured when "
+        "training starts and recorded in lavit.json (GAP-style: final states are far larger in norm than input "
+        "embeddings).")
+    # the distillation baselines (beyond the paper): method=kd, lavit_kd, gkd
+    kd_loss: Literal["forward_kl", "reverse_kl", "jsd"] = field(
+        "forward_kl", "kd / lavit_kd / gkd: the divergence of the student's next-token distribution q from the "
+        "teacher's p: forward KL(p‖q) (Hinton et al. 2015), reverse KL(q‖p), or GKD's generalised JSD with β = "
+        "kd_beta (Agarwal et al. 2024; forward and reverse KL are its β = 0 and 1 limits, as in TRL). kd / lavit_kd "
+        "take it on the partition {the teacher's stored top-k tokens…, everything else}, gkd over the whole "
+        "vocabulary.")
+    kd_beta: float = field(0.5, "kd_loss=jsd: β in β KL(p‖m) + (1 − β) KL(q‖m), m = β p + (1 − β) q; in (0, 1) "
+                           "(GKD's and TRL's GKD default: 0.5).")
+    kd_temperature: float = field(1.0, "τ. kd / lavit_kd: both distributions at τ (student: softmax(logits / τ)); "
+                                  "it must be the τ the teacher's top-k was stored at (`lavit extract "
+                                  "kd_temperature`: a top-k cannot be re-tempered exactly), another is refused. gkd: "
+                                  "TRL's sampling and divergence temperature.")
+    kd_ce_weight: float = field(0.0, "kd / lavit_kd: w in D_t + w·CE_t per answer token, the cross-entropy on the "
+                                "teacher's answer token kept beside the distillation term D_t. 0 = pure distribution "
+                                "matching, GKD's supervised-KD baseline and the clean contrast with naive_sft (same "
+                                "tokens, one-hot targets); Hinton et al. 2015 add a small hard-target weight.")
+    teacher: str = field("", "gkd: the teacher that scores the student's samples, loaded beside it for the whole run: "
+                         "a Hugging Face path or id with the student's tokenizer (e.g. Qwen/Qwen2.5-VL-32B-Instruct "
+                         "for a Qwen2.5-VL-3B student), a toy teacher's folder, or 'tiny-teacher'.")
+    gkd_max_new_tokens: int = field(128, "gkd: longest answer the student samples (TRL's max_completion_length).")
     system_prompt: str = field(LAVIT_SYSTEM_PROMPT, "System prompt (paper C.3); empty = the template's default.")
     # optimisation (Table A1)
     learning_rate: float = field(5e-6, "Peak learning rate (AdamW).")
@@ -117,9 +160,25 @@ class LavitTrainConfig:
             (0 < self.gate_epsilon < 1, "gate_epsilon must be in (0, 1)"),
             (self.gate_warmup_steps >= 0, "gate_warmup_steps must be >= 0"),
             (0 <= self.gate_final <= 1, "gate_final must be in [0, 1]"),
+            (self.gate_attention in ("auto", "dense", "flex"), "gate_attention must be auto, dense or flex"),
             (self.read_weight >= 0, "read_weight must be >= 0"),
             (not (self.uses_latents and (self.gate_readout or self.read_weight > 0)) or self.num_latent_tokens >= 2,
              "gate_readout and read_weight need num_latent_tokens >= 2 (latents 1..K-1 before the readout)"),
+            (self.latent_design in ("discrete", "continuous"), "latent_design must be discrete or continuous"),
+            (self.latent_norm_match in ("none", "embedding_table"), "latent_norm_match must be none or embedding_table"),
+            (self.latent_design == "discrete" or self.uses_latents,
+             f"latent_design=continuous needs a method with latent tokens, not method={self.method}"),
+            (self.latent_design == "discrete" or self.num_latent_tokens >= 2,
+             "latent_design=continuous needs num_latent_tokens >= 2 (latent 1 feeds latent 2)"),
+            (self.kd_loss != "jsd" or 0 < self.kd_beta < 1, "kd_beta must be in (0, 1) (forward_kl and reverse_kl "
+             "are its limits 0 and 1)"),
+            (self.kd_temperature > 0, "kd_temperature must be > 0"),
+            (self.kd_ce_weight >= 0, "kd_ce_weight must be >= 0"),
+            (self.gkd_max_new_tokens >= 1, "gkd_max_new_tokens must be >= 1"),
+            (self.method != "gkd" or bool(self.teacher), "method=gkd needs teacher= (the model that scores the "
+             "student's samples, e.g. the teacher that extracted the data)"),
+            (self.method == "gkd" or not self.teacher, f"teacher= is method=gkd's (the on-policy scorer); "
+             f"method={self.method} reads the teacher's signals from the data"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (self.max_steps > 0, "max_steps must be > 0"),
@@ -143,7 +202,17 @@ class LavitTrainConfig:
 
     @property
     def uses_latents(self) -> bool:
-        return self.method == "lavit"
+        return self.method in ("lavit", "lavit_kd")
+
+    @property
+    def uses_teacher_topk(self) -> bool:
+        """kd and lavit_kd train on the teacher's stored top-k."""
+        return self.method in ("kd", "lavit_kd")
+
+    @property
+    def kd_jsd_beta(self) -> float:
+        """β of the generalised JSD that `kd_loss` names (0: forward KL, 1: reverse KL)."""
+        return {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": self.kd_beta}[self.kd_loss]
 
     @property
     def inference_gate(self) -> dict | None:

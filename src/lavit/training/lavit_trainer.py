@@ -1,6 +1,7 @@
 """`LavitTrainer`: a Hugging Face `Trainer` that only overrides what LaViT needs — the loss (eq. 9,
-each term logged and reduced over ranks), the γ(t) gate driven from the global step, and checkpoint
-I/O for the student + projection head pair when no sharding engine owns the checkpoint.
+each term logged and reduced over ranks; with the distillation baselines' term for method=kd / lavit_kd), the
+γ(t) gate driven from the global step, and checkpoint I/O for the student + projection head pair when no
+sharding engine owns the checkpoint (`CompleteCheckpoints`, which method=gkd's TRL trainer shares).
 
 Under FSDP or DeepSpeed the engine's own distributed checkpoint (accelerate's DCP-based FSDP
 checkpoint, DeepSpeed's `save_checkpoint`) holds model and optimizer state, and resume goes through
@@ -30,12 +31,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from lavit.data.signal_store import write_json_atomic
 from lavit.models.gating import GateSchedule
 from lavit.models.lavit_student import LavitStudent, StudentOutput
-from lavit.training.losses import concept_loss, ntp_loss, read_loss, total_loss, traj_loss
+from lavit.training.losses import KdObjective, concept_loss, kd_ntp_loss, ntp_loss, read_loss, total_loss, traj_loss
 
 STUDENT_STATE = "lavit_student.safetensors"
 CHECKPOINT_MARKER = "lavit_checkpoint.json"
 # Batch entries that are loss targets, never model inputs: they stay fp32 whatever the engine's compute dtype.
-LOSS_TARGETS = ("v_sem", "traj_target")
+LOSS_TARGETS = ("v_sem", "traj_target", "kd_logprobs")
 
 
 LOSS_SUM = "loss_sum"  # the checkpoint marker's key for the loss summed over the steps so far
@@ -55,11 +56,23 @@ class GammaCallback(TrainerCallback):
         model.gamma = self.schedule.gamma(state.global_step)
 
 
-def student_loss(out: StudentOutput, inputs: dict, lam: float,
-                 read_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def student_loss(out: StudentOutput, inputs: dict, lam: float, read_weight: float = 0.0,
+                 kd: KdObjective | None = None,
+                 latent_ids: list[int] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L_total (eq. 9) of one student forward and its terms (`loss_ntp`, `loss_concept`, `loss_traj`, and
-    `loss_read` when the readout's attention mass is recorded)."""
-    terms = {"loss_ntp": ntp_loss(out.ntp_logits, out.ntp_targets)}
+    `loss_read` when the readout's attention mass is recorded). With `kd` (method=kd, lavit_kd) L_ntp distils the
+    answer tokens — the labelled positions whose target is not one of `latent_ids` — from the teacher's top-k in
+    `inputs` (`kd_ntp_loss`), logged as `loss_kd` (mean divergence) and `loss_ce` (mean cross-entropy, every
+    labelled token, comparable across methods)."""
+    if kd is None:
+        terms = {"loss_ntp": ntp_loss(out.ntp_logits, out.ntp_targets)}
+    else:
+        answer = ~torch.isin(out.ntp_targets, torch.as_tensor(list(latent_ids), dtype=out.ntp_targets.dtype,
+                                                              device=out.ntp_targets.device))  # [N]
+        mask = inputs["kd_mask"]  # [B, T]: row-major like the labelled positions, so the orders agree
+        ntp, divergence, ce = kd_ntp_loss(out.ntp_logits, out.ntp_targets, answer, inputs["kd_ids"][mask],
+                                          inputs["kd_logprobs"][mask], kd)
+        terms = {"loss_ntp": ntp, "loss_kd": divergence, "loss_ce": ce}
     if out.concept_pred is not None:
         terms["loss_concept"] = concept_loss(out.concept_pred, inputs["v_sem"])
     if out.student_traj is not None:
@@ -121,25 +134,24 @@ def write_checkpoint_marker(folder: Path, step: int, settings: dict, loss_sum: f
                        **({LOSS_SUM: loss_sum} if loss_sum is not None else {})}, folder / CHECKPOINT_MARKER)
 
 
-class LavitTrainer(Trainer):
-    """`run_settings` are recorded in every checkpoint's marker (a resume compares them);
-    `keep_checkpoints` keeps at most that many complete checkpoints (0 = all). The Trainer's own
+class CompleteCheckpoints:
+    """What every lavit training run's `Trainer` (LaViT's own, TRL's for method=gkd) shares: checkpoints that count
+    only once complete (`lavit_checkpoint.json`, rotation after completion) and, without an engine, hold the trained
+    module's state under its own names (`STUDENT_STATE`); the loss summed for a resumed run; fp32 gradient reduction
+    under FSDP2. `run_settings` are recorded in every checkpoint's marker (a resume compares
+    them); `keep_checkpoints` keeps at most that many complete checkpoints (0 = all). The Trainer's own
     `save_total_limit` must stay unset: it rotates before the new checkpoint is known to be complete."""
 
-    def __init__(self, *args, lam: float = 0.3, read_weight: float = 0.0, run_settings: dict | None = None,
-                 keep_checkpoints: int = 0, loss_sum_before: float = 0.0, **kwargs):
+    def __init__(self, *args, run_settings: dict | None = None, keep_checkpoints: int = 0,
+                 loss_sum_before: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.save_total_limit:
-            raise ValueError("LavitTrainer rotates checkpoints itself (keep_checkpoints=); leave save_total_limit "
-                             "unset")
-        self.lam = lam
-        self.read_weight = read_weight
+            raise ValueError(f"{type(self).__name__} rotates checkpoints itself (keep_checkpoints=); leave "
+                             "save_total_limit unset")
         self.run_settings = run_settings or {}
         self.keep_checkpoints = keep_checkpoints
         self.loss_sum_before = loss_sum_before  # the loss summed over the steps before a resumed checkpoint
         self._reduce_gradients_in_fp32()
-        self._term_sums: dict[str, float] = defaultdict(float)
-        self._term_count = 0
 
     def _reduce_gradients_in_fp32(self) -> None:
         """accelerate's FSDP2 bf16 policy also reduces gradients in bf16, rounding the sum over ranks each step;
@@ -148,47 +160,6 @@ class LavitTrainer(Trainer):
         if self.is_fsdp_enabled and plugin.fsdp_version == 2 and plugin.mixed_precision_policy is not None:
             plugin.mixed_precision_policy = dataclasses.replace(plugin.mixed_precision_policy,
                                                                 reduce_dtype=torch.float32)
-
-    @property
-    def student(self) -> LavitStudent:
-        return self.accelerator.unwrap_model(self.model)
-
-    def _prepare_inputs(self, inputs: dict) -> dict:
-        # Under DeepSpeed the Trainer casts every float input to the engine's dtype (bf16); the loss targets
-        # are not inputs, and a bf16 A_traj target no longer sums to 1, so they go over in fp32.
-        targets = {k: inputs.pop(k) for k in LOSS_TARGETS if k in inputs}
-        prepared = super()._prepare_inputs(inputs)
-        prepared.update({k: v.to(self.args.device, torch.float32) for k, v in targets.items()})
-        return prepared
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = model(inputs)
-        loss, terms = student_loss(out, inputs, self.lam, self.read_weight)
-        values = {name: float(t.detach()) for name, t in terms.items()}
-        if not math.isfinite(float(loss.detach())):
-            detail = ", ".join(f"{k}={v}" for k, v in values.items())
-            raise NonFiniteLossError(f"non-finite loss at step {self.state.global_step} ({detail}); samples "
-                                     f"{inputs.get('ids')}. Stopping: check the data and the learning rate.")
-        if model.training:
-            for name, value in values.items():
-                self._term_sums[name] += value
-            self._term_count += 1
-        return (loss, out) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Every rank logs at the same steps (the Trainer's own loss is gathered there too), so the
-        # terms can be reduced here: the logged value is the mean over all ranks' micro-batches.
-        if self._term_count and "loss" in logs:
-            names = sorted(self._term_sums)
-            totals = torch.tensor([*(self._term_sums[n] for n in names), self._term_count], dtype=torch.float64,
-                                  device=self.args.device)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(totals)
-            logs.update({n: float(totals[i] / totals[-1]) for i, n in enumerate(names)})
-            logs["gamma"] = self.student.gamma
-            self._term_sums.clear()
-            self._term_count = 0
-        super().log(logs, start_time)
 
     @property
     def engine_checkpoints(self) -> bool:
@@ -225,7 +196,10 @@ class LavitTrainer(Trainer):
             shutil.rmtree(folder)
 
     # Without an engine, checkpoints hold the whole student (model, optional LoRA, projection head) so resume
-    # is exact; the plain Hugging Face export happens once, at the end (`export_student`).
+    # is exact, written and read back under the module's own parameter names (the Trainer's default, a
+    # `save_pretrained` in the checkpoint format, does not load back into a transformers 5 Qwen-VL: its keys are
+    # renamed on save, and a resume would warn and go on from the base weights); the plain Hugging Face export
+    # happens once, at the end (`export_student`).
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.engine_checkpoints:
             # The Trainer hands a gathered `state_dict` here under FSDP FULL_STATE_DICT or ZeRO-3's 16-bit
@@ -236,7 +210,8 @@ class LavitTrainer(Trainer):
         if not self.args.should_save:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_model(self.student, str(output_dir / STUDENT_STATE))  # de-duplicates tied embeddings
+        # safetensors' save_model de-duplicates tied embeddings
+        save_model(self.accelerator.unwrap_model(self.model), str(output_dir / STUDENT_STATE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         if self.engine_checkpoints:  # FSDP: accelerate's DCP loader (DeepSpeed never comes here)
@@ -247,3 +222,57 @@ class LavitTrainer(Trainer):
         missing, unexpected = load_model(model or self.model, str(path), strict=True)
         if missing or unexpected:
             raise ValueError(f"checkpoint {path} does not fit this student: missing {missing}, unexpected {unexpected}")
+
+
+class LavitTrainer(CompleteCheckpoints, Trainer):
+    """The LaViT student's trainer (any method but gkd): its loss, the gate, and its own checkpoint files when no
+    engine owns the checkpoint. `kd`: the distillation term of method=kd / lavit_kd."""
+
+    def __init__(self, *args, lam: float = 0.3, read_weight: float = 0.0, kd: KdObjective | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lam = lam
+        self.read_weight = read_weight
+        self.kd = kd
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_count = 0
+
+    @property
+    def student(self) -> LavitStudent:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        # Under DeepSpeed the Trainer casts every float input to the engine's dtype (bf16); the loss targets
+        # are not inputs, and a bf16 A_traj target no longer sums to 1, so they go over in fp32.
+        targets = {k: inputs.pop(k) for k in LOSS_TARGETS if k in inputs}
+        prepared = super()._prepare_inputs(inputs)
+        prepared.update({k: v.to(self.args.device, torch.float32) for k, v in targets.items()})
+        return prepared
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = model(inputs)
+        loss, terms = student_loss(out, inputs, self.lam, self.read_weight, self.kd, self.student.latent_token_ids)
+        values = {name: float(t.detach()) for name, t in terms.items()}
+        if not math.isfinite(float(loss.detach())):
+            detail = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise NonFiniteLossError(f"non-finite loss at step {self.state.global_step} ({detail}); samples "
+                                     f"{inputs.get('ids')}. Stopping: check the data and the learning rate.")
+        if model.training:
+            for name, value in values.items():
+                self._term_sums[name] += value
+            self._term_count += 1
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Every rank logs at the same steps (the Trainer's own loss is gathered there too), so the
+        # terms can be reduced here: the logged value is the mean over all ranks' micro-batches.
+        if self._term_count and "loss" in logs:
+            names = sorted(self._term_sums)
+            totals = torch.tensor([*(self._term_sums[n] for n in names), self._term_count], dtype=torch.float64,
+                                  device=self.args.device)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(totals)
+            logs.update({n: float(totals[i] / totals[-1]) for i, n in enumerate(names)})
+            logs["gamma"] = self.student.gamma
+            self._term_sums.clear()
+            self._term_count = 0
+        super().log(logs, start_time)

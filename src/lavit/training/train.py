@@ -1,4 +1,4 @@
-"""`lavit train`: one LaViT (or Naive-SFT) student training run, as a plain function.
+"""`lavit train`: one LaViT (or Naive-SFT, or distillation-baseline) student training run, as a plain function.
 
     lavit train recipes/lavit_qwen2_5_vl_3b.yaml data=DIR image_root=DIR output_dir=runs/lavit
 
@@ -32,6 +32,7 @@ from lavit.data.run_dir import RunLock, describe_holder, refuse_inputs_inside, r
 from lavit.data.signal_store import write_json_atomic
 from lavit.data.sft_dataset import LavitSftDataset, data_fingerprint, read_sft_table
 from lavit.models.checkpoint import export_student, load_model_and_processor
+from lavit.models.continuous_latents import attach_latent_feedback, latent_feedback_for
 from lavit.models.gating import GateSchedule
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
@@ -48,6 +49,7 @@ from lavit.training.lavit_trainer import (
     checkpoint_step,
     read_checkpoint_marker,
 )
+from lavit.training.losses import KdObjective
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 RUN_SETTINGS = "run_settings.json"
@@ -61,6 +63,9 @@ RUN_ENTRIES = (RUN_SETTINGS, TRAIN_LOG, RESULTS, DROPPED_ROWS, "student", TORN)
 
 def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
     """Model + processor + latent tokens + projection head, frozen and wrapped as `cfg` says."""
+    if cfg.gate_attention == "flex" and not torch.cuda.is_available():
+        raise ValueError("gate_attention=flex needs a CUDA device: torch's FlexAttention has no backward on a CPU "
+                         "(gate_attention=auto or dense trains here)")
     # fp32 master weights whatever the compute precision: at lr 5e-6 most AdamW updates to bf16 weights round away
     dtype = torch.float32
     if cfg.precision == "bf16_pure":
@@ -71,6 +76,9 @@ def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
                                                 max_pixels=cfg.max_pixels, seed=cfg.seed)
     names = latent_token_names(cfg.num_latent_tokens, cfg.latent_token_template) if cfg.uses_latents else []
     latent_ids = add_latent_tokens(processor.tokenizer, model, names) if names else []
+    # the design travels with the model (generation reads it there); a discrete run drops one a base may carry
+    attach_latent_feedback(model, latent_feedback_for(model, cfg.latent_norm_match, len(processor.tokenizer),
+                                                      latent_ids) if cfg.latent_design == "continuous" else None)
     if cfg.freeze_vision:
         family_of(model).vision_tower(model).requires_grad_(False)
     if cfg.gradient_checkpointing:
@@ -91,6 +99,7 @@ def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
     student = LavitStudent(model, latent_ids, head, trajectory_loss=cfg.uses_latents and cfg.trajectory_loss,
                            gate_readout=cfg.uses_latents and cfg.gate_readout,
                            readout_mass=cfg.uses_latents and cfg.read_weight > 0)
+    student.gate_attention = cfg.gate_attention
     return student, processor, names
 
 
@@ -105,8 +114,9 @@ def is_main_process() -> bool:
 
 
 def training_arguments(cfg: LavitTrainConfig, plan: dict[str, int]) -> TrainingArguments:
+    """The Trainer's arguments (method=gkd: TRL's `DistillationConfig`, a subclass, with its own settings too)."""
     bf16 = cfg.precision in ("bf16", "bf16_pure") or (cfg.precision == "auto" and torch.cuda.is_available())
-    return TrainingArguments(
+    values = dict(
         output_dir=cfg.output_dir, max_steps=cfg.max_steps, per_device_train_batch_size=plan["per_device_batch_size"],
         gradient_accumulation_steps=plan["gradient_accumulation_steps"], learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
@@ -116,12 +126,26 @@ def training_arguments(cfg: LavitTrainConfig, plan: dict[str, int]) -> TrainingA
         remove_unused_columns=False, report_to="none", dataloader_num_workers=cfg.dataloader_num_workers,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
     )
+    if cfg.method == "gkd":
+        return gkd_module().distillation_arguments(cfg, values)
+    return TrainingArguments(**values)
+
+
+def gkd_module():
+    """`lavit.training.gkd`, imported only for method=gkd: TRL is an optional dependency (`pip install lavit[kd]`)."""
+    try:
+        from lavit.training import gkd
+    except ImportError as err:
+        raise ImportError(f"method=gkd trains through TRL's DistillationTrainer, which is not importable here ({err}): "
+                          "pip install 'lavit[kd]' (trl>=1.16)") from None
+    return gkd
 
 
 def run_settings(cfg: LavitTrainConfig) -> dict:
     """The settings recorded with a run and compared on resume, paths absolute: one file spelled relative or
     absolute is one setting."""
-    paths = ["data", "image_root", "output_dir", *(["model"] if Path(cfg.model).exists() else [])]
+    paths = ["data", "image_root", "output_dir", *(name for name in ("model", "teacher")
+                                                   if getattr(cfg, name) and Path(getattr(cfg, name)).exists())]
     return resolve_paths(config_to_dict(cfg), paths)
 
 
@@ -211,7 +235,8 @@ def claim_output_dir(cfg: LavitTrainConfig, held: ExitStack) -> dict:
     torn checkpoints set aside and the log cut back to its step. Nothing is moved or deleted before every check
     has passed."""
     out = Path(cfg.output_dir)
-    refuse_inputs_inside(out, {"data": cfg.data, "image_root": cfg.image_root, "model": cfg.model}, key="output_dir",
+    refuse_inputs_inside(out, {"data": cfg.data, "image_root": cfg.image_root, "model": cfg.model,
+                               **({"teacher": cfg.teacher} if cfg.teacher else {})}, key="output_dir",
                          folders=("image_root",))
     lock = held.enter_context(RunLock(out))
     notes = [f"took over {lock.path}, left by a run that ended without releasing it ({describe_holder(lock.stale)})"
@@ -305,12 +330,20 @@ def run_training(cfg: LavitTrainConfig, callbacks: list | None = None, desc: str
 def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, callbacks: list | None,
            desc: str | None, start: float) -> dict:
     set_seed(cfg.seed)
-    table = read_sft_table(cfg.data, cfg.answer_field, need_signals=cfg.uses_latents, max_samples=cfg.max_samples)
+    table = read_sft_table(cfg.data, cfg.answer_field, need_signals=cfg.uses_latents, max_samples=cfg.max_samples,
+                           need_kd=cfg.uses_teacher_topk)
     teacher_dim = len(table.column("v_sem")[0]) if cfg.uses_latents else None
     student, processor, names = build_student(cfg, teacher_dim)
+    # gkd's teacher before the Trainer's arguments, as the student: a ZeRO-3 config they activate would partition it
+    teacher = gkd_module().load_teacher(cfg, student, processor) if cfg.method == "gkd" else None
     dataset = LavitSftDataset(table, cfg.image_root, processor, names, system_prompt=cfg.system_prompt,
                               answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents,
-                              bad_rows=cfg.bad_rows, max_text_tokens=cfg.max_text_tokens)
+                              bad_rows=cfg.bad_rows, max_text_tokens=cfg.max_text_tokens, kd=cfg.uses_teacher_topk)
+    if dataset.kd is not None and dataset.kd.temperature != cfg.kd_temperature:
+        raise ValueError(f"the teacher's top-k in the training data was stored at temperature "
+                         f"{dataset.kd.temperature:g}, this run asks kd_temperature={cfg.kd_temperature:g}: a top-k "
+                         "cannot be re-tempered exactly; train at the stored τ, or re-extract with that "
+                         "kd_temperature")
     schedule = (GateSchedule(cfg.gate, cfg.gate_epsilon, cfg.gate_warmup_steps, cfg.gate_final) if cfg.uses_latents
                 else GateSchedule("none"))
     plan, batch_note = fit_batch_plan(plan, len(dataset))
@@ -321,13 +354,20 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
     if args.world_size > 1:
         claim = broadcast_object_list([claim])[0]
     settings = {**run_settings(cfg), DATA_FINGERPRINT: claim[DATA_FINGERPRINT]}
-    trainer = LavitTrainer(
-        model=student, args=args, train_dataset=dataset, processing_class=processor,
-        data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens, cfg.gate_readout),
-        callbacks=[GammaCallback(schedule), JsonlLogCallback(Path(cfg.output_dir) / TRAIN_LOG), *(callbacks or [])],
-        lam=cfg.lam, read_weight=cfg.read_weight if cfg.uses_latents else 0.0, run_settings=settings, keep_checkpoints=cfg.save_total_limit,
-        loss_sum_before=claim["loss_sum_before"] or 0.0,
-    )
+    checkpointing = dict(run_settings=settings, keep_checkpoints=cfg.save_total_limit,
+                         loss_sum_before=claim["loss_sum_before"] or 0.0)
+    log = JsonlLogCallback(Path(cfg.output_dir) / TRAIN_LOG)
+    if cfg.method == "gkd":
+        trainer = gkd_module().gkd_trainer(student.model, teacher, dataset, processor, args,
+                                           [log, *(callbacks or [])], **checkpointing)
+    else:
+        kd = KdObjective(cfg.kd_jsd_beta, cfg.kd_temperature, cfg.kd_ce_weight) if cfg.uses_teacher_topk else None
+        trainer = LavitTrainer(
+            model=student, args=args, train_dataset=dataset, processing_class=processor,
+            data_collator=LavitCollator(processor.tokenizer.pad_token_id, cfg.gate_question_tokens, cfg.gate_readout),
+            callbacks=[GammaCallback(schedule), log, *(callbacks or [])],
+            lam=cfg.lam, read_weight=cfg.read_weight if cfg.uses_latents else 0.0, kd=kd, **checkpointing,
+        )
     for printer in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(printer)
     trainer.add_callback(ProgressBarCallback(desc or f"train {cfg.method}"))
@@ -353,17 +393,24 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
         "resumed_from": claim["resume"],
         "set_aside": claim["set_aside"],
         "dropped_rows": dict(Counter(r["reason"] for r in dataset.dropped)),
+        **({"kd_alignment": dataset.kd_stats} if dataset.kd_stats is not None else {}),
+        **(gkd_module().run_record(teacher) if cfg.method == "gkd" else {}),
         "wall_seconds": time.time() - start,
     }
     # Sharded engines gather the full weights through their own machinery (a collective: every rank calls it);
     # otherwise every rank holds the same weights. Either way one process writes.
     gathered = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.engine_checkpoints else None
+    if gathered is not None and cfg.method == "gkd":  # TRL's trainer holds the bare model: keys as in `student`
+        gathered = {f"model.{k}": v for k, v in gathered.items()}
     if trainer.is_world_process_zero():
         export_student(student, processor, export_dir, {"latent_tokens": names, "method": cfg.method,
                                                         "teacher_dim": teacher_dim, "system_prompt": cfg.system_prompt,
                                                         "min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels,
                                                         **({"inference_gate": cfg.inference_gate}
-                                                           if cfg.inference_gate else {})},
+                                                           if cfg.inference_gate else {}),
+                                                        **({"latent_design": "discrete"} if cfg.uses_latents else {}),
+                                                        **(student.latent_feedback.to_meta()
+                                                           if student.latent_feedback else {})},
                        state_dict=gathered)
         (Path(cfg.output_dir) / RESULTS).write_text(json.dumps(results, indent=2))
     trainer.accelerator.wait_for_everyone()  # no rank returns before the export exists
