@@ -4,21 +4,17 @@ A_traj and V_sem, with the token strings training maps through; stores from befo
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_extract import config, write_samples
 
 from lavit.data.examples import IGNORE_INDEX
 from lavit.data.signal_store import KD_COLUMNS, read_store, write_manifest
 from lavit.models.checkpoint import load_model_and_processor
 from lavit.teacher.extractor import SignalExtractor, run_extract
 from lavit.toyworld.shapes import make_scene
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_extract import config, write_samples  # noqa: E402
 
 
 def scenes(n: int) -> list:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -20,13 +20,11 @@ from lavit.models.lavit_student import LavitStudent
 from lavit.models.tiny import build_tiny_processor, build_tiny_tokenizer
 from lavit.teacher.extract_config import ExtractConfig
 from lavit.teacher.extractor import run_extract
+from lavit.toyworld.shapes import make_scene
 from lavit.training.lavit_config import LavitTrainConfig
 from lavit.training.lavit_trainer import student_loss
 from lavit.training.losses import KdObjective, kd_divergence
 from lavit.training.train import run_training
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "teacher"))
-from test_extract import write_samples  # noqa: E402
 
 SMALL = dict(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28, gradient_checkpointing=False)
 
@@ -132,11 +130,21 @@ def test_gkd_cuts_only_teacher_head_rows_no_token_reaches():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A tiny-teacher store with its top-4 at every answer token (the tiny teacher and student share a tokenizer)."""
+    """A tiny-teacher store of 8 toy scenes with its top-4 at every answer token (the tiny teacher and student share
+    a tokenizer)."""
     root = tmp_path_factory.mktemp("kd")
-    samples = write_samples(root, 8, bad=False)
-    run_extract(ExtractConfig(samples=str(samples), image_root=str(root / "images"), out=str(root / "signals"),
-                              teacher="tiny-teacher", batch_size=4, max_new_tokens=3, kd_top_k=4))
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(8):
+        scene = make_scene(rng)
+        scene.image.save(root / "images" / f"g{i}.png")
+        records.append({"id": f"g{i}", "image": f"g{i}.png", "question": f"what color is the {scene.shape} ?",
+                        "answer": scene.color, "bbox": list(scene.bbox)})
+    (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_extract(ExtractConfig(samples=str(root / "samples.jsonl"), image_root=str(root / "images"),
+                              out=str(root / "signals"), teacher="tiny-teacher", batch_size=4, max_new_tokens=3,
+                              kd_top_k=4))
     return root
 
 
