@@ -39,6 +39,19 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing for training: the KV cache off, since checkpointed steps recompute.
+
+    transformers 5.24 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (the old
+    name warns); the lowest transformers the range admits (5.20) has only the old one.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.config.use_cache = False
+
+
 def load_processor(name: str, *, processor_path: str = "", **pixel_kwargs):
     """The processor of checkpoint `name`, or, with `processor_path`, the one saved there (image processor and chat
     template) with the checkpoint's own tokenizer when it has one (its latent tokens live there) — what a `Trainer`

@@ -50,6 +50,7 @@ from lavit.data.examples import LAVIT_SYSTEM_PROMPT, TrainingSample, build_examp
 from lavit.data.signal_store import write_json_atomic
 from lavit.inference.generate import generate_answers
 from lavit.models.attention import LAVIT_ATTENTION, flex_gate_chosen
+from lavit.models.checkpoint import enable_activation_checkpointing
 from lavit.models.families import family_named
 from lavit.models.families.layout import token_ids
 from lavit.models.grid import box_cells
@@ -247,8 +248,7 @@ def bench_student(sizes: GpuBenchSizes, device: torch.device, dtype: torch.dtype
     processor = exact_processor(sizes.image_tokens)
     model = student_model(sizes, processor, device, dtype, sizes.student_layers, sizes.vision_layers, seed)
     family_named(FAMILY).vision_tower(model).requires_grad_(False)
-    model.activation_checkpointing_enable({"use_reentrant": False})
-    model.config.use_cache = False
+    enable_activation_checkpointing(model)
     lavit, sft, names = lavit_pair(model, processor, sizes, TEACHER_SPECS[sizes.teacher].hidden_size)
     student = measure_steps(sizes, device, dtype, gate_attentions, seed, processor, lavit, sft, names)
     release()  # the optimizer's states and the batches went with measure_steps

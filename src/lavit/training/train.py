@@ -31,7 +31,7 @@ from lavit.data.fingerprints import fingerprint_differences
 from lavit.data.run_dir import RunLock, describe_holder, refuse_inputs_inside, resolve_paths, settings_differences
 from lavit.data.signal_store import write_json_atomic
 from lavit.data.sft_dataset import LavitSftDataset, data_fingerprint, read_sft_table
-from lavit.models.checkpoint import export_student, load_model_and_processor
+from lavit.models.checkpoint import enable_activation_checkpointing, export_student, load_model_and_processor
 from lavit.models.continuous_latents import attach_latent_feedback, latent_feedback_for
 from lavit.models.gating import GateSchedule
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
@@ -82,8 +82,7 @@ def build_student(cfg: LavitTrainConfig, teacher_dim: int | None):
     if cfg.freeze_vision:
         family_of(model).vision_tower(model).requires_grad_(False)
     if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
-        model.config.use_cache = False
+        enable_activation_checkpointing(model)
     if cfg.lora_r:
         from peft import LoraConfig, get_peft_model
 
