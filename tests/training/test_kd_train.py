@@ -197,6 +197,18 @@ def test_kd_at_another_temperature_than_stored_is_refused(store, tmp_path):
 
 
 @pytest.mark.slow
+def test_kd_trains_at_a_temperature_float32_cannot_hold_exactly(store, tmp_path):
+    """τ = 0.7 goes into the store as float32 (0.699999988...): training at the τ it was extracted at is accepted."""
+    run_extract(ExtractConfig(samples=str(store / "samples.jsonl"), image_root=str(store / "images"),
+                              out=str(tmp_path / "signals"), teacher="tiny-teacher", batch_size=4, max_new_tokens=3,
+                              kd_top_k=4, kd_temperature=0.7))
+    trained = config(store, tmp_path / "run", "kd", max_steps=1, kd_temperature=0.7)
+    trained.data = [str(tmp_path / "signals")]
+    run_training(trained)
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["global_step"] == 1
+
+
+@pytest.mark.slow
 def test_kd_on_the_ground_truth_answers_names_the_rows_it_cannot_pair(store, tmp_path):
     # the tiny teacher's answers are not the samples' answers: no row can be paired with the teacher's tokens
     with pytest.raises(ValueError, match=r"answer does not tokenise into the teacher's stored answer tokens"):

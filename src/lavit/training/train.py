@@ -21,6 +21,7 @@ import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
@@ -338,7 +339,8 @@ def _train(cfg: LavitTrainConfig, plan: dict[str, int], claim: dict | None, call
     dataset = LavitSftDataset(table, cfg.image_root, processor, names, system_prompt=cfg.system_prompt,
                               answer_field=cfg.answer_field, top_k=cfg.traj_top_k, with_signals=cfg.uses_latents,
                               bad_rows=cfg.bad_rows, max_text_tokens=cfg.max_text_tokens, kd=cfg.uses_teacher_topk)
-    if dataset.kd is not None and dataset.kd.temperature != cfg.kd_temperature:
+    # the store keeps τ as float32: compare there, or a τ such as 0.7 would differ from itself
+    if dataset.kd is not None and np.float32(dataset.kd.temperature) != np.float32(cfg.kd_temperature):
         raise ValueError(f"the teacher's top-k in the training data was stored at temperature "
                          f"{dataset.kd.temperature:g}, this run asks kd_temperature={cfg.kd_temperature:g}: a top-k "
                          "cannot be re-tempered exactly; train at the stored τ, or re-extract with that "
