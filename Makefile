@@ -81,7 +81,7 @@ endef
 # accelerate, pyarrow, pandas, scipy, matplotlib, torchvision 0.26.0, pillow, psutil, requests, xxhash and aiohttp,
 # but not datasets, dill or multiprocess. Carried: transformers in our range (the version tested here; it needs
 # huggingface_hub >= 1.31, which the image has); datasets 4.8.5, the newest on huggingface_hub 1.x and pyarrow >= 21
-# (the image's pyarrow version is not on that list), with dill and multiprocess. ~14 MiB. What travels to the machine
+# (the image's pyarrow version is not on that list), with dill and multiprocess: 13.7 MiB. What travels to the machine
 # (tracked and untracked-not-ignored files, and the carried wheels) must stay within 64 MiB: the target checks it.
 DEVICE_PYTHON := 3.12
 DEVICE_WHEELS := transformers==5.24.0 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19

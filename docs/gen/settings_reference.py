@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import html
-import importlib
 import re
 import types
 import typing
 
-from lavit.cli import STAGE_CONFIGS, build_parser
+from lavit.cli import build_parser, stage_config_class
 
 CONFIG_STAGES = ("train", "extract", "filter")
 # Markdown that help texts must not trigger outside code spans: emphasis, links, table cells, HTML.
@@ -51,11 +50,6 @@ def type_name(annotation: typing.Any) -> str:
     if annotation is type(None):
         return "none"
     return getattr(annotation, "__name__", str(annotation))
-
-
-def config_class(stage: str) -> type:
-    module, name = STAGE_CONFIGS[stage].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def config_rows(cls: type) -> list[tuple[str, str, str, str]]:
@@ -126,7 +120,7 @@ def render() -> str:
         if sub.description:
             lines += [f"Usage: {code(' '.join(sub.description.split()))}", ""]
         if name in CONFIG_STAGES:
-            cls = config_class(name)
+            cls = stage_config_class(name)
             lines += [f"Settings of `{cls.__module__}.{cls.__name__}` (recipe keys and `key=value` overrides):", ""]
             lines += table(("setting", "type", "default", "what it sets"), config_rows(cls))
             lines += ["", "Options:", ""]

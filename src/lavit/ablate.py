@@ -45,8 +45,8 @@ import numpy as np  # noqa: E402
 
 from lavit.analysis.stats import paired_summary, t_interval, verdict  # noqa: E402
 from lavit.console import quiet_libraries, say  # noqa: E402
-from lavit.demo import DemoConfig, evaluate, prepare_seed, student_config  # noqa: E402
-from lavit.toyworld.latent_audit import audit_student, audit_table_lines, summarise_audits  # noqa: E402
+from lavit.demo import DemoConfig, eval_splits, evaluate, prepare_seed, student_config  # noqa: E402
+from lavit.toyworld.latent_audit import audit_student, audit_table_lines, signed_pct_ci, summarise_audits  # noqa: E402
 from lavit.toyworld.world import write_split  # noqa: E402
 from lavit.data.signal_store import write_json_atomic  # noqa: E402
 from lavit.data.sft_dataset import data_fingerprint  # noqa: E402
@@ -123,6 +123,11 @@ def _mean_ci(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "ci95": None if ci is None else list(ci), "per_seed": values}
 
 
+def _mean_per_kind(per_kind: list[dict]) -> dict[str, float]:
+    """Each kind's (and prior split's) accuracy, mean over the seeds that have it."""
+    return {k: float(np.mean([p[k] for p in per_kind if p.get(k) is not None])) for k in per_kind[0]}
+
+
 def _pct_ci(entry: dict) -> str:
     ci = entry["ci95"]
     return f"{100 * entry['mean']:.1f}" + ("" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
@@ -136,10 +141,7 @@ def run_ablation(cfg: DemoConfig, rows: list[tuple[str, str, dict]] = ROWS, titl
     start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=cfg.world)
-    test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=cfg.world)
-    pairs = (write_split(out / "data" / "audit", "test", cfg.audit_samples, world_seed=cfg.world_seed, cfg=cfg.world,
-                         pairs=True) if audit and cfg.audit_samples else None)
+    val, test, pairs = eval_splits(cfg, out, pairs=audit)
     scores: dict[str, dict] = {}
     filters = []
     audits: dict[str, list[dict]] = {}
@@ -169,9 +171,7 @@ def run_ablation(cfg: DemoConfig, rows: list[tuple[str, str, dict]] = ROWS, titl
             if label == "LaViT (full)":
                 add("w/o latent tokens (masked at inference)", method, {"eval_mode": "masked"}, student, mode="masked")
     table = [{"row": label, "method": e["method"], "overrides": e["overrides"], "val": _mean_ci(e["val"]),
-              "test": _mean_ci(e["test"]),
-              "per_kind": {k: float(np.mean([p[k] for p in e["per_kind"] if p.get(k) is not None]))
-                           for k in e["per_kind"][0]}} for label, e in scores.items()]
+              "test": _mean_ci(e["test"]), "per_kind": _mean_per_kind(e["per_kind"])} for label, e in scores.items()]
     for row in table:
         if row["row"] in audits:
             row["audit"] = summarise_audits(audits[row["row"]])
@@ -208,8 +208,7 @@ def _audit_cell(summary: dict, name: str) -> str:
         (r for r in arms if r["arm"] == name), None)
     if row is None or not row["applicable"] or row.get("difference") is None:
         return "n/a"
-    ci = row["difference_ci95"]
-    return f"{100 * row['difference']:+.1f}" + ("" if ci is None else f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]")
+    return signed_pct_ci(row["difference"], row["difference_ci95"])
 
 
 def _measure_cells(summary: dict) -> list[str]:
@@ -272,10 +271,7 @@ def run_designs(cfg: DemoConfig, designs: list[tuple[str, list[tuple[str, dict]]
     out.mkdir(parents=True, exist_ok=True)
     if designs[0][0] != "Naive-SFT":
         raise ValueError("the first design must be Naive-SFT: every other row is compared with it")
-    val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=cfg.world)
-    test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=cfg.world)
-    pairs = (write_split(out / "data" / "audit", "test", cfg.audit_samples, world_seed=cfg.world_seed, cfg=cfg.world,
-                         pairs=True) if cfg.audit_samples else None)
+    val, test, pairs = eval_splits(cfg, out, pairs=True)
     # runs[design][candidate] = {"method", "overrides", "val": [...], "test": [...], "students": [...], ...}
     runs: dict[str, list[dict]] = {name: [{"method": m, "overrides": o, "val": [], "test": [], "per_kind": [],
                                            "students": [], "train_seconds": []} for m, o in candidates]
@@ -318,8 +314,7 @@ def _design_rows(runs: dict[str, list[dict]], pairs: Path | None) -> list[dict]:
                "candidates": [{"method": e["method"], "overrides": e["overrides"], "val": _mean_ci(e["val"]),
                                "test": _mean_ci(e["test"])} for e in candidates],
                "val": _mean_ci(entry["val"]), "test": _mean_ci(entry["test"]),
-               "per_kind": {k: float(np.mean([p[k] for p in entry["per_kind"] if p.get(k) is not None]))
-                            for k in entry["per_kind"][0]},
+               "per_kind": _mean_per_kind(entry["per_kind"]),
                "train_seconds": float(np.mean(entry["train_seconds"])), "students": entry["students"]}
         if name != "Naive-SFT":
             paired = paired_summary(entry["test"], naive["test"])
@@ -349,8 +344,7 @@ def design_table_lines(result: dict) -> list[str]:
             setting += " (of " + "; ".join(", ".join(f"{k}={v}" for k, v in c["overrides"].items()) + f": val "
                                           f"{100 * c['val']['mean']:.1f}" for c in r["candidates"]) + ")"
         p = r.get("vs_naive_sft")
-        diff = "—" if p is None else (f"{100 * p['mean']:+.1f}" + ("" if p["ci95"] is None else
-                                      f" [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]"))
+        diff = "—" if p is None else signed_pct_ci(p["mean"], p["ci95"])
         lines.append(f"| {r['design']} | {setting} | {_pct_ci(r['val'])} | {_pct_ci(r['test'])} | {diff} | "
                      f"{'—' if p is None else p['verdict']} | {r['train_seconds']:.0f} |")
     audited = [r for r in result["rows"] if "audit" in r]
@@ -404,10 +398,8 @@ def run_data_efficiency(cfg: DemoConfig, pool_sizes: list[int]) -> dict:
              "| pool | training samples | Naive-SFT | LaViT | LaViT − Naive-SFT | verdict |", "|---|---|---|---|---|---|"]
     for s in sizes:
         p = s["paired_difference"]
-        diff = f"{100 * p['mean']:+.1f}" + ("" if p["ci95"] is None else
-                                           f" [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]")
         lines.append(f"| {s['pool_samples']} | {np.mean(s['training_samples']):.0f} | {_pct_ci(s['naive_sft'])} | "
-                     f"{_pct_ci(s['lavit'])} | {diff} | {p['verdict']} |")
+                     f"{_pct_ci(s['lavit'])} | {signed_pct_ci(p['mean'], p['ci95'])} | {p['verdict']} |")
     lines += ["", f"![data efficiency]({figure.name})"]
     (out / "data_efficiency.md").write_text("\n".join(lines) + "\n")
     return result

@@ -17,37 +17,45 @@ def _recipe_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
     return (items[0], items[1:]) if items and "=" not in items[0] else (None, items)
 
 
-def _config_stage(config_path: str, runner_path: str, summary):
-    """A handler for a config-driven stage: `--help-config`, or load recipe + overrides, run, print a summary.
-
-    Paths are 'module:attr' so each stage imports torch and friends only when it runs.
-    """
-    def load(path: str):
-        module, attr = path.split(":")
-        return getattr(importlib.import_module(module), attr)
-
-    def handler(args: argparse.Namespace) -> int:
-        config_cls = load(config_path)
-        if args.help_config:
-            print(describe_config(config_cls))
-            return 0
-        recipe, overrides = _recipe_and_overrides(args.items)
-        if getattr(args, "shard", ""):
-            overrides.append(f"shard={args.shard}")
-        print(json.dumps(summary(load(runner_path)(load_config(config_cls, recipe, overrides))), indent=2))
-        return 0
-    return handler
+def _load(path: str):
+    """The object at 'module:attr', its module imported now: each stage imports torch and friends only when it
+    runs."""
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 # the config class of each config-driven stage ('module:attr'): its recipe, its overrides, its output setting
 STAGE_CONFIGS = {"train": "lavit.training.lavit_config:LavitTrainConfig",
                  "extract": "lavit.teacher.extract_config:ExtractConfig",
                  "filter": "lavit.teacher.filter_config:FilterConfig"}
-_train = _config_stage(STAGE_CONFIGS["train"], "lavit.training.train:run_training",
+
+
+def stage_config_class(stage: str) -> type:
+    """The config class of a config-driven stage (a key of `STAGE_CONFIGS`)."""
+    return _load(STAGE_CONFIGS[stage])
+
+
+def _config_stage(stage: str, runner_path: str, summary):
+    """A handler for a config-driven stage: `--help-config`, or load recipe + overrides, run (the runner at
+    'module:attr'), print a summary."""
+    def handler(args: argparse.Namespace) -> int:
+        config_cls = stage_config_class(stage)
+        if args.help_config:
+            print(describe_config(config_cls))
+            return 0
+        recipe, overrides = _recipe_and_overrides(args.items)
+        if getattr(args, "shard", ""):
+            overrides.append(f"shard={args.shard}")
+        print(json.dumps(summary(_load(runner_path)(load_config(config_cls, recipe, overrides))), indent=2))
+        return 0
+    return handler
+
+
+_train = _config_stage("train", "lavit.training.train:run_training",
                        lambda r: {k: r[k] for k in ("train_loss", "global_step", "student_dir", "wall_seconds")})
-_extract = _config_stage(STAGE_CONFIGS["extract"], "lavit.teacher.extractor:run_extract",
+_extract = _config_stage("extract", "lavit.teacher.extractor:run_extract",
                          lambda r: {k: v for k, v in r.items() if k != "settings"})
-_filter = _config_stage(STAGE_CONFIGS["filter"], "lavit.teacher.filter:run_filter",
+_filter = _config_stage("filter", "lavit.teacher.filter:run_filter",
                         lambda r: {k: v for k, v in r.items() if k != "settings"})
 
 
@@ -185,7 +193,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from lavit.training.bench import bench_train
 
-        result = bench_train(batch_size=args.batch_size or 8, repeats=args.repeats,
+        result = bench_train(batch_size=args.batch_size or 8, repeats=args.repeats or 9,
                              families=tuple(args.family or ()))
     elif args.what == "dataset":
         from lavit.training.bench import bench_dataset
@@ -194,7 +202,7 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         from lavit.teacher.bench import bench_extract
 
-        result = bench_extract(batch_size=args.batch_size or 2, repeats=args.repeats, config=args.config,
+        result = bench_extract(batch_size=args.batch_size or 2, repeats=args.repeats or 9, config=args.config,
                                num_layers=args.num_layers)
         if args.vllm:
             from lavit.teacher.bench import bench_answers
@@ -405,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--family", action="append", default=None,
                        help="train only: a model family to measure, e.g. qwen3_vl (repeatable; default: every "
                             "supported family)")
-    bench.add_argument("--repeats", type=int, default=9, help="timed repeats per measurement (median reported)")
+    bench.add_argument("--repeats", type=int, default=0, help="timed repeats per measurement, median reported (0 = "
+                       "9 for train and extract, 5 for gpu, 1 for gpu --tiny)")
     bench.add_argument("--batch-size", type=int, default=0, help="samples per measured call (0 = 8 for train, "
                        "2 for extract, 4 for gpu)")
     bench.add_argument("--config", default="bench", choices=["bench", "qwen2.5-vl-32b", "tiny"],
@@ -522,9 +531,8 @@ def command_output(args: argparse.Namespace) -> tuple[str | None, str]:
 
 def stage_config(args: argparse.Namespace):
     """The config a config-driven stage ran with (recipe and overrides); None where it is what failed."""
-    module, name = STAGE_CONFIGS[args.command].split(":")
     try:
-        return load_config(getattr(importlib.import_module(module), name), *_recipe_and_overrides(args.items))
+        return load_config(stage_config_class(args.command), *_recipe_and_overrides(args.items))
     except (ValueError, OSError):  # nothing was written
         return None
 

@@ -174,6 +174,17 @@ def student_config(cfg: DemoConfig, method: str, data: list[Path], image_root: P
     return build_config(LavitTrainConfig, values)  # the overrides are text: read them as their fields' types
 
 
+def eval_splits(cfg: DemoConfig, out: Path, pairs: bool) -> tuple[Path, Path, Path | None]:
+    """The held-out val and test splits under `out`/data and, with `pairs` (and cfg.audit_samples), the paired test
+    scenes of the latent-usage audit under `out`/data/audit (else None): the same scenes on every call."""
+    data, world = out / "data", cfg.world
+    val = write_split(data, "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=world)
+    test = write_split(data, "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=world)
+    audit = (write_split(data / "audit", "test", cfg.audit_samples, world_seed=cfg.world_seed, cfg=world, pairs=True)
+             if pairs and cfg.audit_samples else None)
+    return val, test, audit
+
+
 def boxed_samples(split: Path, n: int) -> list[BoxedSample]:
     rows = [json.loads(line) for line in split.read_text().splitlines() if line.strip()][:n]
     images = split.parent / "images"
@@ -256,15 +267,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     say(f"lavit demo: world {cfg.world_seed}, {cfg.seeds} seeds, pool {cfg.pool_samples}, {cfg.steps} steps "
         f"→ {out}")
     students = prepare_student_artifacts(cfg)
-    val = write_split(out / "data", "val", cfg.val_samples, world_seed=cfg.world_seed, cfg=world)
-    test = write_split(out / "data", "test", cfg.test_samples, world_seed=cfg.world_seed, cfg=world)
+    val, test, audit_split = eval_splits(cfg, out, pairs=True)
     blank = blank_image(out / "data" / "images" / BLANK_IMAGE)
     say("fixed models: teacher, base and text-only on val and test")
     fixed = {name: {"val": evaluate(str(where / name), val), "test": evaluate(str(where / name), test)}
              for name, where in (("teacher", art), ("base", students))}
     fixed["text_only"] = {"val": evaluate(str(art / "text_only"), val, image_override=blank)}
-    audit_split = (write_split(out / "data" / "audit", "test", cfg.audit_samples, world_seed=cfg.world_seed, cfg=world,
-                               pairs=True) if cfg.audit_samples else None)
     extract(cfg, test, out / "test_signals", 0)
     diagnostics = boxed_samples(test, cfg.diagnostic_samples)
     dynamics_probe = boxed_samples(val, 32)

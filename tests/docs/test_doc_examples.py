@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from lavit.cli import STAGE_CONFIGS, build_parser, main
+from lavit.cli import STAGE_CONFIGS, build_parser, main, stage_config_class
 from lavit.config import load_config
 from lavit.training.lavit_config import LavitTrainConfig
 
@@ -141,11 +141,6 @@ PARSER = build_parser()
 SUBCOMMANDS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
-def config_class(stage: str) -> type:
-    module, name = STAGE_CONFIGS[stage].split(":")
-    return getattr(__import__(module, fromlist=[name]), name)
-
-
 def literal_choices(cls: type) -> dict[str, tuple]:
     hints = typing.get_type_hints(cls)
     return {f.name: typing.get_args(hints[f.name]) for f in fields(cls)
@@ -171,7 +166,7 @@ def problems(command: Command, *, prose: bool = False) -> list[str]:
     sub = SUBCOMMANDS[name]
     options = sub._option_string_actions
     found, i = [], 0
-    config = config_class(name) if name in STAGE_CONFIGS else None
+    config = stage_config_class(name) if name in STAGE_CONFIGS else None
     keys = {f.name for f in fields(config)} if config else set()
     choices = literal_choices(config) if config else {}
     while i < len(rest):

@@ -157,6 +157,7 @@ def test_norm_recorder_sees_the_embeddings_and_final_states_gathered_by_hand(tin
     text = inputs["attention_mask"].bool() & (ids != tiny.model.config.image_token_id) & ~torch.isin(
         ids, torch.tensor(tiny.latent_ids))
     real = text | (ids == tiny.model.config.image_token_id)
+    assert torch.equal(norms.text_tokens, text)
     assert torch.allclose(norms.input_norms[text], embedded.norm(dim=-1)[text], rtol=1e-5)
     assert not torch.allclose(norms.input_norms[real & ~text], embedded.norm(dim=-1)[real & ~text])  # image features
     with torch.no_grad():

@@ -23,9 +23,15 @@ from lavit.models.continuous_latents import (
     latent_feedback_prompt,
 )
 from lavit.models.families import family_of
-from tests.inference.test_continuous_generation import continuous_student, forced_inputs
 from tests.eval.test_audit import write_samples
-from tests.inference.test_interventions import QUESTIONS, images, redrawn, replacements
+from tests.inference.test_continuous_generation import continuous_student, forced_inputs
+from tests.inference.test_interventions import (
+    QUESTIONS,
+    assert_every_replacement_invisible,
+    assert_every_replacement_moves,
+    images,
+    redrawn,
+)
 
 K = 4
 
@@ -85,15 +91,7 @@ def test_own_recorded_states_reproduce_the_unmodified_run_bit_for_bit():
 def test_positive_control_every_replacement_moves_the_readout():
     tiny = continuous_student()
     inputs = forced_inputs(tiny)
-    states = recorded(tiny, inputs)
-    reference = readout_logits(tiny, inputs)
-    for name, replace in replacements(states).items():
-        changed = readout_logits(tiny, inputs, LatentStatePatch(tiny.model, tiny.latent_ids, replace))
-        moved = (changed - reference).abs().amax(dim=1)  # [B]
-        rows = [0, 1] if name == "swap" else [0, 1, 2]
-        assert (moved[rows] > 1e-2).all(), (name, moved)
-        if name == "swap":  # row 2 got its own states back
-            assert moved[2] == 0
+    assert_every_replacement_moves(tiny, recorded(tiny, inputs), lambda patch: readout_logits(tiny, inputs, patch))
 
 
 def test_both_paths_carry_the_block_and_the_patch_reaches_both():
@@ -117,12 +115,8 @@ def test_negative_control_masked_latents_make_every_replacement_invisible():
     inputs = forced_inputs(tiny)
     states = recorded(tiny, inputs)
     assert torch.equal(recorded(tiny, inputs, "masked")[0], torch.zeros_like(states[0]))
-    reference_answers = answers(tiny, "masked")
-    reference_logits = readout_logits(tiny, inputs, mode="masked")
-    for name, replace in replacements(states).items():
-        patch = LatentStatePatch(tiny.model, tiny.latent_ids, replace)
-        assert answers(tiny, "masked", patch) == reference_answers, name
-        assert torch.equal(readout_logits(tiny, inputs, patch, mode="masked"), reference_logits), name
+    assert_every_replacement_invisible(tiny, states, lambda patch: answers(tiny, "masked", patch),
+                                       lambda patch: readout_logits(tiny, inputs, patch, mode="masked"))
 
 
 def test_refusals():

@@ -140,30 +140,41 @@ def replacements(states: torch.Tensor) -> dict:
             "random": donor_block(block[:, [1, 2, 0]]), "swap": donor_block(block[:, [1, 0, 2]])}
 
 
-def test_negative_control_masked_latents_make_every_replacement_invisible():
-    tiny = redrawn()
-    inputs = prompt_inputs(tiny, "masked")
-    states = recorded(tiny, prompt_inputs(tiny))
-    reference_answers = answers(tiny, "masked")
-    reference_logits = readout_logits(tiny, inputs, masked=True)
+def assert_every_replacement_invisible(tiny: Tiny, states: torch.Tensor, answers_with, logits_with) -> None:
+    """Negative control: under each of `replacements(states)` the answers `answers_with(patch)` and the readout's
+    logits `logits_with(patch)` [B, V] are those of the unpatched run (`patch` None)."""
+    reference_answers, reference_logits = answers_with(None), logits_with(None)
     for name, replace in replacements(states).items():
         patch = LatentStatePatch(tiny.model, tiny.latent_ids, replace)
-        assert answers(tiny, "masked", patch) == reference_answers, name
-        assert torch.equal(readout_logits(tiny, inputs, patch, masked=True), reference_logits), name
+        assert answers_with(patch) == reference_answers, name
+        assert torch.equal(logits_with(patch), reference_logits), name
 
 
-def test_positive_control_the_readout_reads_the_replaced_block_in_forced_mode():
-    tiny = redrawn()
-    inputs = prompt_inputs(tiny)
-    states = recorded(tiny, inputs)
-    reference = readout_logits(tiny, inputs)
+def assert_every_replacement_moves(tiny: Tiny, states: torch.Tensor, logits_with) -> None:
+    """Positive control: each of `replacements(states)` moves the readout's logits `logits_with(patch)` [B, V] away
+    from the unpatched run's (`patch` None) in every row it gives other states."""
+    reference = logits_with(None)
     for name, replace in replacements(states).items():
-        changed = readout_logits(tiny, inputs, LatentStatePatch(tiny.model, tiny.latent_ids, replace))
+        changed = logits_with(LatentStatePatch(tiny.model, tiny.latent_ids, replace))
         moved = (changed - reference).abs().amax(dim=1)  # [B]
         rows = [0, 1] if name == "swap" else [0, 1, 2]
         assert (moved[rows] > 1e-2).all(), (name, moved)
         if name == "swap":  # row 2 got its own states back
             assert moved[2] == 0
+
+
+def test_negative_control_masked_latents_make_every_replacement_invisible():
+    tiny = redrawn()
+    inputs = prompt_inputs(tiny, "masked")
+    states = recorded(tiny, prompt_inputs(tiny))
+    assert_every_replacement_invisible(tiny, states, lambda patch: answers(tiny, "masked", patch),
+                                       lambda patch: readout_logits(tiny, inputs, patch, masked=True))
+
+
+def test_positive_control_the_readout_reads_the_replaced_block_in_forced_mode():
+    tiny = redrawn()
+    inputs = prompt_inputs(tiny)
+    assert_every_replacement_moves(tiny, recorded(tiny, inputs), lambda patch: readout_logits(tiny, inputs, patch))
 
 
 def test_refusals():

@@ -9,6 +9,7 @@ from PIL import Image
 from lavit.data.collator import LavitCollator
 from lavit.eval.models import GenerativeModel
 from lavit.inference.engines import build_engine
+from lavit.models import lavit_student
 from lavit.models.checkpoint import load_model_and_processor, read_lavit_meta
 from lavit.models.continuous_latents import (
     LatentFeedback,
@@ -131,9 +132,9 @@ def test_gradient_reaches_the_fed_back_inputs_of_the_final_pass():
 
 
 @pytest.mark.parametrize("gamma", [1e-6, 0.5])
-def test_the_final_pass_is_a_fixed_point_under_the_gate(gamma):
+def test_the_final_pass_is_a_fixed_point_under_the_gate(gamma, monkeypatch):
     """With the gate closed (readout gated too), the inputs fed to latents 2..K in the final pass are exactly the
-    fed-back final states of latents 1..K−1 in that same pass."""
+    fed-back final states of latents 1..K−1 in that same pass; the K passes share one gated mask."""
     tiny = Tiny()
     feedback = continuous(tiny)
     student = LavitStudent(tiny.model, tiny.latent_ids, gate_readout=True)
@@ -141,8 +142,12 @@ def test_the_final_pass_is_a_fixed_point_under_the_gate(gamma):
     batch = LavitCollator(tiny.tokenizer.pad_token_id, True, True)(tiny.examples())
     assert batch["gate_query_mask"].any()
     seen: list[torch.Tensor] = []
+    built = []
+    build = lavit_student.build_gated_attention_mask
+    monkeypatch.setattr(lavit_student, "build_gated_attention_mask", lambda *a, **kw: built.append(1) or build(*a, **kw))
     with torch.no_grad(), editing_fed_back(lambda fed: seen.append(fed) or fed):
         hidden = student(batch).hidden_states
+    assert len(built) == 1
     positions = batch["latent_positions"]
     rows = torch.arange(2)[:, None]
     assert torch.allclose(feedback.feed_back(hidden[rows, positions[:, :-1]]), seen[-1], atol=1e-5)

@@ -34,7 +34,7 @@ def flex_backward_on_cpu(monkeypatch):
     monkeypatch.setattr(torch_flex, "_validate_device", lambda query, key, value: None)
 
 
-def hand_made_gate(gamma: float):
+def hand_made_gate():
     """Two right-padded sequences of 40 positions: image keys 3..9, gated queries from 20 (real ones only)."""
     bsz, seq = 2, 40
     attention_mask = torch.ones(bsz, seq, dtype=torch.long)
@@ -49,7 +49,7 @@ def hand_made_gate(gamma: float):
 
 @pytest.mark.parametrize("gamma", [1e-3, 0.37, 0.0])
 def test_the_flex_gate_is_the_dense_gate(gamma, flex_backward_on_cpu):
-    attention_mask, image, gated = hand_made_gate(gamma)
+    attention_mask, image, gated = hand_made_gate()
     dense = build_gated_attention_mask(attention_mask, image, gated, gamma, torch.float32)  # [B, 1, S, S]
     gate = build_flex_gate(attention_mask, image, gated, gamma)
     # the probes' rows: every row of the dense mask, exactly
@@ -81,7 +81,7 @@ def test_a_new_gamma_or_batch_is_not_a_recompile():
     counter = CompileCounterWithBackend("eager")
     compiled = torch.compile(flex_attention, backend=counter)
     q, k, v = torch.randn(2, 4, 40, 16), torch.randn(2, 2, 40, 16), torch.randn(2, 2, 40, 16)
-    attention_mask, image, gated = hand_made_gate(0.0)
+    attention_mask, image, gated = hand_made_gate()
     outputs = []
     for gamma in (1e-6, 0.2, 0.0, 0.9):
         gate = build_flex_gate(attention_mask, image, gated, gamma)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from lavit.ablate import DESIGNS, LATENT_METHODS, choose_on_val, design_table_lines, run_designs
+from lavit.ablate import DESIGNS, LATENT_METHODS, choose_on_val, design_table_lines, finished_training, run_designs
+from lavit.config import config_to_dict
+from lavit.data.sft_dataset import data_fingerprint
 from lavit.demo import DemoConfig
 from lavit.training.lavit_config import LavitTrainConfig
+from lavit.training.train import DATA_FINGERPRINT, RESULTS
 
 
 def test_every_design_names_a_real_method_and_setting():
@@ -36,6 +41,28 @@ def test_choose_on_val_takes_the_best_mean_and_the_first_on_a_tie():
         choose_on_val([[0.5], []])
     with pytest.raises(ValueError, match="val accuracies"):
         choose_on_val([])
+
+
+def test_a_finished_run_of_the_same_settings_and_data_is_reused_and_no_other(tmp_path):
+    data = tmp_path / "sft.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"]}), data)
+    cfg = LavitTrainConfig(data=[str(data)], output_dir=str(tmp_path / "run"), max_steps=10, gate_warmup_steps=4)
+    assert finished_training(cfg) is None  # nothing trained yet
+    student = tmp_path / "run" / "student"
+    student.mkdir(parents=True)
+    (student / "lavit.json").write_text("{}")
+    # what `run_training` writes when it finishes (json.dumps of these keys, among others)
+    done = {"settings": config_to_dict(cfg), DATA_FINGERPRINT: data_fingerprint(cfg.data), "student_dir": str(student),
+            "train_loss": 1.5, "wall_seconds": 12.0}
+    (tmp_path / "run" / RESULTS).write_text(json.dumps(done, indent=2))
+    assert finished_training(cfg) == json.loads(json.dumps(done))
+    assert finished_training(replace(cfg, lam=0.5)) is None  # another setting
+    pq.write_table(pa.table({"id": ["a", "c"]}), data)  # other data, same rows
+    assert finished_training(cfg) is None
+    pq.write_table(pa.table({"id": ["a", "b"]}), data)
+    assert finished_training(cfg) is not None
+    (student / "lavit.json").unlink()  # the export is gone
+    assert finished_training(cfg) is None
 
 
 def _entry(values):

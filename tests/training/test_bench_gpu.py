@@ -5,6 +5,7 @@ hold the CPU tests' bound."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -69,6 +70,22 @@ def test_bench_gpu_steps_the_flex_gate_where_torch_lets_it(tmp_path, monkeypatch
     cases = result["numerics"]["student"]["cases"]
     assert set(cases) == {"dense_bf16", "flex_bf16", "flex_fp32"}
     assert max(cases["flex_fp32"]["relative_error"].values()) < 1e-5  # the CPU tests' fp32 bound
+
+
+@pytest.mark.parametrize(("argv", "cuda", "expected"), [
+    (["--tiny"], False, {"repeats": 1}),  # TINY's own
+    ([], True, {"repeats": 5}),  # REAL's own
+    (["--tiny", "--repeats", "3", "--batch-size", "4"], False, {"repeats": 3, "batch_size": 4}),
+])
+def test_bench_gpu_takes_the_sizes_own_repeats_unless_asked(argv, cuda, expected, tmp_path, monkeypatch):
+    """Without --repeats the sizes keep their own (TINY 1, REAL 5); what is asked replaces it."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(bench_gpu, "bench_gpu", lambda sizes, out: chosen.append(sizes) or {"numerics": {}})
+    monkeypatch.setattr(bench_gpu, "gpu_table", lambda result: "table")
+    assert main(["bench", "gpu", *argv, "--out", str(tmp_path / "bench.json")]) == 0
+    base = bench_gpu.TINY if "--tiny" in argv else REAL
+    assert chosen == [dataclasses.replace(base, **expected)]
 
 
 def test_flex_steps_are_measured_where_torch_can_train_them():

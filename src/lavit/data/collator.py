@@ -57,26 +57,20 @@ class LavitCollator:
         batch["gate_query_mask"] = (gated_query_mask(image_mask, latent_mask, attention_mask, self.gate_question_tokens,
                                                      self.gate_readout)
                                     if has_latents else torch.zeros_like(image_mask))
-        for key in ("v_sem", "traj_target"):
-            present = [key in e for e in examples]
-            if any(present) and not all(present):
-                missing = [e["id"] for e in examples if key not in e]
+        for key in ("v_sem", "traj_target", "kd_ids"):
+            missing = [e["id"] for e in examples if key not in e]
+            if 0 < len(missing) < bsz:
                 raise ValueError(f"{key} missing for samples {missing} while others in the batch have it")
-            if all(present):
-                values = [e[key] for e in examples]
-                dims = {v.shape[-1] for v in values}
-                if key == "v_sem" and len(dims) != 1:
-                    raise ValueError(f"V_sem targets in one batch have different dimensions {sorted(dims)}")
-                batch[key] = torch.stack(values) if key == "v_sem" else pad_sequence(values, batch_first=True)
-        if "traj_target" in batch and batch["traj_target"].shape != image_index.shape:
-            raise ValueError("trajectory targets do not match the image token counts of their samples")
-        present = ["kd_ids" in e for e in examples]
-        if any(present) and not all(present):
-            raise ValueError(f"teacher top-k missing for samples {[e['id'] for e in examples if 'kd_ids' not in e]} "
-                             "while others in the batch have it")
-        if all(present):
-            if len({e["kd_ids"].shape[1] for e in examples}) != 1:
-                raise ValueError("teacher top-k of different sizes k in one batch")
+        if "v_sem" in examples[0]:
+            dims = {e["v_sem"].shape[-1] for e in examples}
+            if len(dims) != 1:
+                raise ValueError(f"V_sem targets in one batch have different dimensions {sorted(dims)}")
+            batch["v_sem"] = torch.stack([e["v_sem"] for e in examples])
+        if "traj_target" in examples[0]:
+            batch["traj_target"] = pad_sequence([e["traj_target"] for e in examples], batch_first=True)
+            if batch["traj_target"].shape != image_index.shape:
+                raise ValueError("trajectory targets do not match the image token counts of their samples")
+        if "kd_ids" in examples[0]:
             batch["kd_ids"] = pad_sequence([e["kd_ids"] for e in examples], batch_first=True, padding_value=-1)
             batch["kd_logprobs"] = pad_sequence([e["kd_logprobs"] for e in examples], batch_first=True)
             batch["kd_mask"] = pad_sequence([torch.ones(len(e["kd_ids"]), dtype=torch.bool) for e in examples],

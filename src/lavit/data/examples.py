@@ -83,6 +83,14 @@ def locate_layout(input_ids: torch.Tensor, image_token_id: int, latent_ids: list
     return image_pos, latent_pos
 
 
+def continuation_ids(tokenizer, latent_tokens: list[str], answers: list[str]) -> list[list[int]]:
+    """Per answer, the token ids that follow the prompt, all of them labelled: `[V, X_ans, <|im_end|>]` (the latent
+    tokens, one id each, then the answer and the end-of-turn token)."""
+    prefix = "".join(latent_tokens)
+    return tokenizer([prefix + answer + tokenizer.eos_token for answer in answers],
+                     add_special_tokens=False)["input_ids"]
+
+
 def build_example(processor, sample: TrainingSample, latent_tokens: list[str], *, system_prompt: str | None,
                   top_k: int = 8) -> dict:
     """Tokenise `sample` as `[system, I, X_q, assistant:, V, X_ans, <|im_end|>]` (K = 0 gives Naive-SFT).
@@ -94,8 +102,7 @@ def build_example(processor, sample: TrainingSample, latent_tokens: list[str], *
     prompt = render_prompt(processor, sample.question, system_prompt)
     enc = processor(text=[prompt], images=[to_rgb(sample.image)], return_tensors="pt")
     prompt_ids = enc["input_ids"][0]
-    continuation = "".join(latent_tokens) + sample.answer + tokenizer.eos_token
-    cont_ids = torch.tensor(tokenizer(continuation, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    cont_ids = torch.tensor(continuation_ids(tokenizer, latent_tokens, [sample.answer])[0], dtype=torch.long)
     input_ids = torch.cat([prompt_ids, cont_ids])
     labels = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), cont_ids])
     mm_types = torch.cat([enc["mm_token_type_ids"][0], torch.zeros_like(cont_ids)])

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from lavit.data.examples import IGNORE_INDEX, TrainingSample, build_example
+from lavit.data.examples import TrainingSample, build_example, continuation_ids
 from lavit.data.fingerprints import file_fingerprint, files_fingerprint, store_fingerprint
 from lavit.data.samples import (
     DEFAULT_MAX_TEXT_TOKENS,
@@ -38,15 +38,15 @@ from lavit.data.samples import (
     open_rgb,
     resolve_image,
 )
-from lavit.data.signal_store import MANIFEST, shard_files
-from lavit.data.vocab_alignment import (
+from lavit.data.signal_store import (
     KD_TEMPERATURE,
     KD_TOKENS,
     KD_TOPK_LOGPROBS,
     KD_TOPK_TOKENS,
-    KdAlignment,
-    StudentVocab,
+    MANIFEST,
+    shard_files,
 )
+from lavit.data.vocab_alignment import KdAlignment, StudentVocab
 
 BASE_COLUMNS = ("id", "image", "question")
 SIGNAL_COLUMNS = ("v_sem", "a_traj", "a_traj_grid")
@@ -251,14 +251,6 @@ class LavitSftDataset(torch.utils.data.Dataset):
         keep[list(problems)] = False
         return np.flatnonzero(keep), dropped
 
-    def _continuation_ids(self, answers: list[str]) -> list[list[int]]:
-        """The student's labelled tokens after its latents for each answer: the answer and end-of-turn, tokenised as
-        `build_example` tokenises them."""
-        tokenizer = self.processor.tokenizer
-        prefix = "".join(self.latent_tokens)
-        encoded = tokenizer([prefix + a + tokenizer.eos_token for a in answers], add_special_tokens=False)["input_ids"]
-        return [ids[len(self.latent_tokens):] for ids in encoded]
-
     def _kd_misaligned(self, rows: list[int], answers: pa.ChunkedArray) -> dict[int, str]:
         """The rows among `rows` whose answer's student tokens are not the teacher's stored answer tokens mapped to
         the student's ids (same tokens, same count), with what differs."""
@@ -266,7 +258,8 @@ class LavitSftDataset(torch.utils.data.Dataset):
         for start in range(0, len(rows), CHECK_BLOCK_ROWS):
             block = rows[start:start + CHECK_BLOCK_ROWS]
             texts = answers.take(pa.array(block, pa.int64())).to_pylist()
-            for row, got in zip(block, self._continuation_ids(texts)):
+            for row, labelled in zip(block, continuation_ids(self.processor.tokenizer, self.latent_tokens, texts)):
+                got = labelled[len(self.latent_tokens):]  # the answer and end-of-turn, as `build_example` labels them
                 want = self.kd.answer_ids[self.kd.positions(row)]
                 if len(got) != len(want) or not np.array_equal(np.asarray(got), want):
                     at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
@@ -340,18 +333,15 @@ class LavitSftDataset(torch.utils.data.Dataset):
         example = build_example(self.processor, self.sample(index), self.latent_tokens,
                                 system_prompt=self.system_prompt, top_k=self.top_k)
         if self.kd is not None:
-            example.update(self.kd_targets(index, example))
+            example.update(self.kd_targets(index))
         return example
 
-    def kd_targets(self, index: int, example: dict) -> dict:
+    def kd_targets(self, index: int) -> dict:
         """Item `index`'s teacher top-k, `kd_ids` [T, k] int64 and `kd_logprobs` [T, k] float32, paired with the T
-        labels after its latents (checked against them: `check_rows` paired the same tokens)."""
+        labels after its latents (`check_rows` kept only rows whose `continuation_ids`, which `build_example` labels,
+        are the teacher's stored answer tokens)."""
         row = int(self.rows[index])
         span = self.kd.positions(row)
-        labelled = example["labels"][example["labels"] != IGNORE_INDEX][len(self.latent_tokens):]  # [T]
-        if not np.array_equal(labelled.numpy(), self.kd.answer_ids[span]):
-            raise ValueError(f"sample {example['id']}: the example's answer tokens are not the ones checked against "
-                             "the teacher's; the distillation targets cannot be paired with its labels")
         logprobs = self.table.column(KD_TOPK_LOGPROBS)[row].values.to_numpy(zero_copy_only=False)  # [T*k]
         return {"kd_ids": torch.from_numpy(self.kd.topk_ids[span].astype(np.int64)),
                 "kd_logprobs": torch.from_numpy(logprobs.astype(np.float32).reshape(-1, self.kd.top_k))}

@@ -53,6 +53,10 @@ from lavit.data.samples import answer_text, text_value
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 SHARD_DIR = "data"
+# The teacher's top-k columns (their types and meaning: SIGNAL_SCHEMA).
+KD_TOKEN_IDS, KD_TOKENS, KD_TOPK_IDS, KD_TOPK_TOKENS, KD_TOPK_LOGPROBS, KD_TEMPERATURE = (
+    "kd_token_ids", "kd_tokens", "kd_topk_ids", "kd_topk_tokens", "kd_topk_logprobs", "kd_temperature")
+KD_COLUMNS = (KD_TOKEN_IDS, KD_TOKENS, KD_TOPK_IDS, KD_TOPK_TOKENS, KD_TOPK_LOGPROBS, KD_TEMPERATURE)
 
 # One row per input sample. Rejected samples keep their row (status 'rejected', reason set, signals null).
 SIGNAL_SCHEMA = pa.schema([
@@ -75,15 +79,14 @@ SIGNAL_SCHEMA = pa.schema([
     ("sample_sha256", pa.string()),
     # The teacher's next-token distribution where it produces its answer (`lavit extract kd_top_k=k`, null when 0 or
     # written before): one entry per answer token and the end-of-turn token, T in all; top-k lists are row-major [T, k].
-    ("kd_token_ids", pa.list_(pa.int32())),  # [T] the teacher's tokens at those positions
-    ("kd_tokens", pa.list_(pa.string())),  # [T] their strings in the teacher's tokenizer (the last: its end-of-turn)
-    ("kd_topk_ids", pa.list_(pa.int32())),  # [T*k] the k most probable next tokens at each position
-    ("kd_topk_tokens", pa.list_(pa.string())),  # [T*k] their strings (null for an id past the teacher's tokenizer)
-    ("kd_topk_logprobs", pa.list_(pa.float32())),  # [T*k] their log-probabilities at kd_temperature
-    ("kd_temperature", pa.float32()),  # τ of those log-probabilities: log softmax(logits / τ)
+    (KD_TOKEN_IDS, pa.list_(pa.int32())),  # [T] the teacher's tokens at those positions
+    (KD_TOKENS, pa.list_(pa.string())),  # [T] their strings in the teacher's tokenizer (the last: its end-of-turn)
+    (KD_TOPK_IDS, pa.list_(pa.int32())),  # [T*k] the k most probable next tokens at each position
+    (KD_TOPK_TOKENS, pa.list_(pa.string())),  # [T*k] their strings (null for an id past the teacher's tokenizer)
+    (KD_TOPK_LOGPROBS, pa.list_(pa.float32())),  # [T*k] their log-probabilities at kd_temperature
+    (KD_TEMPERATURE, pa.float32()),  # τ of those log-probabilities: log softmax(logits / τ)
 ])
 SAMPLE_FINGERPRINT = "sample_sha256"
-KD_COLUMNS = ("kd_token_ids", "kd_tokens", "kd_topk_ids", "kd_topk_tokens", "kd_topk_logprobs", "kd_temperature")
 
 
 def pending_row(index: int, sample_id: str, image, question, answer, source) -> dict:
@@ -599,7 +602,7 @@ def open_worker_writer(directory: str | Path, worker: int, workers: int) -> Shar
 
 def check_finite_row(row: dict) -> None:
     """NaN/inf in a stored signal is an error naming the sample (never trained on, never zero-filled)."""
-    for key in ("a_traj", "v_sem", "kd_topk_logprobs"):
+    for key in ("a_traj", "v_sem", KD_TOPK_LOGPROBS):
         values = row.get(key)
         if values is not None and not np.isfinite(np.asarray(values, dtype=np.float32)).all():
             raise ValueError(f"sample {row.get('id')}: stored {key} contains NaN or inf")

@@ -17,10 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lavit.data.signal_store import (
+    KD_TEMPERATURE,
+    KD_TOKENS,
+    KD_TOPK_LOGPROBS,
+    KD_TOPK_TOKENS,
+)
+
 UNMAPPED = -1
-# The store's columns of the teacher's top-k (`signal_store.KD_COLUMNS`), as training reads them.
-KD_TOKENS, KD_TOPK_TOKENS, KD_TOPK_LOGPROBS, KD_TEMPERATURE = ("kd_tokens", "kd_topk_tokens", "kd_topk_logprobs",
-                                                               "kd_temperature")
 
 
 @dataclass
@@ -97,7 +101,6 @@ class KdAlignment:
     starts: np.ndarray
     outside_teacher: np.ndarray  # [P, k] bool: the teacher's tokenizer has no string for the id
     duplicate: np.ndarray  # [P, k] bool: the id an earlier entry of the position took
-    logprob_rows: np.ndarray  # the table rows that have positions, in order (where their log-probabilities are)
     problems: dict[int, str]  # table row → 'signal_missing' | 'kd_malformed'
     top_k: int
     temperature: float
@@ -140,7 +143,7 @@ class KdAlignment:
         outside = pc.is_null(topk).to_numpy(zero_copy_only=False).reshape(len(tokens), top_k)
         duplicate = first_duplicates(topk_ids)
         topk_ids[duplicate] = UNMAPPED
-        return cls(topk_ids, answer_ids, starts, outside, duplicate, np.flatnonzero(usable), problems, top_k,
+        return cls(topk_ids, answer_ids, starts, outside, duplicate, problems, top_k,
                    temperatures.pop() if temperatures else 1.0)
 
     def positions(self, row: int) -> slice:
@@ -152,7 +155,8 @@ class KdAlignment:
         cause, and the teacher mass they carry into the rest bucket (from the table's `kd_topk_logprobs`)."""
         positions = np.concatenate([np.arange(self.starts[r], self.starts[r + 1]) for r in rows] or
                                    [np.zeros(0, dtype=np.int64)])
-        logprobs = _flat_values(table.take(pa.array(self.logprob_rows, pa.int64())), KD_TOPK_LOGPROBS)
+        with_positions = np.flatnonzero(np.diff(self.starts))  # the usable rows (each has ≥ 1 answer position)
+        logprobs = _flat_values(table.take(pa.array(with_positions, pa.int64())), KD_TOPK_LOGPROBS)
         p = np.exp(logprobs.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(self.answer_ids), self.top_k)[
             positions])  # [P, k]
         unmapped = self.topk_ids[positions] == UNMAPPED  # [P, k]

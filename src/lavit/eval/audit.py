@@ -23,8 +23,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,6 +65,7 @@ from lavit.inference.interventions import (
     zero_block,
 )
 from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.continuous_latents import shared_image_features
 from lavit.models.families import family_of
 
 if TYPE_CHECKING:
@@ -332,31 +332,6 @@ def sensitivity_summary(own: dict[str, torch.Tensor], donors: dict[str, dict], k
 
 
 # -- the audit --------------------------------------------------------------------------------------------------
-@contextmanager
-def reused_image_features(net: torch.nn.Module) -> Iterator[None]:
-    """Within this block the model's `get_image_features` is computed once per pixel tensor: the interventions on
-    one batch share its inputs, so its images go through the vision tower once rather than once per pass."""
-    owners = [m for m in (net, getattr(net, "model", None)) if m is not None and hasattr(m, "get_image_features")]
-    cache: dict[tuple, object] = {}
-
-    def cached(level: int, compute):
-        @functools.wraps(compute)  # callers read its signature to choose the kwargs they pass
-        def features(pixel_values, *args, **kwargs):
-            key = (level, pixel_values.data_ptr(), tuple(pixel_values.shape))
-            if key not in cache:
-                cache[key] = compute(pixel_values, *args, **kwargs)
-            return cache[key]
-        return features
-
-    for level, owner in enumerate(owners):
-        owner.get_image_features = cached(level, owner.get_image_features)  # an instance attribute shadows the method
-    try:
-        yield
-    finally:
-        for owner in owners:
-            del owner.get_image_features
-
-
 def choose_interventions(names: list[str] | None) -> list[str]:
     """The interventions named (None: all), checked, in the audit's order."""
     chosen = list(INTERVENTIONS) if names is None else list(names)
@@ -549,8 +524,7 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
             layers = states[site_offset(net):]  # [L, B, K+1, D]: the decoder layers' outputs (no fed-back site)
             if norms is not None:
                 ratios.append(norm_ratios(norms.input_norms, norms.final_norms, layers[:, :, 1:].float().norm(dim=-1),
-                                          _text_tokens(built[(tuple(it.id for it in batch), True, False)], net,
-                                                       latent_ids)))
+                                          norms.text_tokens))
             for b, (it, answer) in enumerate(zip(batch, answers)):
                 raw["forced"][it.id] = answer
                 final[it.id] = states[-1, b].clone()  # a copy: a view would keep every layer alive
@@ -575,7 +549,7 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
         # Per batch, every intervention on the same inputs, the vision tower run once per prompt form
         for i in range(0, len(ready), batch_size):
             batch = ready[i:i + batch_size]
-            with reused_image_features(net):
+            with shared_image_features(net):
                 for name in runs[1:]:
                     todo = [it for it in batch if it.id in asked[name]]
                     if not todo:
@@ -635,21 +609,18 @@ def _row(name: str, scored: dict[str, dict[str, dict]], donors: dict | None, n_r
     row["flip_rate"] = sum(answers[i]["extracted"] != forced[i]["extracted"] for i in ids) / len(ids)
     if name == "swap":
         row["no_donor"] = n_ready - len(ids)
-        # items whose own answer differs from their donor's, both an answer (no letter, or an empty text, is none):
-        # does the swapped answer become the donor's?
-        contrast = [i for i in ids if forced[i]["extracted"] not in (None, "")
-                    and forced[donors[i]["donor"]]["extracted"] not in (None, "", forced[i]["extracted"])]
-        followed = sum(answers[i]["extracted"] == forced[donors[i]["donor"]]["extracted"] for i in contrast)
-        row["follows_donor"] = {"n": len(contrast), "followed": followed,
-                                "rate": followed / len(contrast) if contrast else None}
+        row["follows_donor"] = _follows(answers, forced, {i: forced[donors[i]["donor"]]["extracted"] for i in ids})
     return row
 
 
-def _text_tokens(inputs: dict, net, latent_ids: list[int]) -> torch.Tensor:
-    """[B, S] bool: the prompt's text tokens, real (unpadded) and neither an image or video placeholder nor a latent."""
-    placeholders = [t for t in (net.config.image_token_id, getattr(net.config, "video_token_id", None)) if t is not None]
-    skip = torch.tensor([*placeholders, *latent_ids], device=inputs["input_ids"].device)
-    return inputs["attention_mask"].bool() & ~torch.isin(inputs["input_ids"], skip)
+def _follows(answers: dict[str, dict], forced: dict[str, dict], target: dict[str, str | None]) -> dict:
+    """Over the items of `answers` whose own forced answer differs from their `target` answer (the swap donor's, the
+    oracle view's), both an answer (no letter, or an empty text, is none): does the intervened answer become the
+    target's?"""
+    contrast = [i for i in answers if forced[i]["extracted"] not in (None, "")
+                and target[i] not in (None, "", forced[i]["extracted"])]
+    followed = sum(answers[i]["extracted"] == target[i] for i in contrast)
+    return {"n": len(contrast), "followed": followed, "rate": followed / len(contrast) if contrast else None}
 
 
 def _emission_styles(model) -> dict[str, dict]:
@@ -707,14 +678,8 @@ def _arm_row(name: str, scored: dict[str, dict[str, dict]], sources: dict[str, d
     ids = list(answers)
     row["no_source"] = n_ready - len(ids)
     if name in ("oracle", "oracle_donor"):
-        # items whose oracle view's answer differs from their own forced answer, both an answer: does the injected
-        # answer become the view's?
         view = {i: oracle_view[sources[i]["view"]]["extracted"] for i in ids}
-        contrast = [i for i in ids if forced[i]["extracted"] not in (None, "")
-                    and view[i] not in (None, "", forced[i]["extracted"])]
-        followed = sum(answers[i]["extracted"] == view[i] for i in contrast)
-        row["follows_oracle"] = {"n": len(contrast), "followed": followed,
-                                 "rate": followed / len(contrast) if contrast else None}
+        row["follows_oracle"] = _follows(answers, forced, view)
     elif "none" in scored:
         common = [i for i in ids if i in scored["none"]]
         row["vs_none"] = paired_difference([answers[i]["correct"] for i in common],
@@ -832,6 +797,11 @@ def _interval(ci: list[float] | None, signed: bool = False) -> str:
     return " [" + ", ".join(fmt.format(100 * x) for x in ci) + "]"
 
 
+def _follows_cell(follows: dict) -> str:
+    """A `_follows` result as a table cell."""
+    return f"{_pct(follows['rate'])}% of {follows['n']}" if follows["n"] else "n/a (0 contrasting)"
+
+
 def audit_markdown(result: dict) -> str:
     """The audit table (percent and points) and the collapse numbers; titled by the settings `run_audit` adds."""
     s, k = result.get("settings"), result["k"]
@@ -855,10 +825,7 @@ def audit_markdown(result: dict) -> str:
             lines.append(f"| {name} (reference) | {acc} | — | — | — | — |")
             continue
         diff = row["vs_forced"]
-        follows = "—"
-        if "follows_donor" in row:
-            f = row["follows_donor"]
-            follows = f"{_pct(f['rate'])}% of {f['n']}" if f["n"] else "n/a (0 contrasting)"
+        follows = _follows_cell(row["follows_donor"]) if "follows_donor" in row else "—"
         lines.append(f"| {name} | {acc} | {100 * diff['difference']:+.1f}{_interval(diff['ci95'], True)} | "
                      f"{diff['mcnemar_p']:.3g} | {_pct(row['flip_rate'])}% | {follows} |")
     c = result["collapse"]
@@ -890,10 +857,8 @@ def _diagnostics_markdown(found: dict, k: int) -> list[str]:
                 lines.append(f"| {row['arm']} | not applicable: {row['reason']} | | | | | |")
                 continue
             diff = row["vs_forced"]
-            follows, vs_none = "—", "—"
-            if "follows_oracle" in row:
-                f = row["follows_oracle"]
-                follows = f"{_pct(f['rate'])}% of {f['n']}" if f["n"] else "n/a (0 contrasting)"
+            follows = _follows_cell(row["follows_oracle"]) if "follows_oracle" in row else "—"
+            vs_none = "—"
             if "vs_none" in row:
                 vs_none = f"{100 * row['vs_none']['difference']:+.1f}{_interval(row['vs_none']['ci95'], True)}"
             lines.append(f"| {row['arm']} | {_pct(row['accuracy'])}{_interval(row['ci95'])} (n={row['n']}, "

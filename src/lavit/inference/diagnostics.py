@@ -52,8 +52,10 @@ class LatentNormRecorder:
     """Records, in the prompt pass, ‖x_t‖ of the first decoder layer's input at every position and ‖h‖ of the text
     model's final hidden states (after the final norm) at the K latents.
 
-    After a run `input_norms` is [B, S] and `final_norms` [B, K], both float32 on the CPU; the prompt's layout is
-    the forced one (`latent_block_width`: every row ends with the K latents, left-padded).
+    After a run `input_norms` is [B, S] and `final_norms` [B, K], both float32 on the CPU, and `text_tokens` [B, S]
+    (bool, CPU) marks the prompt's text tokens, real (unpadded) and neither an image or video placeholder nor a latent:
+    the positions whose input norms are the text embeddings' (the audit's norm ratio). The prompt's layout is the
+    forced one (`latent_block_width`: every row ends with the K latents, left-padded).
     """
 
     def __init__(self, model: nn.Module, latent_ids: list[int]):
@@ -61,13 +63,19 @@ class LatentNormRecorder:
         self.latent_ids = list(latent_ids)
         self.input_norms: torch.Tensor | None = None
         self.final_norms: torch.Tensor | None = None
+        self.text_tokens: torch.Tensor | None = None
 
     @contextmanager
     def __call__(self, inputs: dict) -> Iterator[None]:
         k = latent_block_width(inputs["input_ids"], self.latent_ids)
-        seq_len = inputs["input_ids"].shape[1]
-        first = family_of(self.model).decoder_layers(self.model)[0]
-        text_model = self.model.model.language_model
+        ids, config = inputs["input_ids"], self.model.config
+        seq_len = ids.shape[1]
+        placeholders = [t for t in (config.image_token_id, getattr(config, "video_token_id", None)) if t is not None]
+        not_text = torch.tensor([*placeholders, *self.latent_ids], device=ids.device)
+        text = (inputs["attention_mask"].bool() & ~torch.isin(ids, not_text)).cpu()  # [B, S]
+        family = family_of(self.model)
+        first = family.decoder_layers(self.model)[0]
+        text_model = family.backbone(self.model).language_model
         seen: dict[str, torch.Tensor] = {}
 
         def before_first_layer(module, args, kwargs):
@@ -80,7 +88,7 @@ class LatentNormRecorder:
             if hidden.shape[1] == seq_len:
                 seen["final"] = hidden[:, seq_len - k:].detach().float().norm(dim=-1).cpu()  # [B, K]
 
-        self.input_norms = self.final_norms = None
+        self.input_norms = self.final_norms = self.text_tokens = None
         handles = [first.register_forward_pre_hook(before_first_layer, with_kwargs=True),
                    text_model.register_forward_hook(after_text_model)]
         try:
@@ -90,7 +98,7 @@ class LatentNormRecorder:
                 handle.remove()
         if set(seen) != {"input", "final"}:
             raise RuntimeError(f"no pass over the {seq_len}-column prompt reached the text decoder")
-        self.input_norms, self.final_norms = seen["input"], seen["final"]
+        self.input_norms, self.final_norms, self.text_tokens = seen["input"], seen["final"], text
 
 
 class _GateGeneratedTokens(StoppingCriteria):

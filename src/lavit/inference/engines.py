@@ -209,7 +209,7 @@ class VllmEngine:
                  max_model_len: int = 0, max_images: int = 1, min_pixels: int = 0, max_pixels: int = 0,
                  gpu_memory_utilization: float = 0.9, enforce_eager: bool = False, processor: str = "",
                  decoding: dict | None = None):
-        if Path(model).is_dir() and LatentFeedback.from_meta(read_lavit_meta(model)) is not None:
+        if LatentFeedback.from_meta(read_lavit_meta(model)) is not None:
             raise ValueError(f"{model} has continuous latents (lavit.json latent_design): each latent's input "
                              "embedding is the previous latent's final hidden state, which vLLM does not feed back; "
                              "use engine=transformers")

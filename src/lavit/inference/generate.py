@@ -123,8 +123,9 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
     if gate is not None and mode == "natural":
         raise ValueError("a student with an inference gate is run with its latent block given (forced, masked) or "
                          "absent (none): in natural mode the gate would also cover the latents it generates")
-    latent_mask = torch.isin(inputs["input_ids"], torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens),
-                                                               device=model.device, dtype=torch.long))  # [B, S]
+    latent_ids = tokenizer.convert_tokens_to_ids(latent_tokens)
+    latent_mask = torch.isin(inputs["input_ids"], torch.tensor(latent_ids, device=model.device,
+                                                               dtype=torch.long))  # [B, S]
     feedback = latent_feedback_of(model)
     stack = ExitStack()
     if gate is not None:
@@ -136,7 +137,6 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
         stack.enter_context(hidden_keys(latent_mask))
     with stack:
         processors = LogitsProcessorList()
-        latent_ids = tokenizer.convert_tokens_to_ids(latent_tokens)
         if feedback is not None and mode == "forced":  # under the gate: every feedback pass runs as the prefill will
             stack.enter_context(latent_feedback_prompt(model, inputs, latent_ids))
         elif feedback is not None and mode == "natural":
@@ -146,8 +146,7 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
             stack.enter_context(intervention(inputs))
         # `none` with a student's latent tokens named: none in the prompt and none generated (a student trained
         # with its latents would otherwise write them itself, spending the answer's token budget)
-        suppress = {"suppress_tokens": tokenizer.convert_tokens_to_ids(latent_tokens)} if (
-            mode == "none" and latent_tokens) else {}
+        suppress = {"suppress_tokens": latent_ids} if mode == "none" and latent_tokens else {}
         out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                              min_new_tokens=min_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              logits_processor=processors, **suppress)
@@ -157,6 +156,5 @@ def generate_answers(model, processor, images: ImagesPerQuestion, questions: lis
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         return [tokenizer.decode(trim_after_eos(row.tolist(), eos_ids), skip_special_tokens=False)
                 for row in new_tokens]
-    drop = torch.tensor(tokenizer.convert_tokens_to_ids(latent_tokens), device=new_tokens.device) \
-        if latent_tokens else new_tokens.new_zeros(0)
+    drop = torch.tensor(latent_ids, device=new_tokens.device, dtype=torch.long)
     return [tokenizer.decode(row[~torch.isin(row, drop)], skip_special_tokens=True).strip() for row in new_tokens]

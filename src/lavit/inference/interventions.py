@@ -36,7 +36,11 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 from torch import nn
 
-from lavit.models.continuous_latents import editing_fed_back, latent_feedback_of
+from lavit.models.continuous_latents import (
+    editing_fed_back,
+    latent_feedback_of,
+    prompt_latent_positions,
+)
 from lavit.models.families import family_of
 
 # (site: a decoder layer, or for continuous latents first the fed-back inputs; its block [B, K−1, D]) → the states
@@ -59,18 +63,16 @@ def check_state_interventions(model: nn.Module) -> None:
 
 
 def latent_block_width(input_ids: torch.Tensor, latent_ids: list[int]) -> int:
-    """K, after checking that every row of `input_ids` [B, S] ends with the K latent tokens in order (the forced
-    and masked layouts, left-padded)."""
-    k = len(latent_ids)
-    if k < 1:
+    """K, after checking (`prompt_latent_positions`) that every row of `input_ids` [B, S] ends with the K latent
+    tokens in order (the forced and masked layouts, left-padded)."""
+    if not latent_ids:
         raise ValueError("latent state interventions need the model's latent tokens")
-    if input_ids.shape[1] <= k:
-        raise ValueError(f"a prompt of {input_ids.shape[1]} columns cannot hold a prompt and {k} latent tokens")
-    expected = torch.tensor(latent_ids, device=input_ids.device)
-    if not (input_ids[:, -k:] == expected).all():
+    try:
+        prompt_latent_positions(input_ids, latent_ids)
+    except ValueError as err:
         raise ValueError("latent state interventions need prompts that end with the K latent tokens (latent mode "
-                         "'forced' or 'masked', left-padded)")
-    return k
+                         "'forced' or 'masked', left-padded)") from err
+    return len(latent_ids)
 
 
 def _layer_outputs(output) -> torch.Tensor:

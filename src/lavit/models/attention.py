@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch.nn.attention.flex_attention import flex_attention
@@ -44,7 +44,7 @@ LAVIT_ATTENTION = "lavit_sdpa"
 # then cannot use its flash kernel); `flex`, FlexAttention with a block mask and a score_mod (`FlexGate`); `auto`,
 # flex on CUDA and dense elsewhere (torch's FlexAttention has no backward on a CPU).
 GateAttention = Literal["auto", "dense", "flex"]
-GATE_ATTENTION = ("auto", "dense", "flex")
+GATE_ATTENTION = get_args(GateAttention)
 _HIDDEN_KEYS: ContextVar[torch.Tensor | None] = ContextVar("lavit_hidden_keys", default=None)
 _IMAGE_GATE: ContextVar[tuple[torch.Tensor, torch.Tensor, float] | None] = ContextVar("lavit_image_gate", default=None)
 

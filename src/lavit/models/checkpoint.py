@@ -98,12 +98,13 @@ def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min
     processor = load_processor(name, processor_path=processor_path, **pixel_kwargs)
     model = family.model_class.from_pretrained(name, dtype=dtype or default_dtype(), attn_implementation=attn,
                                                **load_kwargs)
-    attach_latent_feedback(model, LatentFeedback.from_meta(read_lavit_meta(name)) if Path(name).is_dir() else None)
+    attach_latent_feedback(model, LatentFeedback.from_meta(read_lavit_meta(name)))
     return model, processor
 
 
 def read_lavit_meta(directory: str | Path) -> dict:
-    """`lavit.json` beside an exported student ({} for a plain model): latent_tokens, method, system_prompt."""
+    """`lavit.json` beside an exported student ({} for a plain model, a hub id or anything but a folder holding one):
+    latent_tokens, method, system_prompt."""
     meta = Path(directory) / LAVIT_META
     return json.loads(meta.read_text()) if meta.is_file() else {}
 

@@ -171,11 +171,14 @@ def substituted_latent_inputs(model: nn.Module, positions: torch.Tensor, values:
 
 @contextmanager
 def shared_image_features(model: nn.Module) -> Iterator[None]:
-    """Within this block the backbone computes each pixel tensor's image features once: the K passes over one
-    sequence share its images, so the vision tower runs once rather than K times (about half a toy student's forward).
-    If the tower trains, the reused features' gradients sum over the passes, as K separate computations' would."""
+    """Within this block the backbone computes each pixel tensor's image features once: passes over the same inputs
+    share its images (the K passes over one sequence, the audit's interventions on one batch), so the vision tower
+    runs once rather than once per pass (about half a toy student's forward). The `*ForConditionalGeneration`'s
+    `get_image_features` calls the backbone's (every supported family, transformers 5.20 to 5.24), so the cache
+    serves both. If the tower trains, the reused features' gradients sum over the passes, as separate computations'
+    would."""
     backbone = family_of(_hf(model)).backbone(_hf(model))
-    shadowed = backbone.__dict__.get("get_image_features")  # an enclosing cache of the same kind (the audit's)
+    shadowed = backbone.__dict__.get("get_image_features")  # an enclosing block's cache (the audit's)
     compute = backbone.get_image_features
     cache: dict[tuple, object] = {}
 

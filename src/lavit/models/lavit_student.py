@@ -58,6 +58,7 @@ class LavitStudent(nn.Module):
         self.gate_readout = gate_readout
         self.readout_mass = readout_mass
         self.gamma = 1.0
+        self._fed_ids: torch.Tensor | None = None  # `_fed_back_ids`' cache
         hf = base_model(model)
         self.latent_feedback = latent_feedback_of(hf)  # None: discrete latents
         if self.latent_feedback is not None and len(self.latent_token_ids) < 2:
@@ -79,12 +80,19 @@ class LavitStudent(nn.Module):
 
     gate_attention: GateAttention = "auto"  # how the gate reaches the softmax layers; `lavit train` sets it
 
-    def _decode(self, batch: dict, probe) -> torch.Tensor:
-        """The decoder over `batch` under the current gate, `probe` recording attention rows: [B, S, D]."""
+    def _fed_back_ids(self, device: torch.device) -> torch.Tensor:
+        """The ids of `<lvr_2>..<lvr_K>` [K−1] on `device`, built once (again only if the device changes)."""
+        if self._fed_ids is None or self._fed_ids.device != device:
+            self._fed_ids = torch.tensor(self.latent_token_ids[1:], device=device)
+        return self._fed_ids
+
+    def _decoder_inputs(self, batch: dict) -> dict:
+        """The backbone's keyword arguments over `batch` under the current gate: built once per step, every feedback
+        pass of continuous latents reuses its mask, mRoPE positions and block mask."""
         hf = self.hf_model
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         mask, position_ids = attention_mask, None
-        extra = {"lavit_probe": probe} if probe is not None else {}
+        extra = {}
         if self.gamma < 1.0 and bool(batch["gate_query_mask"].any()):
             if flex_gate_chosen(self.gate_attention, input_ids.device):
                 text_attention = hf.config.text_config._attn_implementation
@@ -101,10 +109,14 @@ class LavitStudent(nn.Module):
                 gated = build_gated_attention_mask(attention_mask, batch["image_mask"], batch["gate_query_mask"],
                                                    self.gamma, dtype=hf.dtype)  # [B, 1, S, S]
                 mask = self.family.decoder_mask(hf.config.text_config, gated, attention_mask)
-        return self.family.backbone(hf)(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                        pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                        mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
-                        **extra).last_hidden_state  # [B, S, D]
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
+                "pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"],
+                "mm_token_type_ids": batch["mm_token_type_ids"], "use_cache": False, **extra}
+
+    def _decode(self, inputs: dict, probe) -> torch.Tensor:
+        """The decoder over `_decoder_inputs`, `probe` recording attention rows: [B, S, D]."""
+        extra = {"lavit_probe": probe} if probe is not None else {}
+        return self.family.backbone(self.hf_model)(**inputs, **extra).last_hidden_state  # [B, S, D]
 
     @torch.no_grad()
     def attention_from(self, batch: dict, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,9 +129,10 @@ class LavitStudent(nn.Module):
 
     def _decode_latents(self, batch: dict, probe) -> torch.Tensor:
         """`_decode`, after the feedback passes for continuous latents (the probe records the final pass): [B, S, D]."""
+        inputs = self._decoder_inputs(batch)
         if self.latent_feedback is None:
-            return self._decode(batch, probe)
-        return decode_with_feedback(self.hf_model, lambda final: self._decode(batch, probe if final else None),
+            return self._decode(inputs, probe)
+        return decode_with_feedback(self.hf_model, lambda final: self._decode(inputs, probe if final else None),
                                     batch["latent_positions"], self.latent_feedback)
 
     def forward(self, batch: dict) -> StudentOutput:
@@ -133,8 +146,7 @@ class LavitStudent(nn.Module):
         if "labels" in batch:
             predicts = batch["labels"][:, 1:] != -100  # [B, S-1]: position t predicts label t+1
             if self.latent_feedback is not None:  # latents 1..K-1 feed the next latent, they predict no token
-                fed = torch.tensor(self.latent_token_ids[1:], device=predicts.device)
-                predicts &= ~torch.isin(batch["labels"][:, 1:], fed)
+                predicts &= ~torch.isin(batch["labels"][:, 1:], self._fed_back_ids(predicts.device))
             ntp_logits = hf.lm_head(hidden[:, :-1][predicts])  # [N, V]
             ntp_targets = batch["labels"][:, 1:][predicts]  # [N]
 

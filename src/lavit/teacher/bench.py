@@ -28,6 +28,7 @@ import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,48 @@ class PeakMemory:
         return self._status("VmHWM"), before
 
 
+def peak_memory(device: torch.device, calls: dict[str, Callable], tries: int) -> dict[str, dict[str, int]]:
+    """Peak bytes of each call, the least-disturbed of `tries` (`PeakMemory`): the total, what was held before, and
+    what the call added."""
+    meter = PeakMemory(device)
+    peaks = {}
+    for name, fn in calls.items():
+        peak, before = min(meter.measure(fn) for _ in range(tries))
+        peaks[name] = {"peak_total_bytes": peak, "held_before_bytes": before, "added_bytes": peak - before}
+    return peaks
+
+
+def synced(device: torch.device, fn: Callable) -> Callable:
+    """`fn` that returns only when its CUDA kernels have finished, so that a timer around it times them."""
+    def run():
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
+def interleaved_medians(calls: dict[str, Callable], repeats: int) -> dict[str, float]:
+    """Median seconds of each call, run in turn (after one warm-up each: compilation happens there) so that
+    drifting load hits all alike."""
+    for fn in calls.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(spent) for name, spent in times.items()}
+
+
+def on_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """`batch`'s tensors on `device`, its pixels in `dtype` (the model's)."""
+    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    moved["pixel_values"] = moved["pixel_values"].to(dtype)
+    return moved
+
+
 def _inputs(processor, batch_size: int, seed: int):
     rng = np.random.default_rng(seed)
     words = [w for w in BASE_WORDS if w.isalpha()]
@@ -162,8 +205,7 @@ def bench_extract(batch_size: int = 2, repeats: int = 5, seed: int = 0, config: 
     extractor = SignalExtractor(model, processor)
     images, questions, answers = _inputs(processor, batch_size, seed)
     batch = extractor.prepare_batch([f"b{i}" for i in range(batch_size)], images, questions, answers)
-    on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    on_device["pixel_values"] = on_device["pixel_values"].to(dtype)
+    moved = on_device(batch, device, dtype)
     layers = spec.num_hidden_layers
 
     def set_text_attention(name: str) -> None:
@@ -172,44 +214,22 @@ def bench_extract(batch_size: int = 2, repeats: int = 5, seed: int = 0, config: 
     @torch.no_grad()
     def forward():
         set_text_attention("sdpa")
-        model.model(input_ids=on_device["input_ids"], attention_mask=on_device["attention_mask"],
-                    pixel_values=on_device["pixel_values"], image_grid_thw=on_device["image_grid_thw"],
-                    mm_token_type_ids=on_device["mm_token_type_ids"], use_cache=False)
+        model.model(input_ids=moved["input_ids"], attention_mask=moved["attention_mask"],
+                    pixel_values=moved["pixel_values"], image_grid_thw=moved["image_grid_thw"],
+                    mm_token_type_ids=moved["mm_token_type_ids"], use_cache=False)
 
     def extract():
         set_text_attention(LAVIT_ATTENTION)
-        return extractor.forward_signals(on_device)
+        return extractor.forward_signals(moved)
 
     @torch.no_grad()
     def eager():
         set_text_attention("eager")
-        return _eager_signals(model, on_device, layers)
+        return _eager_signals(model, moved, layers)
 
-    def sync(fn):
-        def run():
-            out = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return out
-        return run
-
-    calls = {"forward": sync(forward), "extract": sync(extract), "eager": sync(eager)}
-    for fn in calls.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-
-    meter = PeakMemory(device)
-    peaks = {}
-    for name, fn in calls.items():
-        runs = [meter.measure(fn) for _ in range(3)]
-        peak, before = min(runs)  # the least-disturbed of three
-        peaks[name] = {"peak_total_bytes": peak, "held_before_bytes": before, "added_bytes": peak - before}
+    calls = {"forward": synced(device, forward), "extract": synced(device, extract), "eager": synced(device, eager)}
+    med = interleaved_medians(calls, repeats)
+    peaks = peak_memory(device, calls, tries=3)
 
     # the fast path must agree with the reference it is timed against
     fast = extract()

@@ -131,9 +131,9 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _diff(row: dict) -> str:
-    ci = row["difference_ci95"]
-    return f"{100 * row['difference']:+.1f}" + ("" if ci is None else f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]")
+def signed_pct_ci(value: float, ci: list[float] | tuple[float, float] | None) -> str:
+    """A difference in points, signed, with its 95 % interval where there is one: `+5.0 [-1.0, +11.0]`."""
+    return f"{100 * value:+.1f}" + ("" if ci is None else f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]")
 
 
 def audit_table_lines(summary: dict) -> list[str]:
@@ -148,7 +148,8 @@ def audit_table_lines(summary: dict) -> list[str]:
         if row["intervention"] == "forced":
             lines.append(f"| forced (reference) | {_pct(row['accuracy'])} | — | — | — | — |")
             continue
-        lines.append(f"| {row['intervention']} | {_pct(row['accuracy'])} | {_diff(row)} | {row['significant_seeds']}/"
+        diff = signed_pct_ci(row["difference"], row["difference_ci95"])
+        lines.append(f"| {row['intervention']} | {_pct(row['accuracy'])} | {diff} | {row['significant_seeds']}/"
                      f"{seeds} | {_pct(row['flip_rate'])} | {_pct(row['follows_donor'])} |")
     return lines + diagnostics_lines(summary.get("diagnostics"), seeds)
 
@@ -167,7 +168,8 @@ def diagnostics_lines(diagnostics: dict | None, seeds: int) -> list[str]:
                 lines.append(f"| {row['arm']} | not applicable: {row['reason']} | | | | | |")
                 continue
             vs_none = row.get("vs_none")
-            lines.append(f"| {row['arm']} | {_pct(row['accuracy'])} | {_diff(row)} | {row['significant_seeds']}/"
+            diff = signed_pct_ci(row["difference"], row["difference_ci95"])
+            lines.append(f"| {row['arm']} | {_pct(row['accuracy'])} | {diff} | {row['significant_seeds']}/"
                          f"{seeds} | {_pct(row['flip_rate'])} | {_pct(row['follows_oracle'])} | "
                          f"{'—' if vs_none is None else f'{100 * vs_none:+.1f}'} |")
     lines.append("")

@@ -14,11 +14,9 @@ import gc
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,25 +37,15 @@ from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
 from lavit.models.lavit_student import LavitStudent
 from lavit.models.projection_head import ProjectionHead
 from lavit.models.tiny import TinyModelSpec, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
-from lavit.training.losses import concept_loss, ntp_loss, total_loss, traj_loss
+from lavit.teacher.bench import interleaved_medians
+from lavit.training.lavit_config import LavitTrainConfig
+from lavit.training.lavit_trainer import student_loss
+from lavit.training.losses import ntp_loss
 
 # Big enough that the attention and matmuls, not Python, dominate a CPU step.
 BENCH_SPEC = TinyModelSpec(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
                            intermediate_size=768, vision_hidden_size=64, vision_depth=2, vision_heads=2)
 IMAGE_TOKENS = 256  # merged image tokens per sample, whatever the family's patch size
-
-
-def _interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
-    """Median seconds of two callables, run alternately (after one warm-up each) so that drifting
-    machine load hits both alike."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, bucket in ((first, times[0]), (second, times[1])):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 BENCH_SIDE = 448  # px: 16 × 16 merged tokens of 28 px
@@ -119,10 +107,7 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
     model.train()
 
     def lavit_step():
-        out = lavit(lavit_batch)
-        loss = total_loss(ntp_loss(out.ntp_logits, out.ntp_targets), concept_loss(out.concept_pred, lavit_batch["v_sem"]),
-                          traj_loss(out.student_traj, lavit_batch["traj_target"]))
-        loss.backward()
+        student_loss(lavit(lavit_batch), lavit_batch, lam=LavitTrainConfig.lam)[0].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -132,7 +117,7 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    lavit_s, sft_s = _interleaved_medians(lavit_step, sft_step, repeats)
+    fp32 = interleaved_medians({"lavit": lavit_step, "sft": sft_step}, repeats)
 
     def autocast(step):  # the precision=bf16 path: fp32 master weights, bf16 compute
         def run():
@@ -140,26 +125,27 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
                 step()
         return run
 
-    lavit_bf16_s, sft_bf16_s = _interleaved_medians(autocast(lavit_step), autocast(sft_step), repeats)
+    bf16 = interleaved_medians({"lavit": autocast(lavit_step), "sft": autocast(sft_step)}, repeats)
     model.eval()
     rng = np.random.default_rng(seed + 1)
     images = [noise_image(rng) for _ in range(batch_size)]
     questions = ["what color is the circle ?"] * batch_size
     gen = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens)
-    latent_s, plain_s = _interleaved_medians(
-        lambda: generate_answers(model, processor, images, questions, latent_tokens=names, mode="forced", **gen),
-        lambda: generate_answers(model, processor, images, questions, latent_tokens=[], mode="none", **gen),
-        repeats)
+    generation = interleaved_medians({
+        "latent": lambda: generate_answers(model, processor, images, questions, latent_tokens=names, mode="forced",
+                                           **gen),
+        "plain": lambda: generate_answers(model, processor, images, questions, latent_tokens=[], mode="none", **gen),
+    }, repeats)
     return {
-        "step_time_ratio_lavit_over_sft": lavit_s / sft_s,
-        "step_time_ratio_lavit_over_sft_bf16_autocast": lavit_bf16_s / sft_bf16_s,
-        "gen_time_ratio_latent_over_plain": latent_s / plain_s,
-        "lavit_step_seconds": lavit_s,
-        "sft_step_seconds": sft_s,
-        "lavit_step_seconds_bf16_autocast": lavit_bf16_s,
-        "sft_step_seconds_bf16_autocast": sft_bf16_s,
-        "latent_gen_seconds": latent_s,
-        "plain_gen_seconds": plain_s,
+        "step_time_ratio_lavit_over_sft": fp32["lavit"] / fp32["sft"],
+        "step_time_ratio_lavit_over_sft_bf16_autocast": bf16["lavit"] / bf16["sft"],
+        "gen_time_ratio_latent_over_plain": generation["latent"] / generation["plain"],
+        "lavit_step_seconds": fp32["lavit"],
+        "sft_step_seconds": fp32["sft"],
+        "lavit_step_seconds_bf16_autocast": bf16["lavit"],
+        "sft_step_seconds_bf16_autocast": bf16["sft"],
+        "latent_gen_seconds": generation["latent"],
+        "plain_gen_seconds": generation["plain"],
         "settings": {
             "batch_size": batch_size, "repeats": repeats, "num_latent_tokens": num_latents, "gen_tokens": gen_tokens,
             "seq_len_lavit": int(lavit_batch["input_ids"].shape[1]), "seq_len_sft": int(sft_batch["input_ids"].shape[1]),

@@ -31,7 +31,6 @@ import dataclasses
 import gc
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,9 +59,11 @@ from lavit.models.projection_head import ProjectionHead
 from lavit.models.qwen_configs import qwen_config
 from lavit.models.tiny import BASE_WORDS, STUDENT_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
 from lavit.teacher.bench import SPECS as TEACHER_SPECS
-from lavit.teacher.bench import PeakMemory, bench_extract
+from lavit.teacher.bench import bench_extract, interleaved_medians, on_device, peak_memory, synced
 from lavit.teacher.extractor import SignalExtractor
-from lavit.training.losses import concept_loss, ntp_loss, total_loss, traj_loss
+from lavit.training.lavit_config import LavitTrainConfig
+from lavit.training.lavit_trainer import student_loss
+from lavit.training.losses import ntp_loss
 
 FAMILY = "qwen2_5_vl"  # the paper's pair: the 3B student, the 32B teacher
 TEXT_ATTENTION = {"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"}
@@ -70,6 +71,7 @@ GAMMA = 1e-3  # inside the warm-up: the gate is built every step
 FP32_BOUND = 1e-4  # fp32 FlexAttention vs fp32 dense (the CPU tests hold 1e-5 on tiny widths)
 BF16_BOUND = 5e-2  # bf16 vs fp32 (unit roundoff 2^-8 ≈ 3.9e-3, compounded over the layers and the backward)
 WORDS = [w for w in BASE_WORDS if w.isalpha()]
+LAVIT_LAM = LavitTrainConfig.lam  # λ in L_total (eq. 9), `lavit train`'s default
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,6 @@ def student_batch(processor, latent_names: list[str], sizes: GpuBenchSizes, batc
     return LavitCollator(processor.tokenizer.pad_token_id)(examples)
 
 
-def on_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    moved["pixel_values"] = moved["pixel_values"].to(dtype)
-    return moved
-
-
 # ------------------------------------------------------------------------------------------------ models
 
 
@@ -193,50 +189,10 @@ def lavit_pair(model, processor, sizes: GpuBenchSizes, teacher_dim: int) -> tupl
     return lavit, LavitStudent(model, [], None, trajectory_loss=False), names
 
 
-def lavit_loss(out, batch: dict) -> torch.Tensor:
-    return total_loss(ntp_loss(out.ntp_logits, out.ntp_targets), concept_loss(out.concept_pred, batch["v_sem"]),
-                      traj_loss(out.student_traj, batch["traj_target"]))
-
-
 def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-# ------------------------------------------------------------------------------------------------ timing
-
-
-def synced(device: torch.device, fn: Callable) -> Callable:
-    def run():
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return run
-
-
-def interleaved_medians(calls: dict[str, Callable], repeats: int) -> dict[str, float]:
-    """Median seconds of each call, run in turn (after one warm-up each: compilation happens there) so that
-    drifting load hits all alike."""
-    for fn in calls.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(spent) for name, spent in times.items()}
-
-
-def peak_memory(device: torch.device, calls: dict[str, Callable], tries: int) -> dict[str, dict[str, int]]:
-    """Peak bytes of each call (least of `tries`): CUDA's allocator statistics, or the process's VmHWM on a CPU."""
-    meter = PeakMemory(device)
-    peaks = {}
-    for name, fn in calls.items():
-        peak, before = min(meter.measure(fn) for _ in range(tries))
-        peaks[name] = {"peak_total_bytes": peak, "held_before_bytes": before, "added_bytes": peak - before}
-    return peaks
 
 
 # ------------------------------------------------------------------------------------------------ parts
@@ -270,7 +226,7 @@ def measure_steps(sizes: GpuBenchSizes, device: torch.device, dtype: torch.dtype
     def lavit_step(gate_attention: str) -> Callable:
         def step():
             lavit.gate_attention = gate_attention
-            lavit_loss(lavit(lavit_batch), lavit_batch).backward()
+            student_loss(lavit(lavit_batch), lavit_batch, lam=LAVIT_LAM)[0].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return step
@@ -349,7 +305,7 @@ def student_pass(student: LavitStudent, batch: dict, gate_attention: str) -> dic
     student.gate_attention = gate_attention
     student.zero_grad(set_to_none=True)
     out = student(batch)
-    loss = lavit_loss(out, batch)
+    loss = student_loss(out, batch, lam=LAVIT_LAM)[0]
     loss.backward()
     grads = torch.cat([p.grad.float().flatten() for p in student.parameters() if p.grad is not None])
     student.zero_grad(set_to_none=True)
@@ -496,9 +452,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("lavit bench gpu measures the real widths on a GPU and this machine has none (hours on a "
                          "CPU); --tiny runs the same path with tiny models")
     chosen = {"student_layers": args.student_layers, "teacher_layers": args.teacher_layers,
-              "batch_size": args.batch_size}
-    sizes = dataclasses.replace(TINY if args.tiny else REAL, repeats=args.repeats,
-                                **{k: v for k, v in chosen.items() if v})
+              "batch_size": args.batch_size, "repeats": args.repeats}
+    sizes = dataclasses.replace(TINY if args.tiny else REAL, **{k: v for k, v in chosen.items() if v})
     result = bench_gpu(sizes, out=Path(args.out))
     if args.json:
         print(json.dumps(result))

@@ -8,6 +8,7 @@ from typing import Literal
 from lavit.config import field
 from lavit.data.examples import LAVIT_SYSTEM_PROMPT
 from lavit.data.samples import DEFAULT_MAX_TEXT_TOKENS
+from lavit.models.attention import GATE_ATTENTION, GateAttention
 from lavit.models.checkpoint import TINY
 from lavit.models.grid import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS
 from lavit.models.latent_tokens import DEFAULT_LATENT_TEMPLATE
@@ -70,7 +71,7 @@ class LavitTrainConfig:
                               "fully: 1). Below 1 the answer never fully sees the image (0 = vision only through "
                               "the latents): the export then needs lavit's own generation (lavit eval, lavit "
                               "audit), not stock clients. With gate=none, γ ≡ gate_final from step 0.")
-    gate_attention: Literal["auto", "dense", "flex"] = field(
+    gate_attention: GateAttention = field(
         "auto", "How the gate (γ < 1) reaches the softmax layers: 'dense' = an additive [B, 1, S, S] float mask "
         "through SDPA (which then cannot use its flash kernel); 'flex' = FlexAttention, causal + padding as a block "
         "mask and ln γ as a score_mod (compiled once: a new γ each step does not recompile; needs CUDA for training, "
@@ -160,7 +161,7 @@ class LavitTrainConfig:
             (0 < self.gate_epsilon < 1, "gate_epsilon must be in (0, 1)"),
             (self.gate_warmup_steps >= 0, "gate_warmup_steps must be >= 0"),
             (0 <= self.gate_final <= 1, "gate_final must be in [0, 1]"),
-            (self.gate_attention in ("auto", "dense", "flex"), "gate_attention must be auto, dense or flex"),
+            (self.gate_attention in GATE_ATTENTION, "gate_attention must be auto, dense or flex"),
             (self.read_weight >= 0, "read_weight must be >= 0"),
             (not (self.uses_latents and (self.gate_readout or self.read_weight > 0)) or self.num_latent_tokens >= 2,
              "gate_readout and read_weight need num_latent_tokens >= 2 (latents 1..K-1 before the readout)"),

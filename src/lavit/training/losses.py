@@ -96,7 +96,9 @@ def topk_partition(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp
     log-sum-exp over them, so exact as q_rest → 0. Returns log p, log q [N, k+1] (slot k: rest) and valid [N, k+1]:
     unmapped slots, and the rest slot where the mapped ids cover the whole vocabulary, are invalid (value 0).
     """
-    z = _fp32(student_logits) / temperature  # [N, V]
+    z = _fp32(student_logits)  # [N, V]
+    if temperature != 1.0:  # at τ = 1 the division would only make another [N, V] fp32 copy
+        z = z / temperature
     lse = z.logsumexp(dim=-1)  # [N]
     mapped = ids >= 0  # [N, k]
     index = ids.clamp_min(0)  # [N, k]
@@ -158,7 +160,8 @@ def kd_ntp_loss(logits: torch.Tensor, targets: torch.Tensor, answer: torch.Tenso
     if int(answer.sum()) != kd_ids.shape[0]:
         raise ValueError(f"{int(answer.sum())} answer positions but {kd_ids.shape[0]} teacher distributions: the "
                          "distillation targets are not aligned with the labels")
-    ce = F.cross_entropy(_fp32(logits), targets, reduction="none")  # [N]
+    logits = _fp32(logits)  # once, for the cross-entropy and the divergence
+    ce = F.cross_entropy(logits, targets, reduction="none")  # [N]
     divergence = kd_divergence(logits[answer], kd_ids, kd_logprobs, kd.beta, kd.temperature)  # [N_answer]
     total = ce[~answer].sum() + (divergence + kd.ce_weight * ce[answer]).sum()
     return total / targets.numel(), divergence.mean(), ce.mean()
