@@ -211,15 +211,25 @@ def _audit_cell(summary: dict, name: str) -> str:
     return signed_pct_ci(row["difference"], row["difference_ci95"])
 
 
+def _follows_cell(summary: dict) -> str:
+    """How often the answer follows the donor's latents under `swap` / the donor region's under `oracle_donor`
+    (%, mean over seeds, among items whose donor's answer differs; 'n/a' where the arm did not run)."""
+    arms = (summary.get("diagnostics") or {}).get("table", [])
+    swap = next((r.get("follows_donor") for r in summary["table"] if r["intervention"] == "swap"), None)
+    oracle = next((r.get("follows_oracle") for r in arms if r["arm"] == "oracle_donor"), None)
+    return " / ".join("n/a" if v is None else f"{100 * v:.0f}" for v in (swap, oracle))
+
+
 def _measure_cells(summary: dict) -> list[str]:
-    """Natural-mode emission (any latent / all K first, the checkpoint's own prompt) and the final states' norm
-    ratio, means over seeds ('n/a' where they did not run)."""
+    """Natural-mode emission (any latent / all K first, the checkpoint's own prompt) and the norm ratio of the
+    latents' final states / of their input embeddings (the fed-back states for continuous latents), means over
+    seeds ('n/a' where they did not run)."""
     diagnostics = summary.get("diagnostics") or {}
     emission = next(iter(diagnostics.get("emission", {}).values()), None)
     norm = diagnostics.get("norm_ratio")
     return ["n/a" if emission is None else
             f"{100 * emission['any_latent']:.0f} / {100 * emission['all_latents_first']:.0f}",
-            "n/a" if norm is None or norm["final"] is None else f"{norm['final']:.1f}×"]
+            "n/a" if norm is None or norm["final"] is None else f"{norm['final']:.1f}× / {norm['input']:.1f}×"]
 
 
 def choose_on_val(val_per_candidate: list[list[float]]) -> int:
@@ -351,13 +361,16 @@ def design_table_lines(result: dict) -> list[str]:
     if audited:
         lines += ["", "Latent-usage audit of each latent design's chosen students on paired test scenes: Δ accuracy "
                   "vs forced (points, mean [95 % t] over seeds) per intervention and diagnostic arm; natural-mode "
-                  "emission (% of items with any latent / all K latents first, own prompt) and the norm ratio of the "
-                  "latents' final states to the prompt's text embeddings (docs/audit.md).", "",
-                  "| design | " + " | ".join(AUDIT_COLUMNS) + " | emission | norm ratio |",
-                  "|---" * (len(AUDIT_COLUMNS) + 3) + "|"]
+                  "emission (% of items with any latent / all K latents first, own prompt); how often the answer "
+                  "follows the donor under swap / oracle_donor (% of items whose donor's answer differs); and the "
+                  "norm ratio to the prompt's text embeddings of the latents' final states / of their input "
+                  "embeddings (docs/audit.md).", "",
+                  "| design | " + " | ".join(AUDIT_COLUMNS) + " | emission | follows donor | norm ratio |",
+                  "|---" * (len(AUDIT_COLUMNS) + 4) + "|"]
         for r in audited:
-            lines.append(f"| {r['design']} | " + " | ".join([*(_audit_cell(r["audit"], c) for c in AUDIT_COLUMNS),
-                                                             *_measure_cells(r["audit"])]) + " |")
+            cells = [*(_audit_cell(r["audit"], c) for c in AUDIT_COLUMNS), *_measure_cells(r["audit"])]
+            cells.insert(len(AUDIT_COLUMNS) + 1, _follows_cell(r["audit"]))
+            lines.append(f"| {r['design']} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -76,7 +76,7 @@ def test_design_table_shows_the_choice_the_difference_and_the_audit():
          "difference_ci95": [-0.35, -0.25]},
         {"intervention": "swap", "applicable": False, "reason": "no donors"}],
         "diagnostics": {"table": [{"arm": "oracle_donor", "applicable": True, "accuracy": 0.2, "difference": -0.6,
-                                   "difference_ci95": [-0.7, -0.5]}],
+                                   "difference_ci95": [-0.7, -0.5], "follows_oracle": 0.875}],
                         "emission": {"own": {"any_latent": 1.0, "all_latents_first": 0.25}},
                         "norm_ratio": {"input": 0.9, "final": 33.71}}}
     result = {"settings": {"world_name": "default", "steps": 200, "seeds": 2}, "rows": [
@@ -95,9 +95,9 @@ def test_design_table_shows_the_choice_the_difference_and_the_audit():
     assert "| +5.0 [-1.0, +11.0] | no_detectable_difference | 20 |" in text
     kd_audit = next(line for line in lines if line.startswith("| KD |") and "+5.0" not in line)
     cells = [c.strip() for c in kd_audit.strip("|").split("|")]
-    # none, zero, random, swap, oracle_donor, format_only, emission, norm ratio
+    # none, zero, random, swap, oracle_donor, format_only, emission, follows donor (swap / oracle), norm ratio
     assert cells == ["KD", "n/a", "-30.0 [-35.0, -25.0]", "n/a", "n/a", "-60.0 [-70.0, -50.0]", "n/a", "100 / 25",
-                     "33.7×"]
+                     "n/a / 88", "33.7× / 0.9×"]
 
 
 @pytest.mark.slow
