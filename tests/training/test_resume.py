@@ -140,7 +140,8 @@ def test_a_resume_that_would_change_the_run_is_refused_with_the_differences(copi
 def test_the_same_data_spelled_relative_resumes_and_settings_that_may_change_do(copied, sft_set, monkeypatch):
     monkeypatch.chdir(sft_set.parent)
     resumed = run_training(config(sft_set, copied, resume="latest", data=[sft_set.name], image_root=".",
-                                  save_steps=3, logging_steps=2, dataloader_num_workers=0, save_total_limit=2))
+                                  save_steps=3, logging_steps=2, dataloader_num_workers=0, save_total_limit=2,
+                                  gate_attention="dense"))
     assert resumed["resumed_from"] == str(copied / "checkpoint-6") and resumed["global_step"] == 6
 
 

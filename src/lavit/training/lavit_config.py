@@ -16,7 +16,8 @@ from lavit.models.latent_tokens import DEFAULT_LATENT_TEMPLATE
 # Settings a resumed run may change: where and how often it writes, and memory/speed knobs that leave every
 # step's numbers as they were. Any other difference from the checkpoint's run refuses the resume.
 MAY_CHANGE_ON_RESUME = ("output_dir", "resume", "overwrite", "save_steps", "logging_steps", "save_total_limit",
-                        "dataloader_num_workers", "per_device_batch_size", "gradient_checkpointing")
+                        "dataloader_num_workers", "per_device_batch_size", "gradient_checkpointing",
+                        "gate_attention")  # the same numbers by another kernel (the FlexAttention gate = the dense one)
 
 
 @dataclass
