@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from fractions import Fraction
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from lavit.models.checkpoint import load_processor
 from lavit.models.families import family_named
 from lavit.models.grid import box_cells, cell_overlap, merged_grid, processor_pixel_limits
 from lavit.models.tiny import build_tiny_processor
@@ -99,3 +103,38 @@ def test_processor_pixel_limits_explicit_and_default():
 
     with pytest.raises(ValueError, match="states no pixel limits"):
         processor_pixel_limits(NoLimits())
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_loaded_limits_live_in_size_and_no_call_passes_them(tmp_path, family):
+    """`load_processor(min_pixels=..., max_pixels=...)` used to hand them to `from_pretrained`, which kept them in the
+    tokenizer's init kwargs: every processor call passed them (a FutureWarning since transformers 5.23) and exports
+    saved them in tokenizer_config.json. Now they are the image processor's `size` and nothing else; limits an older
+    export left in its tokenizer config move into `size`, so the same images come out, with no warning."""
+    unit = family_named(family).pixels_per_token
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 420, 3), dtype=np.uint8))
+    text = ["<|vision_start|><|image_pad|><|vision_end|>what"]
+    build_tiny_processor(family=family).save_pretrained(tmp_path / "saved")
+
+    processor = load_processor(str(tmp_path / "saved"), min_pixels=9 * unit, max_pixels=16 * unit)
+    assert processor_pixel_limits(processor.image_processor) == {"min_pixels": 9 * unit, "max_pixels": 16 * unit}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid = processor(text=text, images=[image])["image_grid_thw"][0].tolist()
+    _, h, w = merged_grid(image.size, min_pixels=9 * unit, max_pixels=16 * unit, family=family)
+    assert grid == [1, 2 * h, 2 * w] and h * w < 64  # resized within the limits, not the saved 4-64 tokens
+    processor.save_pretrained(tmp_path / "export")
+    saved_tokenizer = json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
+    assert not {"min_pixels", "max_pixels"} & saved_tokenizer.keys()
+
+    # an export saved the old way: the limits in tokenizer_config.json, the default size in preprocessor_config.json
+    saved_tokenizer.update(min_pixels=9 * unit, max_pixels=16 * unit)
+    build_tiny_processor(family=family).save_pretrained(tmp_path / "old")
+    (tmp_path / "old" / "tokenizer_config.json").write_text(json.dumps(saved_tokenizer))
+    old = load_processor(str(tmp_path / "old"))
+    assert processor_pixel_limits(old.image_processor) == {"min_pixels": 9 * unit, "max_pixels": 16 * unit}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert old(text=text, images=[image])["image_grid_thw"][0].tolist() == grid
+    given = load_processor(str(tmp_path / "old"), max_pixels=12 * unit)  # a limit given wins over the stale one
+    assert processor_pixel_limits(given.image_processor) == {"min_pixels": 9 * unit, "max_pixels": 12 * unit}

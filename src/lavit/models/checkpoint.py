@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 from lavit.models.attention import LAVIT_ATTENTION
 from lavit.models.continuous_latents import STOCK_REFUSAL, LatentFeedback, attach_latent_feedback
 from lavit.models.families import DEFAULT_FAMILY, ModelFamily, family_named, family_of
+from lavit.models.grid import set_pixel_limits
 from lavit.models.latent_tokens import LATENT_TEMPLATE_FLAG
 from lavit.models.lavit_student import LavitStudent, base_model
 from lavit.models.tiny import STUDENT_SPEC, TEACHER_SPEC, build_tiny_model, build_tiny_processor, build_tiny_tokenizer
@@ -52,24 +53,28 @@ def enable_activation_checkpointing(model) -> None:
     model.config.use_cache = False
 
 
-def load_processor(name: str, *, processor_path: str = "", **pixel_kwargs):
+def load_processor(name: str, *, processor_path: str = "", min_pixels: int | None = None,
+                   max_pixels: int | None = None):
     """The processor of checkpoint `name`, or, with `processor_path`, the one saved there (image processor and chat
     template) with the checkpoint's own tokenizer when it has one (its latent tokens live there) — what a `Trainer`
     `checkpoint-N` folder, which saves no processor, needs. A local checkpoint without processor files and no
-    `processor_path` is an error saying so, never a silent fallback to some base model's."""
+    `processor_path` is an error saying so, never a silent fallback to some base model's. `min_pixels` /
+    `max_pixels` (0 or None: the saved ones) become the image processor's resize limits (`set_pixel_limits`)."""
     local = Path(name).is_dir()
     if not processor_path:
         if local and not any((Path(name) / f).is_file() for f in PROCESSOR_FILES[:2]):
             raise FileNotFoundError(f"{name} holds no processor ({' or '.join(PROCESSOR_FILES[:2])}; a Trainer "
                                     "checkpoint-N folder saves none): pass the folder or hub id of the processor it was "
                                     "trained with, e.g. --processor Qwen/Qwen2.5-VL-3B-Instruct (recorded with the run)")
-        return AutoProcessor.from_pretrained(name, **pixel_kwargs)
-    processor = AutoProcessor.from_pretrained(processor_path, **pixel_kwargs)
-    if local and any((Path(name) / f).is_file() for f in TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        processor.tokenizer = tokenizer
-        if tokenizer.chat_template and not processor.chat_template:
-            processor.chat_template = tokenizer.chat_template
+        processor = AutoProcessor.from_pretrained(name)
+    else:
+        processor = AutoProcessor.from_pretrained(processor_path)
+        if local and any((Path(name) / f).is_file() for f in TOKENIZER_FILES):
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            processor.tokenizer = tokenizer
+            if tokenizer.chat_template and not processor.chat_template:
+                processor.chat_template = tokenizer.chat_template
+    set_pixel_limits(processor, min_pixels, max_pixels)
     return processor
 
 

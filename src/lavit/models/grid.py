@@ -88,6 +88,25 @@ def cell_overlap(src: int, dst: int) -> np.ndarray:
     return out
 
 
+def set_pixel_limits(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Give `processor`'s image processor these resize limits, where transformers keeps them: its `size`
+    {shortest_edge, longest_edge}, which `save_pretrained` writes to preprocessor_config.json.
+
+    Limits a checkpoint left in its tokenizer's init kwargs (how `AutoProcessor.from_pretrained(min_pixels=...)`
+    kept them, and lavit's exports before 2026-12-07 saved them) are moved there first: transformers would
+    otherwise pass them to every processor call (deprecated since 5.23, with a FutureWarning), over `size`.
+    Limits given here win over both.
+    """
+    image_processor = processor.image_processor
+    size = dict(image_processor.size)
+    stale = processor.tokenizer.init_kwargs
+    for key, edge, given in (("min_pixels", "shortest_edge", min_pixels), ("max_pixels", "longest_edge", max_pixels)):
+        left = stale.pop(key, None)
+        if given or left:
+            size[edge] = given or left
+    image_processor.size = type(image_processor.size)(**size)
+
+
 def processor_pixel_limits(image_processor) -> dict[str, int]:
     """{min_pixels, max_pixels} an image processor resizes to, whether set explicitly or its default
     (`size` {shortest_edge, longest_edge}: the pixel area limits of Qwen-VL processors)."""
