@@ -140,6 +140,8 @@ def test_the_audit_runs_a_continuous_student_and_its_masked_run_is_a_negative_co
     model = LoadedModel(tiny.model, tiny.processor, tiny.names, max_new_tokens=2)
     path, root = write_samples(tmp_path)
     items = sample_items(path, root)
+    assert model.describe()["latent_design"] == "continuous"  # the design is recorded, as GenerativeModel does
+    assert "latent_design" not in LoadedModel(redrawn().model, tiny.processor, tiny.names).describe()
     table = {r["intervention"]: r for r in audit_items(model, items, batch_size=4)["table"]}
     assert list(table) == ["forced", "none", "masked", "zero", "first_repeat", "random", "swap"]
     assert all(r["applicable"] for r in table.values())

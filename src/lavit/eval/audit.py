@@ -65,7 +65,7 @@ from lavit.inference.interventions import (
     zero_block,
 )
 from lavit.models.attention import LAVIT_ATTENTION
-from lavit.models.continuous_latents import shared_image_features
+from lavit.models.continuous_latents import latent_feedback_of, shared_image_features
 from lavit.models.families import family_of
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ class LoadedModel:
         return {"model": self.name, "latent_tokens": list(self.latent_tokens), "system_prompt": self.system_prompt,
                 "max_new_tokens": self.max_new_tokens, **({"inference_gate": vars(self.gate)} if self.gate else {}),
                 "protocol": {**self.protocol.describe(), "deviations": {}},
+                **(feedback.to_meta() if (feedback := latent_feedback_of(self.model)) else {}),
                 "dtype": str(self.model.dtype).removeprefix("torch.")}
 
 
