@@ -173,10 +173,20 @@ def vstar_size(i: int) -> tuple[int, int]:
     return 64 + i, 48 + 2 * i
 
 
+def vstar_annotation(i: int, row: dict) -> dict:
+    """The annotation V* publishes beside image i (`sa_4690.json`): its target objects and one [x, y, w, h] pixel
+    box each (two for relative_position), inside the fixture's image of `vstar_size(i)`."""
+    targets = 2 if row["category"] == "relative_position" else 1
+    question, *options = [line for line in row["text"].split("\n")[:-1]]
+    return {"target_object": [f"object {j}" for j in range(targets)], "question": question,
+            "options": [o[4:] for o in options], "bbox": [[3 + 30 * j + i, 2 + j, 20, 15 + j] for j in range(targets)]}
+
+
 def write_vstar(root: Path, rows=VSTAR_ROWS, int_ids: bool = False, cells: dict | None = None,
-                raw_lines: tuple[str, ...] = (), bom: bool = False) -> Path:
-    """`test_questions.jsonl` and its images; `cells` maps a row number to fields overriding the generated ones
-    (images are made for the generated paths only), `raw_lines` are appended as written."""
+                raw_lines: tuple[str, ...] = (), bom: bool = False, annotations: dict | None = None) -> Path:
+    """`test_questions.jsonl`, its images and their annotation files; `cells` maps a row number to fields overriding
+    the generated ones (images are made for the generated paths only), `raw_lines` are appended as written;
+    `annotations` maps a row number to its annotation file's text (None: no file) instead of `vstar_annotation`."""
     root.mkdir(parents=True, exist_ok=True)
     lines = []
     for i, row in enumerate(rows):
@@ -184,6 +194,9 @@ def write_vstar(root: Path, rows=VSTAR_ROWS, int_ids: bool = False, cells: dict 
                   "question_id": i if int_ids else str(i), "label": row["label"]}
         lines.append(json.dumps({**record, **(cells or {}).get(i, {})}))
         save_image(root / row["image"], vstar_size(i), 300 + i)
+        annotation = (annotations or {}).get(i, json.dumps(vstar_annotation(i, row)))
+        if annotation is not None:
+            (root / row["image"]).with_suffix(".json").write_text(annotation)
     (root / "test_questions.jsonl").write_text("\n".join([*lines, *raw_lines]) + "\n",
                                                encoding="utf-8-sig" if bom else "utf-8")
     return root

@@ -19,6 +19,7 @@ from lavit.eval.audit import (
     LoadedModel,
     audit_items,
     audit_markdown,
+    benchmark_items,
     latent_emission,
     norm_ratios,
     region_only,
@@ -38,6 +39,7 @@ from lavit.models.families import family_of
 from lavit.models.gating import InferenceGate, gated_query_mask
 from lavit.toyworld.latent_audit import audit_table_lines, summarise_audits
 from tests.conftest import Tiny
+from tests.eval.fixtures import write_vstar
 from tests.inference.test_interventions import QUESTIONS, images, prompt_inputs, redrawn
 
 K = 4
@@ -84,11 +86,15 @@ def test_region_only_keeps_the_pixels_a_box_touches_and_fills_the_rest():
     for x in range(10):
         for y in range(8):
             image.putpixel((x, y), (x, y, 200))
-    view = region_only(image, [2.5, 1.0, 5.2, 3.0])
+    view = region_only(image, [[2.5, 1.0, 5.2, 3.0]])
     kept = {(x, y) for x in range(10) for y in range(8) if view.getpixel((x, y)) == (x, y, 200)}
     assert kept == {(x, y) for x in range(2, 6) for y in range(1, 3)}  # columns floor(2.5)..ceil(5.2)−1
     assert all(view.getpixel((x, y)) == (128, 128, 128) for x in range(10) for y in range(8) if (x, y) not in kept)
-    assert view.size == image.size and region_only(image, [0, 0, 10, 8]).tobytes() == image.tobytes()
+    assert view.size == image.size and region_only(image, [[0, 0, 10, 8]]).tobytes() == image.tobytes()
+    # two boxes (V*'s relative_position items name two objects): the pixels either touches, and no others
+    view = region_only(image, [[2.5, 1.0, 5.2, 3.0], [8, 6, 10, 8]])
+    kept = {(x, y) for x in range(10) for y in range(8) if view.getpixel((x, y)) == (x, y, 200)}
+    assert kept == {(x, y) for x in range(2, 6) for y in range(1, 3)} | {(x, y) for x in (8, 9) for y in (6, 7)}
 
 
 def test_latent_emission_counts_latent_ids_up_to_the_first_eos():
@@ -184,9 +190,9 @@ def audited(student, tmp_path_factory):
 def test_boxes_are_read_checked_and_recorded(audited):
     items, result = audited
     by_id = {it.id: it for it in items}
-    assert by_id["p1a"].box == [10.0, 8.0, 60.0, 50.0] and by_id["p2a"].box == [5.5, 7.2, 80.4, 70.9]
-    assert by_id["p3a"].box is None and by_id["p3a"].no_box == "the row has no bbox"
-    assert by_id["outside"].box is None and by_id["outside"].no_box.startswith("box_outside_image")
+    assert by_id["p1a"].boxes == [[10.0, 8.0, 60.0, 50.0]] and by_id["p2a"].boxes == [[5.5, 7.2, 80.4, 70.9]]
+    assert by_id["p3a"].boxes is None and by_id["p3a"].no_box == "the row has no bbox"
+    assert by_id["outside"].boxes is None and by_id["outside"].no_box.startswith("box_outside_image")
     assert by_id["outside"].skip is None and by_id["gone"].skip.startswith("image_missing")  # askable; skipped
     assert result["diagnostics"]["chosen"] == list(DIAGNOSTICS) and result["n_asked"] == 7
     arms = {r["arm"]: r for r in result["diagnostics"]["table"]}
@@ -195,7 +201,7 @@ def test_boxes_are_read_checked_and_recorded(audited):
     assert arms["oracle_donor"]["n"] == 6 and arms["oracle_donor"]["no_source"] == 1
     assert arms["format_only"]["n"] == 7 and arms["format_only"]["no_source"] == 0
     per_item = {it["id"]: it for it in result["items"]}
-    assert per_item["p1a"]["box"] == BOX and "oracle_view" not in per_item["p3a"]
+    assert per_item["p1a"]["boxes"] == [BOX] and "oracle_view" not in per_item["p3a"]
 
 
 def test_oracle_and_format_only_arms_equal_explicit_state_patches(tiny, audited):
@@ -203,14 +209,14 @@ def test_oracle_and_format_only_arms_equal_explicit_state_patches(tiny, audited)
     per_item = {it["id"]: it for it in result["items"]}
     net, latent_ids = tiny.model, tiny.latent_ids
     ready = [it for it in items if it.skip is None]
-    boxed = [it for it in ready if it.box is not None]
+    boxed = [it for it in ready if it.boxes is not None]
 
     def run(batch, views, intervention=None):
         return generate_answers(net, tiny.processor, views, [it.prompt for it in batch], latent_tokens=tiny.names,
                                 max_new_tokens=2, intervention=intervention)
 
     recorder = LatentStateRecorder(net, latent_ids)
-    oracle_answers = run(boxed, [region_only(it.images[0].open(), it.box) for it in boxed], recorder)
+    oracle_answers = run(boxed, [region_only(it.images[0].open(), it.boxes) for it in boxed], recorder)
     assert [per_item[it.id]["oracle_view"]["raw"] for it in boxed] == oracle_answers
     views = {it.id: recorder.states[:, b, 1:K] for b, it in enumerate(boxed)}  # [L, K−1, D]
     full = [it.images[0].open() for it in boxed]
@@ -399,6 +405,33 @@ def test_cli_audit_diagnostics(tmp_path, export_tiny_student):
     assert main([*args[:-1], "norm,oracle"]) == 2
     assert main([*args[:8], str(tmp_path / "none"), *args[9:-1], "none"]) == 0
     assert json.loads((tmp_path / "none" / "audit.json").read_text())["diagnostics"] == {"chosen": []}
+
+
+def test_vstar_items_carry_their_published_boxes_into_the_oracle_arm(tmp_path, export_tiny_student, student):
+    """`lavit audit --benchmark vstar:all` shows the oracle the targets V* publishes beside each image (two regions
+    for a relative_position item); an item whose annotation is missing or whose box leaves its image stays in every
+    other run and is left out of the arm, saying why. The oracle view's answer is the model's on `region_only`."""
+    bad = {3: None, 4: json.dumps({"target_object": ["fence"], "bbox": [[40, 30, 200, 200]]})}
+    root = write_vstar(tmp_path / "vstar_bench", annotations=bad)
+    export_tiny_student(tmp_path / "student")
+    assert main(["audit", "--model", str(tmp_path / "student"), "--benchmark", "vstar:all", "--data-root", str(root),
+                 "--out", str(tmp_path / "out"), "--interventions", "zero", "--max-new-tokens", "2",
+                 "--diagnostics", "oracle"]) == 0
+    result = json.loads((tmp_path / "out" / "audit.json").read_text())
+    per_item = {it["id"]: it for it in result["items"]}
+    assert per_item["2"]["boxes"] == [[5.0, 2.0, 25.0, 17.0], [35.0, 3.0, 55.0, 19.0]]
+    assert "oracle_view" not in per_item["3"] and "oracle_view" not in per_item["4"]
+    arms = {r["arm"]: r for r in result["diagnostics"]["table"]}
+    assert arms["oracle"]["n"] == 5 and arms["oracle"]["no_source"] == 2
+    items = {it.id: it for it in benchmark_items("vstar:all", root)}
+    assert items["3"].no_box.startswith("no annotation file") and items["4"].no_box.startswith("box_outside_image")
+    boxed = [items[i] for i in ("0", "2", "6")]
+    views = [region_only(it.images[0].open(), it.boxes) for it in boxed]
+    assert views[1].getpixel((0, 0)) == (128, 128, 128) and views[1].getpixel((40, 10)) != (128, 128, 128)
+    direct = audit_items(student, list(items.values()), interventions=["zero"], diagnostics=["oracle"])
+    answers = generate_answers(student.model, student.processor, views, [it.prompt for it in boxed],
+                               latent_tokens=student.latent_tokens, max_new_tokens=2)
+    assert [next(r for r in direct["items"] if r["id"] == it.id)["oracle_view"]["raw"] for it in boxed] == answers
 
 
 @pytest.mark.parametrize("norm_match", ["none", "embedding_table"])

@@ -193,6 +193,26 @@ def test_blink_constant_a_per_task(tmp_path):
     assert [r["truth"] for r in records] == list("ACDA") and all(r["task"] == "IQ_Test" for r in records)
 
 
+def test_vstar_target_boxes_from_the_published_annotations(tmp_path):
+    """Each image's annotation (`sa_4690.json`, [x, y, w, h] pixel boxes) gives the item's boxes as [x1, y1, x2, y2]:
+    one for a direct attribute, two for a relative position; a missing or malformed file leaves the item without
+    boxes, saying why, and scored as before (the boxes are no part of what decides its score)."""
+    bad = {3: None, 4: "{not json", 6: json.dumps({"target_object": ["kite"], "bbox": [[1, 2, 3]]})}
+    root = write_vstar(tmp_path / "vstar_bench", annotations=bad)
+    items = {it.id: it for it in load("vstar:all", root)}
+    assert items["0"].boxes == [[3.0, 2.0, 23.0, 17.0]] and items["1"].boxes == [[4.0, 2.0, 24.0, 17.0]]
+    assert items["2"].boxes == [[5.0, 2.0, 25.0, 17.0], [35.0, 3.0, 55.0, 19.0]]  # relative_position: two targets
+    assert items["3"].boxes is None
+    assert items["3"].no_box == "no annotation file direct_attributes/sa_4692.json beside the image"
+    assert items["4"].boxes is None
+    assert items["4"].no_box.startswith("annotation direct_attributes/sa_4693.json is not JSON")
+    assert items["6"].boxes is None and "[1, 2, 3] is not an [x, y, w, h] box" in items["6"].no_box
+    unannotated = write_vstar(tmp_path / "plain", annotations=dict.fromkeys(range(7)))
+    plain = {it.id: it for it in load("vstar:all", unannotated)}
+    assert all(it.boxes is None for it in plain.values())
+    assert {i: it.fingerprint() for i, it in plain.items()} == {i: it.fingerprint() for i, it in items.items()}
+
+
 def test_vstar_constant_a(tmp_path):
     root = write_vstar(tmp_path / "vstar_bench")
     summary = run_eval(ConstantModel("A"), "vstar", root, tmp_path / "out")

@@ -263,12 +263,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def pixel_box(sample: Sample, image_size: tuple[int, int], tolerance: float = 1.0) -> list[float] | None:
-    """The sample's box in source-image pixels, checked against the image, or `Rejection`: malformed, degenerate,
-    outside the image, or given in pixels with every coordinate in [0, 1] on an image larger than 1 px
-    ('box_looks_normalized': fractions of the image, almost surely)."""
+    """The sample's box in source-image pixels, checked against the image (`image_box`), or None without one."""
     if sample.bbox is None:
         return None
-    box = sample.bbox
+    return image_box(sample.bbox, image_size, sample.bbox_format, tolerance)
+
+
+def image_box(box, image_size: tuple[int, int], box_format: str = "pixels", tolerance: float = 1.0) -> list[float]:
+    """A box [x1, y1, x2, y2] in `box_format` as source-image pixels, checked against the image, or `Rejection`:
+    malformed, degenerate, outside the image, or given in pixels with every coordinate in [0, 1] on an image larger
+    than 1 px ('box_looks_normalized': fractions of the image, almost surely)."""
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise Rejection("box_invalid", f"expected [x1, y1, x2, y2], got {box!r}")
     try:
@@ -278,20 +282,20 @@ def pixel_box(sample: Sample, image_size: tuple[int, int], tolerance: float = 1.
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
         raise Rejection("box_invalid", f"non-finite box {box!r}")
     width, height = image_size
-    if sample.bbox_format in ("normalized", "normalized_square"):
+    if box_format in ("normalized", "normalized_square"):
         if not all(-1e-6 <= v <= 1 + 1e-6 for v in (x1, y1, x2, y2)):
             raise Rejection("box_outside_image", f"normalised box {box!r} leaves [0, 1]")
-        if sample.bbox_format == "normalized":
+        if box_format == "normalized":
             x1, x2, y1, y2 = x1 * width, x2 * width, y1 * height, y2 * height
         else:
             side = max(width, height)
             pad_x, pad_y = (side - width) // 2, (side - height) // 2
             x1, x2, y1, y2 = x1 * side - pad_x, x2 * side - pad_x, y1 * side - pad_y, y2 * side - pad_y
-    elif sample.bbox_format != "pixels":
-        raise ValueError(f"unknown box format {sample.bbox_format!r}; expected one of {BOX_FORMATS}")
+    elif box_format != "pixels":
+        raise ValueError(f"unknown box format {box_format!r}; expected one of {BOX_FORMATS}")
     if x2 <= x1 or y2 <= y1:
         raise Rejection("box_degenerate", f"box {box!r} has no area")
-    if sample.bbox_format == "pixels" and max(width, height) > 1 and all(0 <= v <= 1 for v in (x1, y1, x2, y2)):
+    if box_format == "pixels" and max(width, height) > 1 and all(0 <= v <= 1 for v in (x1, y1, x2, y2)):
         # at most one pixel of a larger image: a box given as fractions, which read as pixels would point at the
         # image's top-left corner; rejected, not guessed, and not only warned of (its signals would be stored)
         raise Rejection("box_looks_normalized", f"box {box!r} lies within [0, 1] on the {width}x{height} image: "

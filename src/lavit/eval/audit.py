@@ -41,6 +41,7 @@ from lavit.data.samples import (
     TextLimits,
     answer_text,
     check_text,
+    image_box,
     pixel_box,
     read_jsonl_samples,
     resolve_image,
@@ -98,8 +99,9 @@ class AuditItem:
     pair: str | int | None = None  # two items of one pair ask one question of two images (MMVP's pairs)
     skip: str | None = None  # why it cannot be asked: a recorded, counted skip
     read_letter: Callable[[str], str | None] | None = None  # the protocol's letter extraction (default: lavit's)
-    box: list[float] | None = None  # the asked region of its one image, in its pixels: the oracle arm's view
-    no_box: str = "the item carries no box"  # why `box` is None: the oracle arm leaves the item out and says why
+    # The asked regions [x1, y1, x2, y2] of its one image, in its pixels: what the oracle arm's view keeps.
+    boxes: list[list[float]] | None = None
+    no_box: str = "the item carries no box"  # why `boxes` is None: the oracle arm leaves the item out and says why
 
     def extract(self, raw: str) -> str | None:
         """What answers are compared by: the option letter (None when there is none), or the normalised text."""
@@ -137,11 +139,22 @@ class LoadedModel:
 def as_audit_items(items: list[EvalItem], rules: TaskRules | None = None,
                    text_limits: TextLimits | None = None) -> list[AuditItem]:
     """Benchmark items as the audit asks them (each image decoded once to decide its skip, and with `text_limits`
-    its texts checked first, as `lavit eval` checks them), scored by the protocol `rules` (default: lavit's)."""
-    return [AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), it.problem(text_limits),
-                      functools.partial(rules.extract, item=it) if rules else None,
-                      no_box="benchmark items carry no box (no loader reads one): the oracle has no region to show")
-            for it in items]
+    its texts checked first, as `lavit eval` checks them), scored by the protocol `rules` (default: lavit's). The
+    boxes a benchmark publishes (V*) are checked against their image (`image_box`); a bad one leaves the item
+    askable and out of the oracle arm, with the reason."""
+    audit_items = []
+    for it in items:
+        skip, boxes, no_box = it.problem(text_limits), None, it.no_box
+        if skip is None and it.boxes is not None:
+            try:
+                size = it.images[0].open().size
+                boxes = [image_box(box, size) for box in it.boxes]
+            except Rejection as rej:
+                no_box = str(rej)
+        audit_items.append(AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), skip,
+                                     functools.partial(rules.extract, item=it) if rules else None,
+                                     boxes=boxes, no_box=no_box))
+    return audit_items
 
 
 def benchmark_items(benchmark: str, data_root: str | Path, max_samples: int = 0, label_fixes: bool = False,
@@ -178,15 +191,15 @@ def sample_items(samples: str | Path, image_root: str | Path, max_samples: int =
             skip = images[0].problem()
         except Rejection as rej:
             skip = str(rej)
-        box, no_box = None, "the row has no bbox"
+        boxes, no_box = None, "the row has no bbox"
         if skip is None and sample.bbox is not None:
             try:
-                box = pixel_box(sample, images[0].open().size)
+                boxes = [pixel_box(sample, images[0].open().size)]
             except Rejection as rej:
                 no_box = str(rej)
         items.append(AuditItem(sample.id, images, "" if skip else sample.question,
                                answer_text(sample.answer) or "", pair=pair if not skip else None, skip=skip,
-                               box=box, no_box=no_box))
+                               boxes=boxes, no_box=no_box))
     return items
 
 
@@ -263,12 +276,15 @@ def choose_diagnostics(names: list[str] | tuple[str, ...] | None) -> list[str]:
     return [c for c in DIAGNOSTICS if c in chosen]
 
 
-def region_only(image: Image.Image, box: list[float], fill: tuple[int, int, int] = ORACLE_FILL) -> Image.Image:
-    """The oracle's view: `image` with every pixel outside `box` [x1, y1, x2, y2] (its pixels) set to `fill`. A pixel
-    the box touches is kept whole: columns floor(x1) .. ceil(x2) − 1, rows floor(y1) .. ceil(y2) − 1."""
-    x1, y1, x2, y2 = math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])
+def region_only(image: Image.Image, boxes: list[list[float]],
+                fill: tuple[int, int, int] = ORACLE_FILL) -> Image.Image:
+    """The oracle's view: `image` with every pixel outside all of `boxes` [[x1, y1, x2, y2], ...] (its pixels) set
+    to `fill`. A pixel a box touches is kept whole: columns floor(x1) .. ceil(x2) − 1, rows floor(y1) ..
+    ceil(y2) − 1."""
     view = Image.new("RGB", image.size, fill)
-    view.paste(image.crop((x1, y1, x2, y2)), (x1, y1))
+    for box in boxes:
+        x1, y1, x2, y2 = math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])
+        view.paste(image.crop((x1, y1, x2, y2)), (x1, y1))
     return view
 
 
@@ -389,7 +405,7 @@ def _choose_diagnostics(names, model, hide_latents: bool) -> list[str]:
 
 def _oracle_view_problem(item: AuditItem) -> str | None:
     """Why `item` has no oracle view, or None."""
-    if item.box is None:
+    if item.boxes is None:
         return item.no_box
     if len(item.images) != 1:
         return f"a box on an item of {len(item.images)} images names no one image"
@@ -494,9 +510,9 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
         mode = "masked" if hide_latents and mode == "forced" else mode
         key = (tuple(it.id for it in batch), mode != "none", oracle)  # forced and masked prompts are the same tokens
         if key not in built:
-            built[key] = build_generation_inputs(model.processor,
-                                                 [[transport(region_only(ref.open(), it.box) if oracle else ref.open())
-                                                   for ref in it.images] for it in batch],
+            images = [[region_only(ref.open(), it.boxes) if oracle else ref.open() for ref in it.images]
+                      for it in batch]
+            built[key] = build_generation_inputs(model.processor, [[transport(im) for im in row] for row in images],
                                                  [it.prompt for it in batch], latent_tokens=model.latent_tokens,
                                                  mode=mode, system_prompt=model.system_prompt)
         return generate_answers(net, model.processor, None, [it.prompt for it in batch],
@@ -587,7 +603,7 @@ def audit_items(model, items: list[AuditItem], *, interventions: list[str] | Non
     per_item = [{"id": it.id, "truth": it.truth, "pair": it.pair,
                  "donors": {name: donors[name][it.id]["donor"] for name in donors if name in INTERVENTIONS},
                  "answers": {name: scored[name][it.id] for name in runs if it.id in scored[name]},
-                 **({"box": it.box, "oracle_view": oracle_view[it.id]} if it.id in oracle_view else {}),
+                 **({"boxes": it.boxes, "oracle_view": oracle_view[it.id]} if it.id in oracle_view else {}),
                  **({"natural": {style: got[it.id] for style, got in natural.items()}} if natural else {})}
                 for it in ready]
     return {"latent_tokens": list(model.latent_tokens), "k": k, "seed": seed, "interventions": chosen,

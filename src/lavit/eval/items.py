@@ -72,6 +72,10 @@ class EvalItem:
     meta: dict = field(default_factory=dict)  # category, task, pair, ...
     prompt: str = ""  # the full text after the image(s), as the evaluation protocol asks it
     invalid: str | None = None  # why the loader could not build it ('cell_invalid: …'): a skip without a look
+    # The asked regions of its one image, [x1, y1, x2, y2] in its pixels (not yet checked against it), where the
+    # benchmark publishes them (V*'s target objects): the audit's oracle view. Never part of what is scored.
+    boxes: list[list[float]] | None = None
+    no_box: str = "the benchmark publishes no boxes"  # why `boxes` is None
 
     def fingerprint(self) -> str:
         """sha256 of what decides this item's score: its prompt, options, truth and image bytes (or why it is

@@ -2,7 +2,12 @@
 label}`; `text` holds the question, options "(A) …" and the answer instruction; images are paths under
 the root (`direct_attributes/sa_4690.jpg`; one outside it is refused). Table 1's "V* Attr." is the 115
 `direct_attributes` items; category `all` reads all 191 (the 76 `relative_position` ones too), as the authors'
-evaluator and lmms-eval's `vstar_bench` task do."""
+evaluator and lmms-eval's `vstar_bench` task do.
+
+Beside each image the benchmark publishes its annotation (`sa_4690.json`: `target_object`, the names asked about,
+and `bbox`, one [x, y, w, h] box in the image's pixels per target). Its boxes become the item's `boxes`
+([x1, y1, x2, y2]; two for a relative_position item), the regions the audit's oracle view shows; an item whose
+annotation is missing or malformed keeps no boxes, with the reason, and is scored as any other."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from lavit.data.samples import Rejection
+from lavit.data.samples import Rejection, resolve_image
 from lavit.eval.items import EvalItem, build_items, image_at, text
 from lavit.eval.stats import accuracy_summary
 
@@ -49,11 +54,42 @@ def load(root: Path, category: str) -> list[EvalItem]:
     def build(row: dict, ident: str) -> EvalItem:
         # a null or mistyped category is this line's skip (lines of other categories are left out)
         doc = {key: text(row, key) for key in ("category", "text", "label")} | {"question_id": row["question_id"]}
-        return EvalItem(id=ident, images=[image_at(root, text(row, "image"))],
-                        letters="".join(dict.fromkeys(_LETTER.findall(doc["text"]))),
-                        answer=doc["label"].strip().upper(), doc=doc, meta={"category": doc["category"]})
+        relative = text(row, "image")
+        image = image_at(root, relative)
+        boxes, no_box = target_boxes(root, str(Path(relative).with_suffix(".json")))
+        return EvalItem(id=ident, images=[image], letters="".join(dict.fromkeys(_LETTER.findall(doc["text"]))),
+                        answer=doc["label"].strip().upper(), doc=doc, meta={"category": doc["category"]},
+                        boxes=boxes, no_box=no_box)
 
     return build_items(rows, "question_id", build)
+
+
+def target_boxes(root: Path, relative: str) -> tuple[list[list[float]] | None, str]:
+    """The target boxes [[x1, y1, x2, y2], ...] of the V* annotation file `relative` under `root` (kept under it as
+    the images are), or (None, why not)."""
+    try:
+        annotation = resolve_image(root, relative)
+    except Rejection as rej:
+        return None, f"annotation {relative}: {rej}"
+    try:
+        if not annotation.is_file():
+            return None, f"no annotation file {relative} beside the image"
+        record = json.loads(annotation.read_text(encoding="utf-8-sig"))
+    except OSError as err:  # a name over the filesystem's limit, no permission, ...
+        return None, f"annotation {relative} cannot be read ({err.strerror or err})"
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"annotation {relative} is not JSON text ({err})"
+    raw = record.get("bbox") if isinstance(record, dict) else None
+    if not isinstance(raw, list) or not raw:
+        return None, f"annotation {relative} has no 'bbox' list"
+    boxes = []
+    for box in raw:
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            return None, f"annotation {relative}: {box!r} is not an [x, y, w, h] box"
+        x, y, w, h = (float(v) for v in box)
+        boxes.append([x, y, x + w, y + h])
+    return boxes, ""
 
 
 def summary(records: list[dict], interval: str) -> dict:
