@@ -4,6 +4,7 @@ import pytest
 
 from lavit.cli import main
 from lavit.models.families import FAMILIES
+from lavit.training.bench import NO_CPU_BF16, cpu_bf16_kernels
 from lavit.toyworld.shapes import write_sft_set
 
 
@@ -13,9 +14,15 @@ def test_bench_train_prints_one_json_object_with_the_ratios_per_family(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sorted(result["per_family"]) == sorted(FAMILIES)
     for family, measured in result["per_family"].items():
-        for key in ("step_time_ratio_lavit_over_sft", "step_time_ratio_lavit_over_sft_bf16_autocast",
-                    "gen_time_ratio_latent_over_plain"):
+        for key in ("step_time_ratio_lavit_over_sft", "gen_time_ratio_latent_over_plain",
+                    "step_time_ratio_continuous_over_sft", "step_time_ratio_continuous_over_lavit",
+                    "gen_time_ratio_continuous_over_plain"):
             assert measured[key] > 0
+        if cpu_bf16_kernels():
+            assert measured["step_time_ratio_lavit_over_sft_bf16_autocast"] > 0
+        else:  # said, not measured for hours on PyTorch's reference bf16 GEMM
+            assert measured["bf16_autocast"] == NO_CPU_BF16
+            assert "step_time_ratio_lavit_over_sft_bf16_autocast" not in measured
         assert measured["settings"]["num_latent_tokens"] == 4 and measured["settings"]["family"] == family
         assert measured["settings"]["image_tokens"] == 256  # the same image load whatever the patch size
 

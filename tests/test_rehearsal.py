@@ -35,6 +35,7 @@ from lavit.data.signal_store import read_manifest, read_store
 from lavit.data.targets import build_traj_target
 from lavit.models.grid import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, merged_grid
 from lavit.models.qwen_configs import qwen_config
+from lavit.training.bench import cpu_bf16_kernels
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -43,7 +44,7 @@ DISK_NEEDED = 16 * 2**30
 # The bf16 FSDP step needs the CPU's bf16 matrix kernels (oneDNN on AVX-512 BF16 / AMX). Without them PyTorch falls
 # back to a reference GEMM some 200× slower than fp32 (measured on an AVX2-only EPYC: 31 s for one 1024 × 2048 ×
 # 2048 product), and the step at Qwen2.5-VL-3B's widths would run for hours: a machine limit, said as a skip.
-NO_BF16_KERNELS = not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+NO_BF16_KERNELS = not cpu_bf16_kernels()
 
 
 def load(name: str, path: Path):

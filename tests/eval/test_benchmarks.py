@@ -197,7 +197,8 @@ def test_vstar_target_boxes_from_the_published_annotations(tmp_path):
     """Each image's annotation (`sa_4690.json`, [x, y, w, h] pixel boxes) gives the item's boxes as [x1, y1, x2, y2]:
     one for a direct attribute, two for a relative position; a missing or malformed file leaves the item without
     boxes, saying why, and scored as before (the boxes are no part of what decides its score)."""
-    bad = {3: None, 4: "{not json", 6: json.dumps({"target_object": ["kite"], "bbox": [[1, 2, 3]]})}
+    bad = {3: None, 4: "{not json", 6: json.dumps({"target_object": ["kite"], "bbox": [[1, 2, 3]]}),
+           5: '{"target_object": ["cup", "laptop"], "bbox": [[1, 2, 3, 4], [1%s, 2, 3, 4]]}' % ("0" * 400)}
     root = write_vstar(tmp_path / "vstar_bench", annotations=bad)
     items = {it.id: it for it in load("vstar:all", root)}
     assert items["0"].boxes == [[3.0, 2.0, 23.0, 17.0]] and items["1"].boxes == [[4.0, 2.0, 24.0, 17.0]]
@@ -207,6 +208,7 @@ def test_vstar_target_boxes_from_the_published_annotations(tmp_path):
     assert items["4"].boxes is None
     assert items["4"].no_box.startswith("annotation direct_attributes/sa_4693.json is not JSON")
     assert items["6"].boxes is None and "[1, 2, 3] is not an [x, y, w, h] box" in items["6"].no_box
+    assert items["5"].boxes is None and "is not an [x, y, w, h] box" in items["5"].no_box  # one bad box: no boxes
     unannotated = write_vstar(tmp_path / "plain", annotations=dict.fromkeys(range(7)))
     plain = {it.id: it for it in load("vstar:all", unannotated)}
     assert all(it.boxes is None for it in plain.values())

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from lavit.data.sft_dataset import LavitSftDataset, parquet_files, read_sft_tabl
 from lavit.data.signal_store import write_table_atomic
 from lavit.inference.generate import generate_answers
 from lavit.models.attention import LAVIT_ATTENTION
+from lavit.models.continuous_latents import LatentFeedback, attach_latent_feedback
 from lavit.models.families import FAMILIES, family_named
 from lavit.models.grid import box_cells, merged_grid
 from lavit.models.latent_tokens import add_latent_tokens, latent_token_names
@@ -49,6 +51,13 @@ IMAGE_TOKENS = 256  # merged image tokens per sample, whatever the family's patc
 
 
 BENCH_SIDE = 448  # px: 16 × 16 merged tokens of 28 px
+NO_CPU_BF16 = ("not measured: this CPU has no bf16 matrix kernels (AVX-512 BF16 or AMX), and PyTorch's reference "
+               "bf16 GEMM it falls back to is some 200x slower than fp32")
+
+
+def cpu_bf16_kernels() -> bool:
+    """Whether this CPU runs bf16 matrix products on oneDNN's kernels (AVX-512 BF16 or AMX), not the reference GEMM."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def noise_image(rng: np.random.Generator) -> Image.Image:
@@ -78,15 +87,29 @@ def bench_train(batch_size: int = 8, repeats: int = 9, num_latents: int = 4, gen
     families = families or tuple(FAMILIES)
     for name in families:
         family_named(name)
-    return {"per_family": {name: bench_family(name, batch_size, repeats, num_latents, gen_tokens, seed)
-                           for name in families}}
+    results = {}
+    for i, name in enumerate(families, 1):
+        print(f"bench train: {name} ({i} of {len(families)})", file=sys.stderr, flush=True)
+        results[name] = bench_family(name, batch_size, repeats, num_latents, gen_tokens, seed)
+    return {"per_family": results}
+
+
+@contextmanager
+def latent_design(model, feedback: LatentFeedback | None):
+    """Within this block `model` runs `feedback`'s continuous latents (None: discrete); outside, discrete."""
+    attach_latent_feedback(model, feedback)
+    try:
+        yield
+    finally:
+        attach_latent_feedback(model, None)
 
 
 def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents: int = 4, gen_tokens: int = 32,
                  seed: int = 0) -> dict:
     """Median step time of LaViT (γ = ε gate, L_ntp + L_concept + L_traj) over Naive-SFT, in fp32 and under bf16
-    autocast with fp32 weights (precision=bf16), and of forced K-latent generation over plain generation (same
-    32-token answers), on a BENCH_SPEC-sized model of `family`."""
+    autocast with fp32 weights (precision=bf16; on a CPU with bf16 matrix kernels only), and of forced K-latent generation over plain generation (same
+    32-token answers), on a BENCH_SPEC-sized model of `family`; the same LaViT step and generation with continuous
+    latents (`latent_design=continuous`: K−1 feedback passes before the final one) in fp32, in the same runs."""
     torch.manual_seed(seed)
     fam = family_named(family)
     pixels = IMAGE_TOKENS * fam.pixels_per_token
@@ -98,6 +121,10 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
     fam.vision_tower(model).requires_grad_(False)
     teacher_dim = 2 * BENCH_SPEC.hidden_size
     lavit = LavitStudent(model, latent_ids, ProjectionHead(BENCH_SPEC.hidden_size, teacher_dim), trajectory_loss=True)
+    feedback = LatentFeedback()
+    with latent_design(model, feedback):
+        continuous = LavitStudent(model, latent_ids, lavit.projection_head, trajectory_loss=True)
+    continuous.gamma = 1e-3
     sft = LavitStudent(model, [], None, trajectory_loss=False)
     lavit.gamma = 1e-3  # inside the warm-up: the gated 4-D mask is built every step
     lavit_batch = _batch(processor, names, batch_size, teacher_dim, seed, pixels)
@@ -117,7 +144,13 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    fp32 = interleaved_medians({"lavit": lavit_step, "sft": sft_step}, repeats)
+    def continuous_step():
+        with latent_design(model, feedback):
+            student_loss(continuous(lavit_batch), lavit_batch, lam=LavitTrainConfig.lam)[0].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    fp32 = interleaved_medians({"lavit": lavit_step, "sft": sft_step, "continuous": continuous_step}, repeats)
 
     def autocast(step):  # the precision=bf16 path: fp32 master weights, bf16 compute
         def run():
@@ -125,27 +158,43 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
                 step()
         return run
 
-    bf16 = interleaved_medians({"lavit": autocast(lavit_step), "sft": autocast(sft_step)}, repeats)
+    if cpu_bf16_kernels():
+        bf16 = interleaved_medians({"lavit": autocast(lavit_step), "sft": autocast(sft_step)}, repeats)
+        bf16_results = {"step_time_ratio_lavit_over_sft_bf16_autocast": bf16["lavit"] / bf16["sft"],
+                        "lavit_step_seconds_bf16_autocast": bf16["lavit"],
+                        "sft_step_seconds_bf16_autocast": bf16["sft"]}
+    else:
+        bf16_results = {"bf16_autocast": NO_CPU_BF16}
     model.eval()
     rng = np.random.default_rng(seed + 1)
     images = [noise_image(rng) for _ in range(batch_size)]
     questions = ["what color is the circle ?"] * batch_size
     gen = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens)
+    def latent_generation():
+        return generate_answers(model, processor, images, questions, latent_tokens=names, mode="forced", **gen)
+
+    def continuous_generation():
+        with latent_design(model, feedback):
+            return latent_generation()
+
     generation = interleaved_medians({
-        "latent": lambda: generate_answers(model, processor, images, questions, latent_tokens=names, mode="forced",
-                                           **gen),
+        "latent": latent_generation,
         "plain": lambda: generate_answers(model, processor, images, questions, latent_tokens=[], mode="none", **gen),
+        "continuous": continuous_generation,
     }, repeats)
     return {
         "step_time_ratio_lavit_over_sft": fp32["lavit"] / fp32["sft"],
-        "step_time_ratio_lavit_over_sft_bf16_autocast": bf16["lavit"] / bf16["sft"],
         "gen_time_ratio_latent_over_plain": generation["latent"] / generation["plain"],
+        "step_time_ratio_continuous_over_sft": fp32["continuous"] / fp32["sft"],
+        "step_time_ratio_continuous_over_lavit": fp32["continuous"] / fp32["lavit"],
+        "gen_time_ratio_continuous_over_plain": generation["continuous"] / generation["plain"],
         "lavit_step_seconds": fp32["lavit"],
         "sft_step_seconds": fp32["sft"],
-        "lavit_step_seconds_bf16_autocast": bf16["lavit"],
-        "sft_step_seconds_bf16_autocast": bf16["sft"],
+        **bf16_results,
         "latent_gen_seconds": generation["latent"],
         "plain_gen_seconds": generation["plain"],
+        "continuous_step_seconds": fp32["continuous"],
+        "continuous_gen_seconds": generation["continuous"],
         "settings": {
             "batch_size": batch_size, "repeats": repeats, "num_latent_tokens": num_latents, "gen_tokens": gen_tokens,
             "seq_len_lavit": int(lavit_batch["input_ids"].shape[1]), "seq_len_sft": int(sft_batch["input_ids"].shape[1]),

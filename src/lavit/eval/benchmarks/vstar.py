@@ -84,10 +84,13 @@ def target_boxes(root: Path, relative: str) -> tuple[list[list[float]] | None, s
         return None, f"annotation {relative} has no 'bbox' list"
     boxes = []
     for box in raw:
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+        try:
+            if (not isinstance(box, list) or len(box) != 4
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+                raise TypeError
+            x, y, w, h = (float(v) for v in box)  # a non-finite corner is `image_box`'s rejection, with the image
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer too large for a float
             return None, f"annotation {relative}: {box!r} is not an [x, y, w, h] box"
-        x, y, w, h = (float(v) for v in box)
         boxes.append([x, y, x + w, y + h])
     return boxes, ""
 
