@@ -198,10 +198,12 @@ def test_vstar_target_boxes_from_the_published_annotations(tmp_path):
     one for a direct attribute, two for a relative position; a missing or malformed file leaves the item without
     boxes, saying why, and scored as before (the boxes are no part of what decides its score)."""
     bad = {3: None, 4: "{not json", 6: json.dumps({"target_object": ["kite"], "bbox": [[1, 2, 3]]}),
+           1: json.dumps({"target_object": ["umbrella"], "bbox": [[1, 2, 3, 4], [5, 6, 7, 8]]}),
            5: '{"target_object": ["cup", "laptop"], "bbox": [[1, 2, 3, 4], [1%s, 2, 3, 4]]}' % ("0" * 400)}
     root = write_vstar(tmp_path / "vstar_bench", annotations=bad)
     items = {it.id: it for it in load("vstar:all", root)}
-    assert items["0"].boxes == [[3.0, 2.0, 23.0, 17.0]] and items["1"].boxes == [[4.0, 2.0, 24.0, 17.0]]
+    assert items["0"].boxes == [[3.0, 2.0, 23.0, 17.0]]
+    assert items["1"].boxes is None and "has 2 boxes for target_object ['umbrella']" in items["1"].no_box
     assert items["2"].boxes == [[5.0, 2.0, 25.0, 17.0], [35.0, 3.0, 55.0, 19.0]]  # relative_position: two targets
     assert items["3"].boxes is None
     assert items["3"].no_box == "no annotation file direct_attributes/sa_4692.json beside the image"

@@ -108,7 +108,7 @@ def test_processor_pixel_limits_explicit_and_default():
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 def test_loaded_limits_live_in_size_and_no_call_passes_them(tmp_path, family):
     """`load_processor(min_pixels=..., max_pixels=...)` used to hand them to `from_pretrained`, which kept them in the
-    tokenizer's init kwargs: every processor call passed them (a FutureWarning since transformers 5.23) and exports
+    tokenizer's init kwargs: every processor call passed them (a FutureWarning in transformers 5.20-5.24) and exports
     saved them in tokenizer_config.json. Now they are the image processor's `size` and nothing else; limits an older
     export left in its tokenizer config move into `size`, so the same images come out, with no warning."""
     unit = family_named(family).pixels_per_token
@@ -127,7 +127,7 @@ def test_loaded_limits_live_in_size_and_no_call_passes_them(tmp_path, family):
     saved_tokenizer = json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())
     assert not {"min_pixels", "max_pixels"} & saved_tokenizer.keys()
 
-    # an export saved the old way: the limits in tokenizer_config.json, the default size in preprocessor_config.json
+    # an export saved the old way: the limits in tokenizer_config.json, the default size in processor_config.json
     saved_tokenizer.update(min_pixels=9 * unit, max_pixels=16 * unit)
     build_tiny_processor(family=family).save_pretrained(tmp_path / "old")
     (tmp_path / "old" / "tokenizer_config.json").write_text(json.dumps(saved_tokenizer))

@@ -140,15 +140,14 @@ def as_audit_items(items: list[EvalItem], rules: TaskRules | None = None,
                    text_limits: TextLimits | None = None) -> list[AuditItem]:
     """Benchmark items as the audit asks them (each image decoded once to decide its skip, and with `text_limits`
     its texts checked first, as `lavit eval` checks them), scored by the protocol `rules` (default: lavit's). The
-    boxes a benchmark publishes (V*) are checked against their image (`image_box`); a bad one leaves the item
-    askable and out of the oracle arm, with the reason."""
+    boxes a benchmark publishes (V*) are checked against their image's size (`image_box`); a bad one leaves the
+    item askable and out of the oracle arm, with the reason."""
     audit_items = []
     for it in items:
         skip, boxes, no_box = it.problem(text_limits), None, it.no_box
         if skip is None and it.boxes is not None:
             try:
-                size = it.images[0].open().size
-                boxes = [image_box(box, size) for box in it.boxes]
+                boxes = [image_box(box, it.images[0].size()) for box in it.boxes]
             except Rejection as rej:
                 no_box = str(rej)
         audit_items.append(AuditItem(it.id, it.images, it.prompt, it.answer, it.letters, it.meta.get("pair"), skip,
@@ -194,7 +193,7 @@ def sample_items(samples: str | Path, image_root: str | Path, max_samples: int =
         boxes, no_box = None, "the row has no bbox"
         if skip is None and sample.bbox is not None:
             try:
-                boxes = [pixel_box(sample, images[0].open().size)]
+                boxes = [pixel_box(sample, images[0].size())]
             except Rejection as rej:
                 no_box = str(rej)
         items.append(AuditItem(sample.id, images, "" if skip else sample.question,

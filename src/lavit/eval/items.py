@@ -44,6 +44,12 @@ class ImageRef:
         """The RGB pixels every stage sees (`open_rgb`: alpha on white, 16-bit scaled, no EXIF rotation)."""
         return open_rgb(io.BytesIO(self.data) if self.data is not None else self.path, EVAL_LIMITS)
 
+    def size(self) -> tuple[int, int]:
+        """(width, height) from the image's header, without decoding it: `open`'s size too (`open_rgb` applies no
+        EXIF rotation). For an image `problem` already found usable."""
+        with Image.open(io.BytesIO(self.data) if self.data is not None else self.path) as image:
+            return image.size
+
     def sha256(self) -> str:
         """sha256 of the encoded image bytes (the file's, or the embedded cell's)."""
         return hashlib.sha256(self.data if self.data is not None else self.path.read_bytes()).hexdigest()

@@ -232,7 +232,8 @@ class VllmEngine:
         self.dtype = dtype if dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
         pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
         # renders prompts, checks and decodes ids
-        self.processor = load_processor(str(directory), processor_path=processor, **pixels)
+        self.processor = load_processor(str(directory), processor_path=processor, min_pixels=min_pixels,
+                                        max_pixels=max_pixels)
         try:
             checkpoint_config = GenerationConfig.from_pretrained(directory)
         except OSError:  # no generation_config.json: transformers' defaults, as `from_pretrained` gives the model

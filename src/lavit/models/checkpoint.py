@@ -88,19 +88,19 @@ def load_model_and_processor(name: str, *, dtype: torch.dtype | None = None, min
     Extra keyword arguments (e.g. `device_map`) go to `from_pretrained`. A student exported with continuous latents
     (its lavit.json) gets its design attached, so lavit's forward and generation run it as trained.
     """
-    pixel_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
     attn = {"text_config": LAVIT_ATTENTION, "vision_config": "sdpa"}
     tiny = tiny_name(name)
     if processor_path and tiny:
         raise ValueError("processor_path is for checkpoint folders without a processor; a tiny model builds its own")
     if tiny:
         role, family = tiny
-        processor = build_tiny_processor(build_tiny_tokenizer(), family=family, **pixel_kwargs)
+        processor = build_tiny_processor(build_tiny_tokenizer(), family=family, min_pixels=min_pixels,
+                                         max_pixels=max_pixels)
         model = build_tiny_model(processor.tokenizer, TINY_SPECS[role], seed=seed, family=family,
                                  attn_implementation=attn)
         return model.to(dtype or torch.float32), processor
     family = family_of(AutoConfig.from_pretrained(name))  # an unsupported model fails here, before any weights load
-    processor = load_processor(name, processor_path=processor_path, **pixel_kwargs)
+    processor = load_processor(name, processor_path=processor_path, min_pixels=min_pixels, max_pixels=max_pixels)
     model = family.model_class.from_pretrained(name, dtype=dtype or default_dtype(), attn_implementation=attn,
                                                **load_kwargs)
     attach_latent_feedback(model, LatentFeedback.from_meta(read_lavit_meta(name)))

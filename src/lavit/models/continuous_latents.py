@@ -13,7 +13,7 @@ pass p (each pass substituting the states of the pass before) has exact inputs f
 exact inputs for every latent, and one more pass over the sequence with those inputs is the final pass that
 training reads (gate, probe, concept head, text loss) and that generation's prefill is (`latent_feedback_prompt`).
 Training backpropagates through all passes (as Coconut does). The passes share one run of the vision tower
-(`shared_image_features`); at K = 4 a training step costs 3.3–3.8 discrete ones (`lavit bench train`). Natural-mode
+(`shared_image_features`); at K = 4 a training step costs 3.2–3.8 discrete ones (`lavit bench train`). Natural-mode
 decoding feeds back step by step (`stepwise_latent_feedback`).
 
 The design travels with the loaded Hugging Face model (`attach_latent_feedback` / `latent_feedback_of`): the

@@ -90,11 +90,12 @@ def cell_overlap(src: int, dst: int) -> np.ndarray:
 
 def set_pixel_limits(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
     """Give `processor`'s image processor these resize limits, where transformers keeps them: its `size`
-    {shortest_edge, longest_edge}, which `save_pretrained` writes to preprocessor_config.json.
+    {shortest_edge, longest_edge}, which `save_pretrained` writes with it (processor_config.json).
 
     Limits a checkpoint left in its tokenizer's init kwargs (how `AutoProcessor.from_pretrained(min_pixels=...)`
     kept them, and lavit's exports before 2026-12-07 saved them) are moved there first: transformers would
-    otherwise pass them to every processor call (deprecated since 5.23, with a FutureWarning), over `size`.
+    otherwise pass them to every processor call (deprecated, with a FutureWarning, in every transformers lavit
+    admits), over `size`.
     Limits given here win over both.
     """
     image_processor = processor.image_processor

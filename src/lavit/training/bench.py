@@ -107,9 +107,10 @@ def latent_design(model, feedback: LatentFeedback | None):
 def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents: int = 4, gen_tokens: int = 32,
                  seed: int = 0) -> dict:
     """Median step time of LaViT (γ = ε gate, L_ntp + L_concept + L_traj) over Naive-SFT, in fp32 and under bf16
-    autocast with fp32 weights (precision=bf16; on a CPU with bf16 matrix kernels only), and of forced K-latent generation over plain generation (same
-    32-token answers), on a BENCH_SPEC-sized model of `family`; the same LaViT step and generation with continuous
-    latents (`latent_design=continuous`: K−1 feedback passes before the final one) in fp32, in the same runs."""
+    autocast with fp32 weights (precision=bf16; on a CPU with bf16 matrix kernels only), and of forced K-latent
+    generation over plain generation (same 32-token answers), on a BENCH_SPEC-sized model of `family`; the same LaViT
+    step and generation with continuous latents (`latent_design=continuous`: K−1 feedback passes before the final
+    one) in fp32, in the same runs."""
     torch.manual_seed(seed)
     fam = family_named(family)
     pixels = IMAGE_TOKENS * fam.pixels_per_token
@@ -170,6 +171,7 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
     images = [noise_image(rng) for _ in range(batch_size)]
     questions = ["what color is the circle ?"] * batch_size
     gen = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens)
+
     def latent_generation():
         return generate_answers(model, processor, images, questions, latent_tokens=names, mode="forced", **gen)
 

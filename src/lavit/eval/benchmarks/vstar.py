@@ -82,6 +82,10 @@ def target_boxes(root: Path, relative: str) -> tuple[list[list[float]] | None, s
     raw = record.get("bbox") if isinstance(record, dict) else None
     if not isinstance(raw, list) or not raw:
         return None, f"annotation {relative} has no 'bbox' list"
+    targets = record.get("target_object")
+    if not isinstance(targets, list) or len(targets) != len(raw):
+        return None, (f"annotation {relative} has {len(raw)} boxes for target_object {targets!r}: expected one box "
+                      "per target")
     boxes = []
     for box in raw:
         try:
