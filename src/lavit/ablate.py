@@ -368,8 +368,8 @@ def design_table_lines(result: dict) -> list[str]:
                   "| design | " + " | ".join(AUDIT_COLUMNS) + " | emission | follows donor | norm ratio |",
                   "|---" * (len(AUDIT_COLUMNS) + 4) + "|"]
         for r in audited:
-            cells = [*(_audit_cell(r["audit"], c) for c in AUDIT_COLUMNS), *_measure_cells(r["audit"])]
-            cells.insert(len(AUDIT_COLUMNS) + 1, _follows_cell(r["audit"]))
+            emission, norm = _measure_cells(r["audit"])
+            cells = [*(_audit_cell(r["audit"], c) for c in AUDIT_COLUMNS), emission, _follows_cell(r["audit"]), norm]
             lines.append(f"| {r['design']} | " + " | ".join(cells) + " |")
     return lines
 

@@ -123,11 +123,10 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
     teacher_dim = 2 * BENCH_SPEC.hidden_size
     lavit = LavitStudent(model, latent_ids, ProjectionHead(BENCH_SPEC.hidden_size, teacher_dim), trajectory_loss=True)
     feedback = LatentFeedback()
-    with latent_design(model, feedback):
+    with latent_design(model, feedback):  # the student keeps the design it was built with; generation reads the model's
         continuous = LavitStudent(model, latent_ids, lavit.projection_head, trajectory_loss=True)
-    continuous.gamma = 1e-3
     sft = LavitStudent(model, [], None, trajectory_loss=False)
-    lavit.gamma = 1e-3  # inside the warm-up: the gated 4-D mask is built every step
+    lavit.gamma = continuous.gamma = 1e-3  # inside the warm-up: the gated 4-D mask is built every step
     lavit_batch = _batch(processor, names, batch_size, teacher_dim, seed, pixels)
     sft_batch = _batch(processor, [], batch_size, teacher_dim, seed, pixels)
     params = [p for p in lavit.parameters() if p.requires_grad]
@@ -146,8 +145,7 @@ def bench_family(family: str, batch_size: int = 8, repeats: int = 9, num_latents
         optimizer.zero_grad(set_to_none=True)
 
     def continuous_step():
-        with latent_design(model, feedback):
-            student_loss(continuous(lavit_batch), lavit_batch, lam=LavitTrainConfig.lam)[0].backward()
+        student_loss(continuous(lavit_batch), lavit_batch, lam=LavitTrainConfig.lam)[0].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
